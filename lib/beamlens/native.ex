@@ -1,0 +1,51 @@
+defmodule Beamlens.Native do
+  # NIF stubs, grouped like the Rust adapter files in native/beamlens_nif/src.
+  # Public modules wrap these; nothing outside BeamLens should call them.
+  @moduledoc false
+
+  @on_load :load_nif
+  @load_error_key {__MODULE__, :load_error}
+
+  # The library is loaded with settings from `config :beamlens, :native`
+  # (`:worker_threads`, `:job_capacity`). A failed load is recorded instead of
+  # aborting the module load, so that BeamLens can report it and stay out of
+  # the host application's way; the stubs below then raise `:nif_not_loaded`.
+  @doc false
+  def load_nif do
+    load_info =
+      :beamlens
+      |> Application.get_env(:native, [])
+      |> Map.new()
+      |> Map.take([:worker_threads, :job_capacity])
+
+    result =
+      case :code.priv_dir(:beamlens) do
+        {:error, reason} ->
+          {:error, {:priv_dir, reason}}
+
+        priv_dir ->
+          path = :filename.join(priv_dir, ~c"native/libbeamlens_nif")
+          :erlang.load_nif(path, load_info)
+      end
+
+    case result do
+      :ok -> :persistent_term.erase(@load_error_key)
+      {:error, {:reload, _}} -> :ok
+      {:error, reason} -> :persistent_term.put(@load_error_key, reason)
+    end
+
+    :ok
+  end
+
+  @doc false
+  def load_error, do: :persistent_term.get(@load_error_key, nil)
+
+  # nif_runtime.rs
+  def runtime_status, do: err()
+  def async_echo(_value, _delay_ms), do: err()
+  def async_panic(_message), do: err()
+  def sync_panic(_message), do: err()
+  def dirty_checksum(_data), do: err()
+
+  defp err, do: :erlang.nif_error(:nif_not_loaded)
+end

@@ -1,0 +1,50 @@
+defmodule Beamlens.Telemetry do
+  @moduledoc """
+  Telemetry events emitted by BeamLens.
+
+  Every event name starts with `:beamlens`. Attach with `:telemetry.attach/4`
+  or `:telemetry.attach_many/4`; handlers run in the emitting BeamLens
+  process, so keep them fast.
+
+  The events are listed here as the subsystems that emit them are added.
+  """
+
+  # `:telemetry` is a dependency of the host application (Phoenix, Ecto and
+  # Plug all bring it), not of BeamLens when built offline.
+  @compile {:no_warn_undefined, :telemetry}
+
+  @doc """
+  Emits `[:beamlens | suffix]` with the given measurements and metadata.
+
+  Does nothing when the `:telemetry` library is not available.
+  """
+  @spec execute([atom()], map(), map()) :: :ok
+  def execute(suffix, measurements, metadata \\ %{}) when is_list(suffix) do
+    if available?() do
+      :telemetry.execute([:beamlens | suffix], measurements, metadata)
+    end
+
+    :ok
+  end
+
+  @doc """
+  Runs `fun` inside a `[:beamlens | suffix]` span (`:start`, then `:stop` or
+  `:exception`). `fun` returns `{result, stop_metadata}` or
+  `{result, extra_measurements, stop_metadata}`, as with `:telemetry.span/3`.
+  """
+  @spec span([atom()], map(), (() -> {term(), map()} | {term(), map(), map()})) :: term()
+  def span(suffix, metadata, fun) when is_list(suffix) and is_function(fun, 0) do
+    if available?() do
+      :telemetry.span([:beamlens | suffix], metadata, fun)
+    else
+      case fun.() do
+        {result, _metadata} -> result
+        {result, _measurements, _metadata} -> result
+      end
+    end
+  end
+
+  defp available? do
+    :erlang.module_loaded(:telemetry) or Code.ensure_loaded?(:telemetry)
+  end
+end

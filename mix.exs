@@ -1,0 +1,60 @@
+# The native compiler must exist before Mix looks it up in `compilers`, both
+# here and when BeamLens is compiled as a dependency of a host app, so it is
+# loaded from source here and left out of `elixirc_paths` below.
+unless Code.ensure_loaded?(Mix.Tasks.Compile.BeamlensNif) do
+  Code.require_file("lib/mix/tasks/compile.beamlens_nif.ex", __DIR__)
+end
+
+defmodule Beamlens.MixProject do
+  use Mix.Project
+
+  @version "0.1.0"
+  @source_url "https://github.com/beamlens/beamlens"
+
+  def project do
+    [
+      app: :beamlens,
+      version: @version,
+      elixir: "~> 1.14",
+      start_permanent: Mix.env() == :prod,
+      compilers: [:beamlens_nif | Mix.compilers()],
+      elixirc_paths: elixirc_paths(Mix.env()),
+      deps: deps(),
+      description:
+        "An AI agent inside your Elixir app that watches the BEAM and explains anomalies",
+      package: package(),
+      source_url: @source_url,
+      docs: [main: "readme", extras: ["README.md"]]
+    ]
+  end
+
+  def application do
+    [extra_applications: [:logger]]
+  end
+
+  # lib/mix/tasks/compile.beamlens_nif.ex is loaded by this file (see top).
+  defp elixirc_paths(:test), do: ["lib/beamlens.ex", "lib/beamlens", "test/support"]
+  defp elixirc_paths(_), do: ["lib/beamlens.ex", "lib/beamlens"]
+
+  # BeamLens has no Hex dependencies of its own. `:telemetry` is in practically
+  # every Elixir app (Phoenix, Ecto and Plug bring it); it is declared when Hex
+  # is available so users get the real library. Offline, the test suite
+  # provides a compatible module (see test/support/telemetry.ex).
+  defp deps do
+    if Code.ensure_loaded?(Hex) do
+      [{:telemetry, "~> 1.0"}]
+    else
+      []
+    end
+  end
+
+  defp package do
+    [
+      licenses: ["Apache-2.0"],
+      links: %{"GitHub" => @source_url},
+      files: ~w(lib native/beamlens_nif/src native/beamlens_nif/Cargo.toml
+                native/beamlens_nif/Cargo.lock native/beamlens_nif/.cargo
+                mix.exs README.md LICENSE docs)
+    ]
+  end
+end

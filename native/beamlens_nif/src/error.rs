@@ -1,0 +1,125 @@
+//! The one error type of the Rust core.
+//!
+//! Every error crosses the boundary as a tagged tuple
+//! `{kind, message, details}`: `kind` is an atom from a fixed list, `message`
+//! is a human-readable binary (never a debug dump, never a secret) and
+//! `details` is a map with machine-readable fields. `Beamlens.Error.from_native/1`
+//! turns the tuple into an exception struct on the Elixir side.
+
+use rustler::{Encoder, Env, Term};
+
+use crate::atoms;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// Too many jobs are in flight; the submission was refused.
+    #[error("the native job queue is full ({capacity} jobs in flight)")]
+    Busy { capacity: usize },
+
+    /// Rust code panicked. The panic was caught; the VM is unaffected.
+    #[error("native code panicked: {0}")]
+    Panic(String),
+
+    /// An argument had the wrong shape or value.
+    #[error("invalid argument {name}: {reason}")]
+    BadArgument { name: String, reason: String },
+
+    /// The operation did not finish within its time limit.
+    #[error("timed out after {ms} ms")]
+    Timeout { ms: u64 },
+
+    /// The native runtime is shutting down or could not be started.
+    #[error("native runtime unavailable: {0}")]
+    Shutdown(String),
+}
+
+impl Error {
+    pub fn bad_argument(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::BadArgument {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds a `Panic` error from the payload of a caught panic.
+    pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "unknown panic payload".to_string()
+        };
+        Error::Panic(message)
+    }
+
+    fn kind(&self) -> rustler::Atom {
+        match self {
+            Error::Busy { .. } => atoms::busy(),
+            Error::Panic(_) => atoms::panic(),
+            Error::BadArgument { .. } => atoms::bad_argument(),
+            Error::Timeout { .. } => atoms::timeout(),
+            Error::Shutdown(_) => atoms::shutdown(),
+        }
+    }
+
+    fn details<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let map = Term::map_new(env);
+        let put = |map: Term<'a>, key: &str, value: Term<'a>| {
+            map.map_put(key.encode(env), value).unwrap_or(map)
+        };
+        match self {
+            Error::Busy { capacity } => put(map, "capacity", capacity.encode(env)),
+            Error::BadArgument { name, .. } => put(map, "argument", name.encode(env)),
+            Error::Timeout { ms } => put(map, "timeout_ms", ms.encode(env)),
+            Error::Panic(_) | Error::Shutdown(_) => map,
+        }
+    }
+}
+
+impl Encoder for Error {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        (self.kind(), self.to_string(), self.details(env)).encode(env)
+    }
+}
+
+/// Result type of the Rust core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs `f`, turning a panic into `Error::Panic`. Use it around NIF bodies so
+/// that a bug becomes `{:error, {:panic, message, %{}}}` instead of an
+/// exception raised from native code.
+pub fn catch_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => Err(Error::from_panic(payload.as_ref())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_problem() {
+        assert_eq!(
+            Error::bad_argument("delay_ms", "must be at most 60000").to_string(),
+            "invalid argument delay_ms: must be at most 60000"
+        );
+        assert_eq!(
+            Error::Busy { capacity: 8 }.to_string(),
+            "the native job queue is full (8 jobs in flight)"
+        );
+    }
+
+    #[test]
+    fn catch_panic_turns_panics_into_errors() {
+        let result: Result<()> = catch_panic(|| panic!("boom {}", 42));
+        assert_eq!(result, Err(Error::Panic("boom 42".into())));
+
+        let result: Result<()> = catch_panic(|| std::panic::panic_any(7_u8));
+        assert_eq!(result, Err(Error::Panic("unknown panic payload".into())));
+
+        assert_eq!(catch_panic(|| Ok(1)), Ok(1));
+    }
+}

@@ -1,0 +1,4 @@
+defmodule BeamlensTest do
+  use ExUnit.Case, async: true
+  doctest Beamlens
+end
