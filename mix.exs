@@ -20,6 +20,7 @@ defmodule Beamlens.MixProject do
       compilers: [:beamlens_nif | Mix.compilers()],
       elixirc_paths: elixirc_paths(Mix.env()),
       deps: deps(),
+      xref: [exclude: [:cpu_sup, :memsup, :disksup]],
       description:
         "An AI agent inside your Elixir app that watches the BEAM and explains anomalies",
       package: package(),
@@ -28,8 +29,11 @@ defmodule Beamlens.MixProject do
     ]
   end
 
+  # :os_mon is started on demand by the :system watcher only (starting it
+  # changes the host: alarm handlers, port programs); releases that use the
+  # :system watcher should include it.
   def application do
-    [extra_applications: [:logger]]
+    [extra_applications: [:logger, :runtime_tools]]
   end
 
   # lib/mix/tasks/compile.beamlens_nif.ex is loaded by this file (see top).

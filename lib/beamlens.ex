@@ -2,13 +2,88 @@ defmodule Beamlens do
   @moduledoc """
   BeamLens watches a running Elixir application from the inside.
 
-  Per domain (VM memory and schedulers, ETS, garbage collection, logs,
-  ports, supervisors, the OS) it takes snapshots, notices what is off,
-  investigates on the spot with read-only Lua run against the live runtime,
-  and reports structured alerts with evidence through `:telemetry`.
+  Add it to your supervision tree:
+
+      children = [
+        {Beamlens, watchers: [:beam, :ets, :gc, :logger, :ports, :sup, :system]}
+      ]
+
+  Each watcher takes a snapshot of its domain every `:interval`, lets a Rust
+  anomaly gate judge the numbers against learned baselines and hard limits,
+  and fires `Beamlens.Alert`s through `:telemetry` (see `Beamlens.Telemetry`).
+  When a model is configured, the watcher wakes it up to investigate with
+  read-only Lua and to write the alert; with `provider: :none`, or when the
+  token budget is spent, the gate's deterministic alerts still fire.
+
+  BeamLens stays out of the host's way: every snapshot and callback is
+  read-only and bounded, slow work never holds a scheduler, its processes
+  are not linked to yours, and its own restarts are bounded: if it keeps
+  failing it stops (its child spec is `restart: :temporary`) instead of
+  taking your supervisor down with it.
+
+  ## Options
+
+  #{Beamlens.Options.docs()}
+
+  ## Per-watcher options
+
+  A watcher is a built-in name or a keyword list such as
+  `[name: :ecto, domain_module: MyApp.EctoDomain]`. Keyword lists take:
+
+  #{Beamlens.Options.watcher_docs()}
   """
 
+  use Supervisor
+
+  alias Beamlens.Options
+
   @version Mix.Project.config()[:version]
+
+  @doc """
+  The child spec: `{Beamlens, opts}`. Options are validated here, so a
+  mistake fails at boot with a message naming the option.
+  """
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    opts = Options.validate!(opts)
+
+    %{
+      id: opts[:name],
+      start: {__MODULE__, :start_link, [opts]},
+      type: :supervisor,
+      restart: :temporary
+    }
+  end
+
+  @doc """
+  Starts BeamLens. Prefer adding `{Beamlens, opts}` to a supervision tree.
+  """
+  @spec start_link(keyword()) :: Supervisor.on_start()
+  def start_link(opts) do
+    opts = Options.validate!(opts)
+    Supervisor.start_link(__MODULE__, opts, name: opts[:name])
+  end
+
+  @doc """
+  The watchers of a running BeamLens instance with their current state.
+
+      [%{name: :beam, state: :healthy, reason: "...", ticks: 12, alerts_fired: 0, ...}]
+  """
+  @spec watchers(atom()) :: [map()]
+  def watchers(instance \\ __MODULE__) do
+    registry = Module.concat(instance, Registry)
+
+    registry
+    |> Registry.select([{{{:watcher, :"$1"}, :"$2", :_}, [], [{{:"$1", :"$2"}}]}])
+    |> Enum.sort()
+    |> Enum.flat_map(fn {_name, pid} ->
+      try do
+        [Beamlens.Watcher.info(pid)]
+      catch
+        :exit, _ -> []
+      end
+    end)
+  end
 
   @doc """
   The version of BeamLens.
@@ -18,4 +93,39 @@ defmodule Beamlens do
   """
   @spec version() :: String.t()
   def version, do: @version
+
+  @impl true
+  def init(opts) do
+    instance = opts[:name]
+
+    watchers =
+      Enum.map(opts[:watchers], fn watcher ->
+        {Beamlens.Watcher, Keyword.merge(watcher, instance: instance, coordinator: nil)}
+      end)
+
+    log_store =
+      if Enum.any?(opts[:watchers], &(&1[:domain_module] in log_domains())),
+        do: [Beamlens.LogStore],
+        else: []
+
+    children =
+      [
+        {Registry, keys: :unique, name: Module.concat(instance, Registry)},
+        {Task.Supervisor, name: Module.concat(instance, TaskSupervisor)}
+      ] ++
+        log_store ++
+        [
+          %{
+            id: :watchers,
+            type: :supervisor,
+            start:
+              {Supervisor, :start_link,
+               [watchers, [strategy: :one_for_one, max_restarts: 10, max_seconds: 60]]}
+          }
+        ]
+
+    Supervisor.init(children, strategy: :one_for_one, max_restarts: 5, max_seconds: 60)
+  end
+
+  defp log_domains, do: [Beamlens.Domain.Logger, Beamlens.Domain.Sup, Beamlens.Domain.Exception]
 end

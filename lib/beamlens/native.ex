@@ -40,6 +40,10 @@ defmodule Beamlens.Native do
   @doc false
   def load_error, do: :persistent_term.get(@load_error_key, nil)
 
+  # nif_gate.rs
+  def gate_new(_config), do: err()
+  def gate_observe(_gate, _samples, _now_ms), do: err()
+
   # nif_runtime.rs
   def runtime_status, do: err()
   def async_echo(_value, _delay_ms), do: err()

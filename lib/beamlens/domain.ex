@@ -1,0 +1,197 @@
+defmodule Beamlens.Domain do
+  @moduledoc """
+  The behaviour of a watcher's domain: what to look at, how to judge it, and
+  which read-only functions an investigation may call.
+
+  A domain is a module with:
+
+    * `c:name/0` and `c:description/0` - who it is, in one line for the model.
+    * `c:snapshot/0` - a map of the domain's current state. It runs in a task
+      of its own, off the watcher's process, and must be read-only and
+      bounded: top-N lists, sampled scans, no message contents, no forced
+      garbage collection, no `:sys.get_state/1`.
+    * `c:metrics/1` - the numbers of a snapshot the anomaly gate judges (see
+      `t:metric/0`).
+    * `c:callbacks/0` - read-only functions that Lua investigations may call
+      as `domain.function(args)`, each with its documentation and cost.
+    * optionally `c:summarize/2` and `c:hypothesis/1` - the deterministic
+      wording of alerts in rules-only mode.
+
+  `use Beamlens.Domain` declares the behaviour and provides default
+  implementations of the optional callbacks.
+
+  ## Example
+
+      defmodule MyApp.QueueDomain do
+        use Beamlens.Domain
+
+        @impl true
+        def name, do: :queue
+
+        @impl true
+        def description, do: "Job queue depth and throughput"
+
+        @impl true
+        def snapshot, do: %{depth: MyApp.Queue.depth(), processed: MyApp.Queue.processed_total()}
+
+        @impl true
+        def metrics(snapshot) do
+          [
+            %{name: "queue.depth", label: "queue depth", value: snapshot.depth,
+              kind: :level, anomaly_type: "queue_backlog", unit: :count, min_abs: 100},
+            %{name: "queue.processed", label: "jobs processed", value: snapshot.processed,
+              kind: :counter, anomaly_type: "queue_throughput", unit: :per_second}
+          ]
+        end
+
+        @impl true
+        def callbacks do
+          [%{name: "oldest_jobs", args: "(n)", doc: "The n oldest pending jobs (id, age_ms). Cheap.",
+             fun: &MyApp.Queue.oldest/1}]
+        end
+      end
+  """
+
+  @typedoc """
+  A number the gate judges.
+
+    * `:name` - unique within the domain, e.g. `"ets.memory_bytes"`.
+    * `:label` - human wording for summaries, e.g. `"ETS memory"`.
+    * `:value` - the number.
+    * `:kind` - `:limit` (hard thresholds `:warn`/`:critical`, no warm-up),
+      `:level` (robust baseline after warm-up) or `:counter` (a monotonic
+      counter, judged as a per-second rate against its baseline and against
+      `:warn`/`:critical` when given).
+    * `:anomaly_type` - the code-defined kind of problem when it fires.
+    * `:unit` - `:bytes`, `:count`, `:ratio`, `:per_second` or `:ms`, for
+      formatting.
+    * `:min_rel`, `:min_abs`, `:critical_rel`, `:sustain` - see
+      `Beamlens.Gate`.
+    * `:entities` - `{type, id}` pairs the metric is about.
+  """
+  @type metric :: %{
+          required(:name) => String.t(),
+          required(:label) => String.t(),
+          required(:value) => number(),
+          required(:kind) => :limit | :level | :counter,
+          required(:anomaly_type) => String.t(),
+          optional(:unit) => :bytes | :count | :ratio | :per_second | :ms,
+          optional(:warn) => number(),
+          optional(:critical) => number(),
+          optional(:min_rel) => number(),
+          optional(:min_abs) => number(),
+          optional(:critical_rel) => number(),
+          optional(:sustain) => pos_integer(),
+          optional(:entities) => [{String.t(), String.t()}]
+        }
+
+  @typedoc "A read-only function investigations may call from Lua as `<domain>.<name>(...)`."
+  @type callback_spec :: %{
+          name: String.t(),
+          args: String.t(),
+          doc: String.t(),
+          fun: function()
+        }
+
+  @typedoc "What the gate reported for one metric (see `Beamlens.Gate`)."
+  @type finding :: %{
+          name: String.t(),
+          severity: :warning | :critical,
+          status: String.t(),
+          value: float(),
+          baseline: float() | nil,
+          threshold: float(),
+          z: float() | nil,
+          samples: pos_integer()
+        }
+
+  @callback name() :: atom()
+  @callback description() :: String.t()
+  @callback snapshot() :: map()
+  @callback metrics(snapshot :: map()) :: [metric()]
+  @callback callbacks() :: [callback_spec()]
+  @callback summarize(finding(), metric()) :: String.t()
+  @callback hypothesis(anomaly_type :: String.t()) :: String.t() | nil
+
+  @optional_callbacks summarize: 2, hypothesis: 1
+
+  defmacro __using__(_opts) do
+    quote do
+      @behaviour Beamlens.Domain
+
+      @impl Beamlens.Domain
+      def callbacks, do: []
+
+      @impl Beamlens.Domain
+      def summarize(finding, metric), do: Beamlens.Domain.default_summary(finding, metric)
+
+      @impl Beamlens.Domain
+      def hypothesis(_anomaly_type), do: nil
+
+      defoverridable callbacks: 0, summarize: 2, hypothesis: 1
+    end
+  end
+
+  @doc """
+  The generic rules-only summary of a finding: the label, the value and the
+  baseline or limit it crossed.
+
+      iex> Beamlens.Domain.default_summary(
+      ...>   %{value: 0.54, baseline: 0.12, threshold: 0.3, status: "new"},
+      ...>   %{label: "ETS share of total memory", unit: :ratio})
+      "ETS share of total memory at 54%, baseline 12%"
+
+      iex> Beamlens.Domain.default_summary(
+      ...>   %{value: 0.62, baseline: nil, threshold: 0.5, status: "new"},
+      ...>   %{label: "atom table usage", unit: :ratio})
+      "atom table usage at 62%, above the 50% limit"
+  """
+  @spec default_summary(map(), map()) :: String.t()
+  def default_summary(finding, metric) do
+    unit = Map.get(metric, :unit, :count)
+    value = format(finding.value, unit)
+
+    case finding.baseline do
+      nil -> "#{metric.label} at #{value}, above the #{format(finding.threshold, unit)} limit"
+      baseline -> "#{metric.label} at #{value}, baseline #{format(baseline, unit)}"
+    end
+  end
+
+  @doc """
+  Formats a number for a summary.
+
+      iex> Beamlens.Domain.format(3_221_225_472, :bytes)
+      "3.0 GiB"
+      iex> Beamlens.Domain.format(0.123, :ratio)
+      "12%"
+      iex> Beamlens.Domain.format(12.345, :per_second)
+      "12.3/s"
+      iex> Beamlens.Domain.format(40_000.0, :count)
+      "40000"
+  """
+  @spec format(number(), atom()) :: String.t()
+  def format(value, :bytes) do
+    value = value * 1.0
+
+    cond do
+      value >= 1024 ** 3 -> "#{Float.round(value / 1024 ** 3, 1)} GiB"
+      value >= 1024 ** 2 -> "#{Float.round(value / 1024 ** 2, 1)} MiB"
+      value >= 1024 -> "#{Float.round(value / 1024, 1)} KiB"
+      true -> "#{round(value)} B"
+    end
+  end
+
+  def format(value, :ratio), do: "#{round(value * 100)}%"
+  def format(value, :per_second), do: "#{Float.round(value * 1.0, 1)}/s"
+  def format(value, :ms), do: "#{round(value)} ms"
+  def format(value, _count) when is_float(value), do: "#{round(value)}"
+  def format(value, _count), do: "#{value}"
+
+  @doc false
+  # A readable id for a pid or port, without creating atoms.
+  @spec id(pid() | port() | reference() | term()) :: String.t()
+  def id(term) when is_pid(term) or is_port(term) or is_reference(term), do: inspect(term)
+  def id(term) when is_atom(term), do: term |> Atom.to_string() |> String.trim_leading("Elixir.")
+  def id(term) when is_binary(term), do: term
+  def id(term), do: inspect(term, limit: 10, printable_limit: 100)
+end

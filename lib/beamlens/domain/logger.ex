@@ -1,0 +1,162 @@
+defmodule Beamlens.Domain.Logger do
+  @moduledoc """
+  The `:logger` domain: error, warning and connection-error rates from the
+  application's logs, the modules that log the most errors, and the recent
+  errors themselves.
+
+  Log events are captured by a bounded `:logger` handler (the last 500
+  warnings and errors, capped at 1 KiB each; counters for everything else)
+  that BeamLens installs while a `:logger`, `:sup` or `:exception` watcher
+  runs.
+  """
+
+  use Beamlens.Domain
+
+  alias Beamlens.LogStore
+
+  @impl true
+  def name, do: :logger
+
+  @impl true
+  def description do
+    "Application logs: error/warning rates, connection errors, modules with most errors, recent errors."
+  end
+
+  @impl true
+  def snapshot do
+    totals = LogStore.totals()
+
+    %{
+      errors_total: Map.get(totals, :errors, 0),
+      warnings_total: Map.get(totals, :warning, 0),
+      connection_errors_total: Map.get(totals, :connection_errors, 0),
+      crash_reports_total: Map.get(totals, :crash_reports, 0),
+      top_modules: LogStore.top_modules(5),
+      recent_errors: LogStore.recent(5, :error)
+    }
+  end
+
+  @impl true
+  def metrics(s) do
+    modules =
+      s.top_modules
+      |> Enum.filter(&(&1.errors > 0))
+      |> Enum.take(3)
+      |> Enum.map(&{"module", &1.module})
+
+    [
+      %{
+        name: "logger.errors",
+        label: "error log rate",
+        value: s.errors_total,
+        kind: :counter,
+        unit: :per_second,
+        anomaly_type: "error_log_burst",
+        min_rel: 2.0,
+        min_abs: 0.5,
+        warn: 10,
+        critical: 100,
+        sustain: 1,
+        entities: modules
+      },
+      %{
+        name: "logger.warnings",
+        label: "warning log rate",
+        value: s.warnings_total,
+        kind: :counter,
+        unit: :per_second,
+        anomaly_type: "warning_log_burst",
+        min_rel: 3.0,
+        min_abs: 2,
+        sustain: 2,
+        entities: modules
+      },
+      %{
+        name: "logger.connection_errors",
+        label: "connection error rate in logs",
+        value: s.connection_errors_total,
+        kind: :counter,
+        unit: :per_second,
+        anomaly_type: "connection_errors",
+        min_rel: 2.0,
+        min_abs: 0.2,
+        warn: 1,
+        critical: 20,
+        sustain: 1,
+        entities: modules
+      }
+    ]
+  end
+
+  @impl true
+  def hypothesis("error_log_burst"),
+    do: "Something started failing repeatedly; the modules logging most errors point at where."
+
+  def hypothesis("warning_log_burst"),
+    do: "A degraded dependency or retry loop is logging warnings."
+
+  def hypothesis("connection_errors"),
+    do:
+      "A dependency (database, HTTP service, socket peer) is refusing or dropping connections, or file descriptors ran out."
+
+  def hypothesis(_), do: nil
+
+  @impl true
+  def callbacks do
+    [
+      %{
+        name: "recent",
+        args: "(n, level)",
+        doc:
+          "The n (max 100) most recent log events at level \"error\" (and worse), \"warning\" " <>
+            "(and worse) or \"all\": time, level, module, pid, message (redacted, max 1 KiB).",
+        fun: &recent/2
+      },
+      %{
+        name: "search",
+        args: "(text, n)",
+        doc:
+          "Up to n (max 100) stored events whose message contains text (case-insensitive, plain text, not a pattern).",
+        fun: &search/2
+      },
+      %{
+        name: "top_modules",
+        args: "(n)",
+        doc: "The n (max 50) modules with the most errors and warnings since BeamLens started.",
+        fun: fn n -> LogStore.top_modules(cap(n, 50)) end
+      },
+      %{
+        name: "totals",
+        args: "()",
+        doc:
+          "Event counts per level since BeamLens started, plus restarts, crash reports, connection errors.",
+        fun: &LogStore.totals/0
+      }
+    ]
+  end
+
+  @doc false
+  def recent(n, level) when level in ["error", "warning", "all"] do
+    level = %{"error" => :error, "warning" => :warning, "all" => :all}[level]
+    n |> cap(100) |> LogStore.recent(level) |> Enum.map(&present/1)
+  end
+
+  def recent(_n, level),
+    do:
+      raise(
+        ArgumentError,
+        "level must be \"error\", \"warning\" or \"all\", got: #{inspect(level)}"
+      )
+
+  @doc false
+  def search(text, n) when is_binary(text) do
+    text |> LogStore.search(cap(n, 100)) |> Enum.map(&present/1)
+  end
+
+  def search(text, _n), do: raise(ArgumentError, "text must be a string, got: #{inspect(text)}")
+
+  defp present(event), do: Map.update!(event, :level, &Atom.to_string/1)
+
+  defp cap(n, max) when is_number(n), do: n |> trunc() |> max(1) |> min(max)
+  defp cap(n, _max), do: raise(ArgumentError, "n must be a number, got: #{inspect(n)}")
+end

@@ -1,0 +1,332 @@
+defmodule Beamlens.Options do
+  # The option schema of `{Beamlens, opts}` and of each watcher, in one place:
+  # validation with messages that name the key, "did you mean" hints for
+  # unknown keys, and the docs rendered into the `Beamlens` moduledoc.
+  @moduledoc false
+
+  @builtin_watchers %{
+    beam: Beamlens.Domain.Beam,
+    ets: Beamlens.Domain.Ets,
+    gc: Beamlens.Domain.Gc,
+    logger: Beamlens.Domain.Logger,
+    ports: Beamlens.Domain.Ports,
+    sup: Beamlens.Domain.Sup,
+    system: Beamlens.Domain.System,
+    exception: Beamlens.Domain.Exception
+  }
+
+  # Watchers that need a module of the user's (see PRODUCT.md).
+  @needs_domain_module %{
+    ecto:
+      "the :ecto watcher needs your own domain module: define one with " <>
+        "`use Beamlens.Domain.Ecto, repo: MyApp.Repo` and list it as " <>
+        "[name: :ecto, domain_module: MyApp.EctoDomain]"
+  }
+
+  @watcher_schema [
+    name: [type: :atom, doc: "The watcher's name. Required for custom watchers."],
+    domain_module: [
+      type: :module,
+      doc: "A module implementing `Beamlens.Domain`. Defaults to the built-in one for `name`."
+    ],
+    interval: [
+      type: :pos_integer,
+      default: 30_000,
+      doc: "Milliseconds between snapshots."
+    ],
+    warmup: [
+      type: :non_neg_integer,
+      default: 10,
+      doc: "Snapshots the anomaly gate learns from before it judges baselines."
+    ],
+    llm: [
+      type: {:in, [:gated, :always]},
+      default: :gated,
+      doc:
+        "`:gated` wakes the model only when the gate flags something, the watcher is " <>
+          "not healthy, or on the heartbeat; `:always` runs the model on every snapshot."
+    ],
+    heartbeat: [
+      type: {:or, [:pos_integer, {:in, [:infinity]}]},
+      default: 3_600_000,
+      doc:
+        "In `:gated` mode, milliseconds after which a healthy watcher checks in with the model anyway."
+    ],
+    max_iterations: [
+      type: :pos_integer,
+      default: 8,
+      doc: "Most model turns per wake-up."
+    ],
+    alert_cooldown: [
+      type: :non_neg_integer,
+      default: 900_000,
+      doc:
+        "Milliseconds during which a repeat of an alert (same fingerprint) is folded " <>
+          "into the open alert instead of firing again."
+    ],
+    compaction_max_tokens: [
+      type: :pos_integer,
+      default: 50_000,
+      doc: "Estimated conversation size (tokens) at which older messages are summarised."
+    ],
+    compaction_keep_last: [
+      type: :pos_integer,
+      default: 5,
+      doc: "Recent messages kept verbatim when compacting."
+    ],
+    gate: [
+      type: :keyword,
+      default: [],
+      doc:
+        "Anomaly gate tuning: `:z_threshold` (4.0), `:window` (120 samples), " <>
+          "`:cooldown_ms` (900000), `:max_fires_per_hour` (3), `:relearn_after` (240 samples)."
+    ]
+  ]
+
+  @watcher_defaults_keys [
+    :interval,
+    :warmup,
+    :llm,
+    :heartbeat,
+    :max_iterations,
+    :alert_cooldown,
+    :compaction_max_tokens,
+    :compaction_keep_last,
+    :gate
+  ]
+
+  @schema ([
+             watchers: [
+               type: :watchers,
+               default: [:beam],
+               doc:
+                 "Watchers to run: built-in names (#{Enum.map_join(Map.keys(@builtin_watchers) |> Enum.sort(), ", ", &inspect/1)}) " <>
+                   "or keyword lists with `:name`, `:domain_module` and any per-watcher option below."
+             ],
+             name: [
+               type: :atom,
+               default: Beamlens,
+               doc: "Name of the BeamLens supervisor; change it only to run two instances."
+             ],
+             provider: [
+               type: :provider,
+               doc:
+                 "The model: `:none` (rules only), a provider name such as `:anthropic`, a keyword " <>
+                   "list (`[provider: :openai, model: \"...\"]`), or a list of those as a fallback " <>
+                   "chain. Defaults to `config :beamlens, :provider`, then `:anthropic` with " <>
+                   "`ANTHROPIC_API_KEY`. Without a usable key BeamLens logs one error and runs rules-only."
+             ],
+             token_budget: [
+               type: {:or, [:pos_integer, {:in, [:infinity]}]},
+               default: 250_000,
+               doc:
+                 "Most LLM tokens (input + output) per hour across all watchers and the " <>
+                   "coordinator. When spent, watchers fall back to rules-only until the hour turns."
+             ],
+             coordinator: [
+               type: {:or, [:keyword, {:in, [false]}]},
+               default: [],
+               doc:
+                 "Options of the coordinator (`:window_ms`, `:compaction_max_tokens`, " <>
+                   "`:compaction_keep_last`), or `false` to run without one."
+             ]
+           ] ++
+             Enum.map(@watcher_schema, fn {key, spec} ->
+               if key in @watcher_defaults_keys do
+                 {key,
+                  Keyword.update!(
+                    spec,
+                    :doc,
+                    &(&1 <> " Applies to every watcher unless it sets its own.")
+                  )}
+               end
+             end))
+          |> Enum.reject(&is_nil/1)
+
+  @doc false
+  def builtin_watchers, do: @builtin_watchers
+
+  @doc false
+  def docs do
+    Enum.map_join(@schema, "\n", fn {key, spec} ->
+      default =
+        if Keyword.has_key?(spec, :default),
+          do: " Default: `#{inspect(spec[:default])}`.",
+          else: ""
+
+      "  * `#{inspect(key)}` - #{spec[:doc]}#{default}"
+    end)
+  end
+
+  @doc false
+  def watcher_docs do
+    Enum.map_join(@watcher_schema, "\n", fn {key, spec} ->
+      "  * `#{inspect(key)}` - #{spec[:doc]}"
+    end)
+  end
+
+  @doc """
+  Validates the options of `{Beamlens, opts}`. Returns the normalised
+  options with every watcher expanded to a full keyword list, or raises
+  `ArgumentError` naming the bad key.
+  """
+  @spec validate!(keyword()) :: keyword()
+  def validate!(opts) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError, "expected BeamLens options to be a keyword list, got: #{inspect(opts)}"
+    end
+
+    opts = validate_keys!(opts, @schema, "BeamLens option")
+
+    opts =
+      Keyword.put_new_lazy(opts, :provider, fn ->
+        Application.get_env(:beamlens, :provider, :anthropic)
+      end)
+
+    validate_value!(:provider, opts[:provider], :provider, "BeamLens option")
+
+    defaults = Keyword.take(opts, @watcher_defaults_keys)
+    watchers = Enum.map(opts[:watchers], &normalize_watcher!(&1, defaults))
+
+    case watchers |> Enum.map(& &1[:name]) |> duplicates() do
+      [] ->
+        :ok
+
+      dups ->
+        raise ArgumentError, "watcher names must be unique, got duplicates: #{inspect(dups)}"
+    end
+
+    Keyword.put(opts, :watchers, watchers)
+  end
+
+  defp normalize_watcher!(name, defaults) when is_atom(name) do
+    cond do
+      Map.has_key?(@builtin_watchers, name) ->
+        normalize_watcher!([name: name], defaults)
+
+      message = @needs_domain_module[name] ->
+        raise ArgumentError, message
+
+      true ->
+        raise ArgumentError,
+              "unknown watcher #{inspect(name)}. Built-in watchers are: " <>
+                Enum.map_join(Map.keys(@builtin_watchers) |> Enum.sort(), ", ", &inspect/1) <>
+                did_you_mean(name, Map.keys(@builtin_watchers)) <>
+                ". For your own domain, pass [name: ..., domain_module: MyDomain]."
+    end
+  end
+
+  defp normalize_watcher!(opts, defaults) when is_list(opts) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError,
+            "expected each watcher to be an atom or a keyword list, got: #{inspect(opts)}"
+    end
+
+    opts = validate_keys!(opts, @watcher_schema, "watcher option", defaults)
+
+    name =
+      opts[:name] ||
+        raise ArgumentError,
+              "a watcher given as a keyword list needs :name, got: #{inspect(opts)}"
+
+    domain =
+      case Keyword.fetch(opts, :domain_module) do
+        {:ok, module} ->
+          module
+
+        :error ->
+          Map.get(@builtin_watchers, name) ||
+            raise ArgumentError,
+                  @needs_domain_module[name] ||
+                    "watcher #{inspect(name)} is not built in, so it needs :domain_module"
+      end
+
+    unless Code.ensure_loaded?(domain) and function_exported?(domain, :snapshot, 0) do
+      raise ArgumentError,
+            "the :domain_module of watcher #{inspect(name)} must implement Beamlens.Domain " <>
+              "(snapshot/0, metrics/1, ...), got: #{inspect(domain)}"
+    end
+
+    Keyword.put(opts, :domain_module, domain)
+  end
+
+  defp normalize_watcher!(other, _defaults) do
+    raise ArgumentError,
+          "expected each watcher to be an atom or a keyword list, got: #{inspect(other)}"
+  end
+
+  defp validate_keys!(opts, schema, what, inherited \\ []) do
+    known = Keyword.keys(schema)
+
+    Enum.each(opts, fn {key, _} ->
+      unless key in known do
+        raise ArgumentError,
+              "unknown #{what} #{inspect(key)}#{did_you_mean(key, known)}. Known options: " <>
+                Enum.map_join(known, ", ", &inspect/1)
+      end
+    end)
+
+    Enum.reduce(schema, opts, fn {key, spec}, acc ->
+      case Keyword.fetch(acc, key) do
+        {:ok, value} ->
+          validate_value!(key, value, spec[:type], what)
+          acc
+
+        :error ->
+          cond do
+            Keyword.has_key?(inherited, key) -> Keyword.put(acc, key, inherited[key])
+            Keyword.has_key?(spec, :default) -> Keyword.put(acc, key, spec[:default])
+            true -> acc
+          end
+      end
+    end)
+  end
+
+  defp validate_value!(key, value, type, what) do
+    unless valid?(value, type) do
+      raise ArgumentError,
+            "invalid value for #{what} #{inspect(key)}: expected #{describe(type)}, got: #{inspect(value)}"
+    end
+  end
+
+  defp valid?(v, :atom), do: is_atom(v)
+  defp valid?(v, :module), do: is_atom(v) and not is_nil(v)
+  defp valid?(v, :pos_integer), do: is_integer(v) and v > 0
+  defp valid?(v, :non_neg_integer), do: is_integer(v) and v >= 0
+  defp valid?(v, :keyword), do: Keyword.keyword?(v)
+  defp valid?(v, {:in, values}), do: v in values
+  defp valid?(v, {:or, types}), do: Enum.any?(types, &valid?(v, &1))
+  defp valid?(v, :watchers), do: is_list(v)
+
+  defp valid?(v, :provider) do
+    is_atom(v) or Keyword.keyword?(v) or
+      (is_list(v) and v != [] and Enum.all?(v, &(is_atom(&1) or Keyword.keyword?(&1))))
+  end
+
+  defp describe(:atom), do: "an atom"
+  defp describe(:module), do: "a module"
+  defp describe(:pos_integer), do: "a positive integer"
+  defp describe(:non_neg_integer), do: "a non-negative integer"
+  defp describe(:keyword), do: "a keyword list"
+  defp describe(:watchers), do: "a list of watcher names or keyword lists"
+  defp describe(:provider), do: "a provider name, a keyword list or a list of them"
+  defp describe({:in, values}), do: "one of " <> Enum.map_join(values, ", ", &inspect/1)
+  defp describe({:or, types}), do: Enum.map_join(types, " or ", &describe/1)
+
+  defp did_you_mean(key, candidates) do
+    key = to_string(key)
+
+    candidates
+    |> Enum.map(&{&1, String.jaro_distance(key, to_string(&1))})
+    |> Enum.filter(fn {_, score} -> score >= 0.8 end)
+    |> Enum.max_by(fn {_, score} -> score end, fn -> nil end)
+    |> case do
+      nil -> ""
+      {candidate, _} -> " (did you mean #{inspect(candidate)}?)"
+    end
+  end
+
+  defp duplicates(list) do
+    list |> Enum.frequencies() |> Enum.filter(fn {_, n} -> n > 1 end) |> Enum.map(&elem(&1, 0))
+  end
+end

@@ -1,0 +1,713 @@
+//! The anomaly gate: decides, from numbers alone, whether a snapshot is worth
+//! a look. It runs on every tick of every watcher, so it is cheap (a few
+//! microseconds for dozens of metrics) and never calls out.
+//!
+//! Each metric is judged by its kind:
+//!
+//! * `Limit`: a hard limit on the value (for example atoms used / atom
+//!   limit). Judged from the first sample, no warm-up.
+//! * `Level`: a robust baseline (median and MAD of the recent normal samples)
+//!   learned during `warmup` samples; the value is anomalous when it is far
+//!   above the baseline in robust z-score *and* in relative and absolute
+//!   terms. The scale has a floor, so a metric that was perfectly flat can
+//!   still trigger when it moves (a weakness of plain z-scores).
+//! * `Counter`: a monotonic counter (GC runs, log lines, restarts). The gate
+//!   turns it into a per-second rate and judges the rate like `Level`, plus
+//!   optional hard limits on the rate.
+//!
+//! A metric has to be anomalous for `sustain` consecutive samples before it
+//! fires (hysteresis on the way in), and clears only once it is back under
+//! the lower `clear` level (hysteresis on the way out). Samples taken while a
+//! metric is firing are kept out of its baseline, so a leak cannot teach the
+//! gate that the leak is normal; after `relearn_after` samples of continuous
+//! firing the baseline is rebuilt from recent values (a level shift is
+//! accepted as the new normal, and said so). After clearing, a metric stays
+//! quiet for `cooldown_ms`, and it fires at most `max_fires_per_hour` times.
+//!
+//! The number of metrics per gate is bounded; metrics not seen for a while
+//! are evicted first.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// Most distinct metric names one gate tracks.
+pub const MAX_METRICS: usize = 512;
+const HOUR_MS: u64 = 3_600_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Limit,
+    Level,
+    Counter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+/// Gate-wide settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Samples a `Level`/`Counter` metric needs before it is judged.
+    pub warmup: usize,
+    /// Normal samples kept per metric for the baseline.
+    pub window: usize,
+    /// Robust z-score above which a value is anomalous.
+    pub z_threshold: f64,
+    /// After clearing, a metric does not fire again for this long.
+    pub cooldown_ms: u64,
+    /// A metric fires at most this often per hour.
+    pub max_fires_per_hour: usize,
+    /// Samples of continuous firing after which the baseline is rebuilt.
+    pub relearn_after: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            warmup: 10,
+            window: 120,
+            z_threshold: 4.0,
+            cooldown_ms: 15 * 60 * 1000,
+            max_fires_per_hour: 3,
+            relearn_after: 240,
+        }
+    }
+}
+
+/// One sample of one metric, with how to judge it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    pub name: String,
+    pub value: f64,
+    pub kind: Kind,
+    /// Limits (for `Limit`, and optional rate limits for `Counter`).
+    #[serde(default)]
+    pub warn: Option<f64>,
+    #[serde(default)]
+    pub critical: Option<f64>,
+    /// For `Level`/`Counter`: the value must exceed the baseline by at least
+    /// this fraction (0.5 = +50%) ...
+    #[serde(default = "default_min_rel")]
+    pub min_rel: f64,
+    /// ... and by at least this absolute amount.
+    #[serde(default)]
+    pub min_abs: f64,
+    /// For `Level`/`Counter`: relative excess that makes it critical
+    /// (1.0 = twice the baseline).
+    #[serde(default = "default_critical_rel")]
+    pub critical_rel: f64,
+    /// Consecutive anomalous samples needed to fire.
+    #[serde(default = "default_sustain")]
+    pub sustain: usize,
+}
+
+fn default_min_rel() -> f64 {
+    0.5
+}
+fn default_critical_rel() -> f64 {
+    2.0
+}
+fn default_sustain() -> usize {
+    2
+}
+
+/// What the gate says about a metric that is firing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub name: String,
+    pub severity: Severity,
+    /// `"new"` on the sample it starts firing, `"escalated"` when it goes
+    /// from warning to critical, `"ongoing"` otherwise.
+    pub status: &'static str,
+    /// The judged value (for counters: the rate per second).
+    pub value: f64,
+    /// The baseline median, when there is one.
+    pub baseline: Option<f64>,
+    /// The level that was crossed.
+    pub threshold: f64,
+    /// Robust z-score against the baseline, when there is one.
+    pub z: Option<f64>,
+    /// Samples this metric has been firing.
+    pub samples: usize,
+}
+
+/// A metric that stopped firing on this sample.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cleared {
+    pub name: String,
+    /// `"recovered"`, or `"relearned"` when the baseline was rebuilt.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub findings: Vec<Finding>,
+    pub cleared: Vec<Cleared>,
+    /// Metrics that are anomalous but not firing yet (waiting for
+    /// `sustain`, in cooldown, or over the hourly cap).
+    pub pending: Vec<String>,
+    /// Metric names that were ignored because the gate is full.
+    pub dropped: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct MetricState {
+    baseline: VecDeque<f64>,
+    seen: usize,
+    /// For counters: the previous raw value and its time.
+    last_counter: Option<(f64, u64)>,
+    pending: usize,
+    firing: Option<Severity>,
+    firing_samples: usize,
+    recent: VecDeque<f64>,
+    quiet_until_ms: u64,
+    fires: VecDeque<u64>,
+    last_seen_ms: u64,
+}
+
+/// The gate of one watcher.
+#[derive(Debug, Default)]
+pub struct Gate {
+    config: Config,
+    metrics: HashMap<String, MetricState>,
+}
+
+struct Judgement {
+    severity: Option<Severity>,
+    /// Still above the lower (clearing) level.
+    above_clear: bool,
+    baseline: Option<f64>,
+    threshold: f64,
+    z: Option<f64>,
+}
+
+impl Gate {
+    pub fn new(config: Config) -> Self {
+        Gate {
+            config,
+            metrics: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn len(&self) -> usize {
+        self.metrics.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.metrics.is_empty()
+    }
+
+    /// Feeds one snapshot's samples taken at `now_ms` and returns what fires.
+    pub fn observe(&mut self, samples: &[Sample], now_ms: u64) -> Verdict {
+        let mut verdict = Verdict::default();
+        for sample in samples {
+            if !sample.value.is_finite() {
+                continue;
+            }
+            if !self.metrics.contains_key(&sample.name) && !self.make_room(now_ms) {
+                verdict.dropped.push(sample.name.clone());
+                continue;
+            }
+            let config = self.config.clone();
+            let state = self.metrics.entry(sample.name.clone()).or_default();
+            state.last_seen_ms = now_ms;
+            observe_one(&config, state, sample, now_ms, &mut verdict);
+        }
+        verdict
+    }
+
+    /// Evicts the least recently seen metric that is not firing, if the gate
+    /// is full. Returns false when nothing can be evicted.
+    fn make_room(&mut self, now_ms: u64) -> bool {
+        if self.metrics.len() < MAX_METRICS {
+            return true;
+        }
+        let victim = self
+            .metrics
+            .iter()
+            .filter(|(_, s)| s.firing.is_none() && s.last_seen_ms < now_ms)
+            .min_by_key(|(_, s)| s.last_seen_ms)
+            .map(|(name, _)| name.clone());
+        match victim {
+            Some(name) => {
+                self.metrics.remove(&name);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn observe_one(
+    config: &Config,
+    state: &mut MetricState,
+    sample: &Sample,
+    now_ms: u64,
+    verdict: &mut Verdict,
+) {
+    // Counters are judged on their rate; the first sample only primes it.
+    let value = match sample.kind {
+        Kind::Counter => {
+            let previous = state.last_counter.replace((sample.value, now_ms));
+            match previous {
+                Some((last, at)) if now_ms > at && sample.value >= last => {
+                    (sample.value - last) * 1000.0 / (now_ms - at) as f64
+                }
+                // A counter reset (restart) or a clock that did not move.
+                _ => return,
+            }
+        }
+        _ => sample.value,
+    };
+
+    let judgement = judge(config, state, sample, value);
+
+    // Hysteresis in: `sustain` consecutive anomalous samples.
+    if judgement.severity.is_some() {
+        state.pending += 1;
+    } else {
+        state.pending = 0;
+    }
+
+    match state.firing {
+        Some(previous) if judgement.above_clear => {
+            state.firing_samples += 1;
+            push_bounded(&mut state.recent, value, config.window.max(1));
+            let severity = judgement.severity.unwrap_or(previous).max(previous);
+            let status = if severity > previous {
+                "escalated"
+            } else {
+                "ongoing"
+            };
+            state.firing = Some(severity);
+            if sample.kind != Kind::Limit && state.firing_samples >= config.relearn_after.max(1) {
+                // A lasting level shift: accept it as the new normal.
+                state.baseline = std::mem::take(&mut state.recent);
+                clear(state, config, now_ms);
+                verdict.cleared.push(Cleared {
+                    name: sample.name.clone(),
+                    reason: "relearned",
+                });
+                return;
+            }
+            verdict
+                .findings
+                .push(finding(sample, severity, status, value, &judgement, state));
+        }
+        Some(_) => {
+            clear(state, config, now_ms);
+            learn(config, state, value);
+            verdict.cleared.push(Cleared {
+                name: sample.name.clone(),
+                reason: "recovered",
+            });
+        }
+        None => {
+            let sustain = sample.sustain.max(1);
+            let allowed = now_ms >= state.quiet_until_ms && fires_left(config, state, now_ms);
+            match judgement.severity {
+                Some(severity) if state.pending >= sustain && allowed => {
+                    state.firing = Some(severity);
+                    state.firing_samples = 1;
+                    state.recent.clear();
+                    push_bounded(&mut state.recent, value, config.window.max(1));
+                    state.fires.push_back(now_ms);
+                    verdict
+                        .findings
+                        .push(finding(sample, severity, "new", value, &judgement, state));
+                }
+                // Anomalous but not (yet) firing: keep it out of the baseline.
+                Some(_) => verdict.pending.push(sample.name.clone()),
+                None => learn(config, state, value),
+            }
+        }
+    }
+}
+
+fn finding(
+    sample: &Sample,
+    severity: Severity,
+    status: &'static str,
+    value: f64,
+    judgement: &Judgement,
+    state: &MetricState,
+) -> Finding {
+    Finding {
+        name: sample.name.clone(),
+        severity,
+        status,
+        value,
+        baseline: judgement.baseline,
+        threshold: judgement.threshold,
+        z: judgement.z,
+        samples: state.firing_samples,
+    }
+}
+
+fn clear(state: &mut MetricState, config: &Config, now_ms: u64) {
+    state.firing = None;
+    state.firing_samples = 0;
+    state.pending = 0;
+    state.recent.clear();
+    state.quiet_until_ms = now_ms.saturating_add(config.cooldown_ms);
+}
+
+fn fires_left(config: &Config, state: &mut MetricState, now_ms: u64) -> bool {
+    while let Some(&at) = state.fires.front() {
+        if now_ms.saturating_sub(at) >= HOUR_MS {
+            state.fires.pop_front();
+        } else {
+            break;
+        }
+    }
+    state.fires.len() < config.max_fires_per_hour.max(1)
+}
+
+fn learn(config: &Config, state: &mut MetricState, value: f64) {
+    state.seen += 1;
+    push_bounded(&mut state.baseline, value, config.window.max(1));
+}
+
+fn push_bounded(queue: &mut VecDeque<f64>, value: f64, cap: usize) {
+    if queue.len() >= cap {
+        queue.pop_front();
+    }
+    queue.push_back(value);
+}
+
+fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> Judgement {
+    let mut judgement = Judgement {
+        severity: None,
+        above_clear: false,
+        baseline: None,
+        threshold: f64::INFINITY,
+        z: None,
+    };
+
+    // Hard limits apply to Limit metrics, and to counter rates when given.
+    if sample.kind != Kind::Level {
+        if let Some(warn) = sample.warn {
+            judgement.threshold = warn;
+            // Clear 10% under the warning level.
+            judgement.above_clear = value >= warn * 0.9;
+            if sample.critical.is_some_and(|c| value >= c) {
+                judgement.severity = Some(Severity::Critical);
+                judgement.threshold = sample.critical.unwrap_or(warn);
+            } else if value >= warn {
+                judgement.severity = Some(Severity::Warning);
+            }
+        }
+    }
+    if sample.kind == Kind::Limit {
+        return judgement;
+    }
+
+    // Baseline judgement for Level and Counter metrics.
+    if state.seen < config.warmup || state.baseline.is_empty() {
+        return judgement;
+    }
+    let (median, scale) = robust_stats(&state.baseline);
+    let z = (value - median) / scale;
+    let rel_level = median.abs() * (1.0 + sample.min_rel);
+    let level = (median + config.z_threshold * scale)
+        .max(rel_level)
+        .max(median + sample.min_abs);
+    let clear_level = median + (level - median) * 0.5;
+
+    judgement.baseline = Some(median);
+    judgement.z = Some(z);
+    judgement.above_clear |= value >= clear_level;
+
+    if value >= level {
+        let critical_level = (median.abs() * (1.0 + sample.critical_rel)).max(level);
+        let severity = if value >= critical_level {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        if judgement.severity.is_none_or(|s| severity > s) {
+            judgement.severity = Some(severity);
+            judgement.threshold = level;
+        }
+    }
+    judgement
+}
+
+/// Median and a robust scale (1.4826 × MAD) with floors: 5% of the median
+/// and a tiny absolute value, so that a flat history still has a scale.
+fn robust_stats(values: &VecDeque<f64>) -> (f64, f64) {
+    let mut sorted: Vec<f64> = values.iter().copied().collect();
+    let median = median_of(&mut sorted);
+    let mut deviations: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
+    let mad = median_of(&mut deviations);
+    let scale = (1.4826 * mad).max(median.abs() * 0.05).max(1e-9);
+    (median, scale)
+}
+
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(name: &str, value: f64) -> Sample {
+        Sample {
+            name: name.into(),
+            value,
+            kind: Kind::Level,
+            warn: None,
+            critical: None,
+            min_rel: 0.5,
+            min_abs: 0.0,
+            critical_rel: 2.0,
+            sustain: 2,
+        }
+    }
+
+    fn limit(name: &str, value: f64, warn: f64, critical: f64) -> Sample {
+        Sample {
+            kind: Kind::Limit,
+            warn: Some(warn),
+            critical: Some(critical),
+            sustain: 1,
+            ..level(name, value)
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            warmup: 5,
+            window: 50,
+            cooldown_ms: 1_000,
+            ..Config::default()
+        }
+    }
+
+    fn feed(gate: &mut Gate, samples: &[Sample], t: &mut u64) -> Verdict {
+        *t += 100;
+        gate.observe(samples, *t)
+    }
+
+    #[test]
+    fn nothing_fires_during_warmup_or_on_noise() {
+        let mut gate = Gate::new(config());
+        let mut t = 0;
+        for i in 0..200 {
+            let noise = [100.0, 103.0, 98.0, 101.0, 99.0][i % 5];
+            let v = feed(&mut gate, &[level("m", noise)], &mut t);
+            assert!(v.findings.is_empty(), "sample {i}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn a_jump_fires_once_after_sustain_and_clears_with_cooldown() {
+        let mut gate = Gate::new(config());
+        let mut t = 0;
+        for _ in 0..10 {
+            feed(&mut gate, &[level("m", 100.0)], &mut t);
+        }
+        // First anomalous sample: pending (sustain = 2).
+        let v = feed(&mut gate, &[level("m", 400.0)], &mut t);
+        assert!(v.findings.is_empty());
+        assert_eq!(v.pending, vec!["m".to_string()]);
+        let v = feed(&mut gate, &[level("m", 400.0)], &mut t);
+        assert_eq!(v.findings.len(), 1);
+        let f = &v.findings[0];
+        assert_eq!(
+            (f.status, f.severity, f.baseline),
+            ("new", Severity::Critical, Some(100.0))
+        );
+        assert!(f.z.unwrap() > 10.0);
+
+        let v = feed(&mut gate, &[level("m", 420.0)], &mut t);
+        assert_eq!(v.findings[0].status, "ongoing");
+        assert_eq!(v.findings[0].samples, 2);
+
+        // Back to normal: cleared, and the anomalous values did not enter
+        // the baseline.
+        let v = feed(&mut gate, &[level("m", 100.0)], &mut t);
+        assert_eq!(v.cleared[0].reason, "recovered");
+        assert!(v.findings.is_empty());
+
+        // Within the cooldown a new jump does not fire.
+        for _ in 0..3 {
+            assert!(feed(&mut gate, &[level("m", 400.0)], &mut t)
+                .findings
+                .is_empty());
+        }
+        // After the cooldown it does.
+        t += 1_000;
+        let v = feed(&mut gate, &[level("m", 400.0)], &mut t);
+        assert_eq!(v.findings.len(), 1);
+    }
+
+    #[test]
+    fn a_flat_metric_can_still_fire() {
+        let mut gate = Gate::new(config());
+        let mut t = 0;
+        for _ in 0..20 {
+            assert!(feed(&mut gate, &[level("flat", 10.0)], &mut t)
+                .findings
+                .is_empty());
+        }
+        // +10% on a flat metric is below min_rel (50%): not anomalous.
+        for _ in 0..3 {
+            assert!(feed(&mut gate, &[level("flat", 11.0)], &mut t)
+                .findings
+                .is_empty());
+        }
+        feed(&mut gate, &[level("flat", 16.0)], &mut t);
+        let v = feed(&mut gate, &[level("flat", 16.0)], &mut t);
+        assert_eq!(v.findings[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn limits_fire_without_warmup_and_escalate() {
+        let mut gate = Gate::new(config());
+        let mut t = 0;
+        let v = feed(&mut gate, &[limit("atoms", 0.6, 0.5, 0.8)], &mut t);
+        assert_eq!(v.findings[0].severity, Severity::Warning);
+        assert_eq!(v.findings[0].threshold, 0.5);
+        let v = feed(&mut gate, &[limit("atoms", 0.85, 0.5, 0.8)], &mut t);
+        assert_eq!(
+            (v.findings[0].status, v.findings[0].severity),
+            ("escalated", Severity::Critical)
+        );
+        // Hysteresis: 0.46 is under the limit but above the clearing level.
+        let v = feed(&mut gate, &[limit("atoms", 0.46, 0.5, 0.8)], &mut t);
+        assert_eq!(v.findings[0].status, "ongoing");
+        let v = feed(&mut gate, &[limit("atoms", 0.40, 0.5, 0.8)], &mut t);
+        assert_eq!(v.cleared.len(), 1);
+    }
+
+    #[test]
+    fn counters_are_judged_on_their_rate() {
+        let mut gate = Gate::new(config());
+        let mut t = 0;
+        let mut total = 0.0;
+        for _ in 0..20 {
+            total += 5.0; // 50 per second at 100 ms per sample
+            let s = Sample {
+                kind: Kind::Counter,
+                ..level("errors", total)
+            };
+            assert!(feed(&mut gate, &[s], &mut t).findings.is_empty());
+        }
+        let mut fired = None;
+        for _ in 0..3 {
+            total += 100.0; // 1,000 per second
+            let s = Sample {
+                kind: Kind::Counter,
+                ..level("errors", total)
+            };
+            let v = feed(&mut gate, &[s], &mut t);
+            if let Some(f) = v.findings.first() {
+                fired = Some(f.clone());
+            }
+        }
+        let f = fired.expect("the burst fired");
+        assert_eq!(f.baseline, Some(50.0));
+        assert_eq!(f.value, 1000.0);
+    }
+
+    #[test]
+    fn a_counter_reset_is_not_a_burst() {
+        let mut gate = Gate::new(config());
+        let mut t = 0;
+        for v in [100.0, 200.0, 300.0, 5.0, 105.0] {
+            let s = Sample {
+                kind: Kind::Counter,
+                warn: Some(10_000.0),
+                ..level("c", v)
+            };
+            assert!(feed(&mut gate, &[s], &mut t).findings.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_lasting_shift_is_relearned() {
+        let mut gate = Gate::new(Config {
+            relearn_after: 5,
+            ..config()
+        });
+        let mut t = 0;
+        for _ in 0..10 {
+            feed(&mut gate, &[level("m", 100.0)], &mut t);
+        }
+        let mut relearned = false;
+        for _ in 0..10 {
+            let v = feed(&mut gate, &[level("m", 300.0)], &mut t);
+            relearned |= v.cleared.iter().any(|c| c.reason == "relearned");
+        }
+        assert!(relearned);
+        // 300 is now normal.
+        t += 10_000;
+        assert!(feed(&mut gate, &[level("m", 300.0)], &mut t)
+            .findings
+            .is_empty());
+    }
+
+    #[test]
+    fn fires_per_hour_are_capped() {
+        let mut gate = Gate::new(Config {
+            cooldown_ms: 0,
+            max_fires_per_hour: 2,
+            ..config()
+        });
+        let mut t = 0;
+        let mut fires = 0;
+        for _ in 0..10 {
+            fires += feed(&mut gate, &[limit("l", 1.0, 0.5, 0.9)], &mut t)
+                .findings
+                .iter()
+                .filter(|f| f.status == "new")
+                .count();
+            feed(&mut gate, &[limit("l", 0.0, 0.5, 0.9)], &mut t);
+        }
+        assert_eq!(fires, 2);
+    }
+
+    #[test]
+    fn the_number_of_metrics_is_bounded() {
+        let mut gate = Gate::new(config());
+        let samples: Vec<Sample> = (0..MAX_METRICS + 10)
+            .map(|i| level(&format!("m{i}"), 1.0))
+            .collect();
+        let v = gate.observe(&samples, 1);
+        assert_eq!(gate.len(), MAX_METRICS);
+        assert_eq!(v.dropped.len(), 10);
+        // Later, old metrics make room for new ones.
+        let v = gate.observe(&[level("fresh", 1.0)], 2);
+        assert!(v.dropped.is_empty());
+        assert_eq!(gate.len(), MAX_METRICS);
+    }
+
+    #[test]
+    fn non_finite_values_are_ignored() {
+        let mut gate = Gate::new(config());
+        let v = gate.observe(&[level("nan", f64::NAN)], 1);
+        assert_eq!(v, Verdict::default());
+        assert!(gate.is_empty());
+    }
+}
