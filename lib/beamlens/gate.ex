@@ -62,15 +62,16 @@ defmodule Beamlens.Gate do
   end
 
   @doc """
-  Feeds the metrics of one snapshot taken at `now_ms` (monotonic
-  milliseconds) and returns the verdict.
+  Feeds the metrics of one snapshot taken at `now_ms` and returns the
+  verdict. `now_ms` is a non-negative, non-decreasing millisecond clock,
+  such as the time since the watcher started.
   """
   @spec observe(t(), [Beamlens.Domain.metric()], integer()) ::
           {:ok, verdict()} | {:error, Error.t()}
-  def observe(gate, metrics, now_ms) do
+  def observe(gate, metrics, now_ms) when is_integer(now_ms) and now_ms >= 0 do
     samples = Enum.map(metrics, &to_sample/1)
 
-    with {:ok, verdict} <- Error.wrap(Native.gate_observe(gate, samples, max(now_ms, 0))) do
+    with {:ok, verdict} <- Error.wrap(Native.gate_observe(gate, samples, now_ms)) do
       {:ok,
        %{
          findings: Enum.map(verdict["findings"], &to_finding/1),

@@ -81,9 +81,12 @@ defmodule Beamlens.LogStore do
         |> Enum.map(&elem(&1, 1))
         |> Enum.filter(&(&1.level in keep))
         |> Enum.sort_by(& &1.seq, :desc)
-        |> Enum.take(n)
+        |> take(n)
     end
   end
+
+  defp take(list, :infinity), do: list
+  defp take(list, n), do: Enum.take(list, n)
 
   @doc "Stored events whose message contains `text` (case-insensitive), newest first."
   def search(text, n) when is_binary(text) do

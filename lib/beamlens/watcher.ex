@@ -193,7 +193,7 @@ defmodule Beamlens.Watcher do
     state = %{state | tick: tick, snapshots: snapshots, last_error: nil}
 
     with {:ok, metrics} <- safe_metrics(state.domain, snapshot),
-         {:ok, verdict} <- Gate.observe(state.gate, metrics, System.monotonic_time(:millisecond)) do
+         {:ok, verdict} <- Gate.observe(state.gate, metrics, clock(state)) do
       state
       |> Map.put(:metrics, Map.new(metrics, &{&1.name, &1}))
       |> apply_verdict(verdict, id)
@@ -201,6 +201,9 @@ defmodule Beamlens.Watcher do
       {:error, error} -> snapshot_failed(state, error_message(error))
     end
   end
+
+  # Milliseconds since the watcher started: a non-negative clock for the gate.
+  defp clock(state), do: System.monotonic_time(:millisecond) - state.started_at
 
   defp safe_metrics(domain, snapshot) do
     {:ok, domain.metrics(snapshot)}

@@ -333,6 +333,9 @@ defmodule Beamlens.Domain.Beam do
       [_, a, b, c] -> {:ok, :erlang.list_to_pid(~c"<#{a}.#{b}.#{c}>")}
       nil -> :error
     end
+  rescue
+    # Numbers out of the pid range of this node.
+    ArgumentError -> :error
   end
 
   defp unwrap({:ok, value}), do: value

@@ -1,0 +1,110 @@
+defmodule Beamlens.Domain.DomainsTest do
+  use ExUnit.Case, async: false
+
+  alias Beamlens.Domain.{Ets, Gc, Ports, Sup, System}
+  alias Beamlens.Domain.Logger, as: LoggerDomain
+  alias Beamlens.LogStore
+
+  @domains [Beamlens.Domain.Beam, Ets, Gc, LoggerDomain, Ports, Sup, System]
+
+  setup do
+    start_supervised!(LogStore)
+    :ok
+  end
+
+  test "every built-in domain snapshots, yields well-formed metrics and documents its callbacks" do
+    for domain <- @domains do
+      snapshot = domain.snapshot()
+      assert is_map(snapshot)
+      assert is_binary(domain.description())
+
+      for metric <- domain.metrics(snapshot) do
+        assert %{name: name, label: label, value: value, kind: kind, anomaly_type: type} = metric
+        assert is_binary(name) and is_binary(label) and is_binary(type)
+        assert is_number(value), "#{inspect(domain)} #{name}: #{inspect(value)}"
+        assert kind in [:limit, :level, :counter]
+      end
+
+      for cb <- domain.callbacks() do
+        assert %{name: name, args: "(" <> _, doc: doc, fun: fun} = cb
+        assert name =~ ~r/^[a-z_]+$/
+        assert String.length(doc) > 20
+        assert is_function(fun)
+      end
+    end
+  end
+
+  test "ETS callbacks show metadata, never contents" do
+    table = :ets.new(:beamlens_domain_test_secrets, [:named_table, :public])
+    :ets.insert(table, {:api_key, "sk-ant-very-secret"})
+
+    assert [%{name: "beamlens_domain_test_secrets", size: 1} | _] =
+             Ets.tables(100, "size") |> Enum.filter(&(&1.name == "beamlens_domain_test_secrets"))
+
+    info = Ets.table_info_by_name("beamlens_domain_test_secrets")
+    assert info.keypos == 1
+    refute inspect(info) =~ "sk-ant"
+    refute inspect(Ets.snapshot()) =~ "sk-ant"
+    assert_raise ArgumentError, ~r/no ETS table named/, fn -> Ets.table_info_by_name("nope") end
+  end
+
+  test "logger callbacks return recent errors and search them" do
+    require Logger
+    Logger.error("database connection refused by 10.0.0.5")
+    Logger.warning("slow request")
+    Process.sleep(20)
+
+    assert [%{level: "error", message: "database connection refused by 10.0.0.5"} | _] =
+             LoggerDomain.recent(5, "error")
+
+    assert [%{message: "database connection refused" <> _}] =
+             LoggerDomain.search("CONNECTION REFUSED", 5)
+
+    assert LogStore.totals().connection_errors >= 1
+    assert_raise ArgumentError, ~r/level must be/, fn -> LoggerDomain.recent(5, "loud") end
+  end
+
+  test "the log store is bounded" do
+    stop_supervised!(LogStore)
+    start_supervised!({LogStore, capacity: 10})
+    require Logger
+    for i <- 1..50, do: Logger.error("event #{i}")
+    Process.sleep(20)
+
+    recent = LogStore.recent(100, :all)
+    assert length(recent) == 10
+    assert hd(recent).message == "event 50"
+    assert LogStore.totals().error >= 50
+  end
+
+  test "supervision trees are walked read-only" do
+    assert %{application: "logger", supervisor: %{children: [_ | _]}} = Sup.tree("logger")
+    assert_raise ArgumentError, ~r/no running application/, fn -> Sup.tree("nope") end
+  end
+
+  test "ports list owners and descriptors" do
+    sockets = for _ <- 1..5, do: elem(:gen_udp.open(0), 1)
+    on_exit(fn -> Enum.each(sockets, &:gen_udp.close/1) end)
+    snapshot = Ports.snapshot()
+    assert snapshot.socket_count >= 5
+    assert Enum.any?(snapshot.top_owners, &(&1.owner == inspect(self())))
+    assert {open, limit} = Ports.file_descriptors()
+    assert open > 0 and limit > open
+  end
+
+  test "GC info of a process does not collect it" do
+    pid = spawn(fn -> Process.sleep(:infinity) end)
+    {:garbage_collection, before} = :erlang.process_info(pid, :garbage_collection)
+    info = Gc.process_gc(inspect(pid))
+    {:garbage_collection, after_} = :erlang.process_info(pid, :garbage_collection)
+    assert info.minor_gcs == before[:minor_gcs]
+    assert after_[:minor_gcs] == before[:minor_gcs]
+  end
+
+  test "system domain reads os_mon" do
+    s = System.snapshot()
+    assert s.cores >= 1
+    assert s.memory_used_ratio > 0 and s.memory_used_ratio < 1
+    assert [%{mount: _, used_ratio: _} | _] = s.disks
+  end
+end

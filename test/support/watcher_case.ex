@@ -1,0 +1,93 @@
+defmodule Beamlens.WatcherCase do
+  @moduledoc """
+  Shared setup for tests that run real watchers: starts BeamLens under the
+  test supervisor with fast ticks, and forwards BeamLens telemetry events to
+  the test process as `{:telemetry, event, measurements, metadata}`.
+  """
+
+  use ExUnit.CaseTemplate
+
+  @events [
+    [:beamlens, :watcher, :alert_fired],
+    [:beamlens, :watcher, :alert_folded],
+    [:beamlens, :watcher, :state_changed],
+    [:beamlens, :watcher, :snapshot_failed]
+  ]
+
+  using do
+    quote do
+      import Beamlens.WatcherCase
+    end
+  end
+
+  setup context do
+    handler = "beamlens-test-#{inspect(context.module)}-#{context.test}"
+    :ok = :telemetry.attach_many(handler, @events, &__MODULE__.forward/4, self())
+    on_exit(fn -> :telemetry.detach(handler) end)
+    %{instance: Module.concat(BeamlensTest, "I#{System.unique_integer([:positive])}")}
+  end
+
+  @doc false
+  def forward(event, measurements, metadata, pid),
+    do: send(pid, {:telemetry, event, measurements, metadata})
+
+  @doc "Starts BeamLens with fast defaults for tests; returns the instance name."
+  def start_beamlens(instance, opts) do
+    opts =
+      Keyword.merge(
+        [name: instance, interval: 50, warmup: 5, provider: :none, gate: [cooldown_ms: 60_000]],
+        opts
+      )
+
+    ExUnit.Callbacks.start_supervised!({Beamlens, opts}, id: instance)
+    instance
+  end
+
+  @doc "Waits until `watcher` has taken `n` snapshots."
+  def await_ticks(instance, watcher, n, timeout \\ 5_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_await_ticks(instance, watcher, n, deadline)
+  end
+
+  defp do_await_ticks(instance, watcher, n, deadline) do
+    info = Beamlens.Watcher.info(Beamlens.Watcher.whereis(instance, watcher))
+
+    cond do
+      info.ticks >= n ->
+        info
+
+      System.monotonic_time(:millisecond) > deadline ->
+        raise ExUnit.AssertionError,
+              "watcher #{inspect(watcher)} took only #{info.ticks} snapshots"
+
+      true ->
+        Process.sleep(20)
+        do_await_ticks(instance, watcher, n, deadline)
+    end
+  end
+
+  @doc "Receives the next alert of `type` fired by `watcher`, or flunks."
+  defmacro assert_alert(watcher, type, timeout \\ 5_000) do
+    quote do
+      assert_receive {:telemetry, [:beamlens, :watcher, :alert_fired], _,
+                      %{
+                        alert:
+                          %Beamlens.Alert{watcher: unquote(watcher), anomaly_type: unquote(type)} =
+                            alert
+                      }},
+                     unquote(timeout)
+
+      alert
+    end
+  end
+
+  @doc "Collects every alert received within `ms`."
+  def collect_alerts(ms) do
+    receive do
+      {:telemetry, [:beamlens, :watcher, :alert_fired], _, %{alert: alert}} ->
+        [alert | collect_alerts(ms)]
+    after
+      ms -> []
+    end
+  end
+end
