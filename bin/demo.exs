@@ -1,7 +1,158 @@
-# The BeamLens demo. For now it loads the NIF and shows the native runtime.
-{:ok, status} = Beamlens.Runtime.status()
-IO.puts("BeamLens #{Beamlens.version()}")
-IO.puts("Native runtime: #{inspect(status)}")
+# The BeamLens demo: a small sample application with all seven built-in
+# watchers. Faults are injected one after another; every state change and
+# alert is printed as it happens.
+#
+#   bin/demo                 rules-only, or the provider configured by env
+#   ANTHROPIC_API_KEY=... bin/demo
 
-{:ok, ref} = Beamlens.Native.async_echo(%{"hello" => "from tokio"}, 10)
-IO.puts("Async job reply: #{inspect(Beamlens.Runtime.await(ref))}")
+unless Code.ensure_loaded?(:telemetry) do
+  # Offline there is no telemetry library; use the test suite's stand-in.
+  Code.require_file("../test/support/telemetry.ex", __DIR__)
+end
+
+Logger.remove_backend(:console)
+
+defmodule Demo do
+  @moduledoc false
+
+  def puts(text), do: IO.puts("#{clock()}  #{text}")
+
+  defp clock do
+    ms = System.monotonic_time(:millisecond) - :persistent_term.get(:demo_t0)
+    :io_lib.format("~6.1f s", [ms / 1000]) |> IO.chardata_to_string()
+  end
+
+  def handle([:beamlens, :watcher, :state_changed], _m, meta, _) do
+    puts("  state  #{pad(meta.watcher)} #{meta.from} -> #{meta.to}")
+  end
+
+  def handle([:beamlens, :watcher, :alert_fired], _m, %{alert: a}, _) do
+    puts("  ALERT  #{pad(a.watcher)} [#{a.severity}] #{a.anomaly_type} (#{a.source})")
+    IO.puts("           summary:     #{a.summary}")
+    IO.puts("           observation: #{String.slice(a.observation, 0, 300)}")
+    if a.hypothesis, do: IO.puts("           hypothesis:  #{a.hypothesis}")
+    entities = Enum.map_join(Enum.take(a.entities, 4), ", ", fn {t, id} -> "#{t}=#{id}" end)
+    if entities != "", do: IO.puts("           entities:    #{entities}")
+  end
+
+  def handle([:beamlens, :coordinator, :insight_produced], _m, %{insight: i}, _) do
+    puts("  INSIGHT [#{i.correlation_type}] #{i.summary}")
+    if i.root_cause_hypothesis, do: IO.puts("           root cause:  #{i.root_cause_hypothesis}")
+  end
+
+  def handle(_event, _m, _meta, _), do: :ok
+
+  defp pad(name), do: String.pad_trailing(to_string(name), 7)
+end
+
+defmodule Demo.SampleApp do
+  @moduledoc false
+  # A tiny app to break: a cache, a pool of workers, a flaky supervisor.
+
+  def start do
+    children = [
+      %{id: :cache, start: {Agent, :start_link, [fn -> :ets.new(:demo_cache, [:public, :named_table]) end, [name: Demo.Cache]]}},
+      {DynamicSupervisor, name: Demo.Workers, strategy: :one_for_one, max_children: 100_000},
+      {Task.Supervisor, name: Demo.Tasks}
+    ]
+
+    Supervisor.start_link(children, strategy: :one_for_one, name: Demo.Sup)
+  end
+end
+
+faults = [
+  {"ETS cache growth: 400k entries into :demo_cache",
+   fn ->
+     for i <- 1..400_000, do: :ets.insert(:demo_cache, {i, "user-#{i}", %{cart: Enum.to_list(1..5)}})
+   end, fn -> :ets.delete_all_objects(:demo_cache) end},
+  {"Process leak: 8,000 workers that never exit",
+   fn ->
+     for _ <- 1..8_000 do
+       DynamicSupervisor.start_child(Demo.Workers, {Task, fn -> Process.sleep(:infinity) end})
+     end
+   end,
+   fn ->
+     for {_, pid, _, _} <- DynamicSupervisor.which_children(Demo.Workers), do: DynamicSupervisor.terminate_child(Demo.Workers, pid)
+   end},
+  {"Mailbox build-up: a consumer that stopped receiving gets 50k messages",
+   fn ->
+     pid = spawn(fn -> Process.sleep(:infinity) end)
+     Process.register(pid, Demo.StuckConsumer)
+     for i <- 1..50_000, do: send(pid, {:event, i})
+   end, fn -> Process.exit(Process.whereis(Demo.StuckConsumer), :kill) end},
+  {"Error-log burst: the payment gateway starts failing",
+   fn ->
+     require Logger
+     for i <- 1..150 do
+       Logger.error("payment gateway: connection refused (order #{i})")
+       Process.sleep(10)
+     end
+   end, fn -> :ok end},
+  {"Restart storm: a child that crashes at start-up",
+   fn ->
+     child = %{id: :flaky, start: {Task, :start_link, [fn -> Process.sleep(20); exit(:database_unreachable) end]}, restart: :permanent}
+     {:ok, _} = Supervisor.start_link([child], strategy: :one_for_one, max_restarts: 10_000, max_seconds: 1, name: Demo.FlakySup)
+     Process.sleep(2_000)
+   end, fn -> Supervisor.stop(Demo.FlakySup) end},
+  {"Socket leak: 400 UDP sockets opened and never closed",
+   fn ->
+     pid = spawn(fn -> for(_ <- 1..400, do: :gen_udp.open(0)); Process.sleep(:infinity) end)
+     Process.register(pid, Demo.SocketLeaker)
+   end, fn -> Process.exit(Process.whereis(Demo.SocketLeaker), :kill) end},
+  {"GC pressure: a process churning short-lived data",
+   fn ->
+     pid = spawn(fn -> Stream.repeatedly(fn -> Enum.map(1..5_000, &{&1, &1}) end) |> Stream.run() end)
+     Process.register(pid, Demo.Churner)
+   end, fn -> Process.exit(Process.whereis(Demo.Churner), :kill) end}
+]
+
+:persistent_term.put(:demo_t0, System.monotonic_time(:millisecond))
+{:ok, _} = Demo.SampleApp.start()
+
+events = [
+  [:beamlens, :watcher, :state_changed],
+  [:beamlens, :watcher, :alert_fired],
+  [:beamlens, :coordinator, :insight_produced]
+]
+
+:ok = :telemetry.attach_many("beamlens-demo", events, &Demo.handle/4, nil)
+
+provider = Beamlens.Demo.provider_from_env()
+interval = 500
+
+IO.puts("""
+BeamLens #{Beamlens.version()} demo
+  model:    #{Beamlens.Demo.describe_provider(provider)}
+  watchers: beam, ets, gc, logger, ports, sup, system (a snapshot every #{interval} ms, 8 to learn baselines)
+""")
+
+{:ok, _} =
+  Beamlens.start_link(
+    watchers: [:beam, :ets, :gc, :logger, :ports, :sup, :system],
+    interval: interval,
+    warmup: 8,
+    provider: provider
+  )
+
+Demo.puts("learning baselines of a healthy app...")
+Process.sleep(6_000)
+
+for {title, inject, heal} <- faults do
+  IO.puts("")
+  Demo.puts("FAULT  #{title}")
+  inject.()
+  Process.sleep(5_000)
+  heal.()
+  Demo.puts("healed")
+  Process.sleep(3_000)
+end
+
+IO.puts("")
+Demo.puts("final states:")
+
+for w <- Beamlens.watchers() do
+  IO.puts("           #{String.pad_trailing(to_string(w.name), 7)} #{w.state}  (#{w.alerts_fired} alerts, #{w.ticks} snapshots, #{w.skipped_ticks} skipped)")
+end
+
+{:ok, status} = Beamlens.Runtime.status()
+IO.puts("           native runtime: #{status.jobs_started} jobs, #{status.jobs_in_flight} in flight")

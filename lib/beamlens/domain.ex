@@ -63,8 +63,8 @@ defmodule Beamlens.Domain do
       counter, judged as a per-second rate against its baseline and against
       `:warn`/`:critical` when given).
     * `:anomaly_type` - the code-defined kind of problem when it fires.
-    * `:unit` - `:bytes`, `:count`, `:ratio`, `:per_second` or `:ms`, for
-      formatting.
+    * `:unit` - `:bytes`, `:count`, `:ratio`, `:per_second`, `:ms` or
+      `:decimal`, for formatting.
     * `:min_rel`, `:min_abs`, `:critical_rel`, `:sustain` - see
       `Beamlens.Gate`.
     * `:entities` - `{type, id}` pairs the metric is about.
@@ -75,7 +75,7 @@ defmodule Beamlens.Domain do
           required(:value) => number(),
           required(:kind) => :limit | :level | :counter,
           required(:anomaly_type) => String.t(),
-          optional(:unit) => :bytes | :count | :ratio | :per_second | :ms,
+          optional(:unit) => :bytes | :count | :ratio | :per_second | :ms | :decimal,
           optional(:warn) => number(),
           optional(:critical) => number(),
           optional(:min_rel) => number(),
@@ -184,6 +184,7 @@ defmodule Beamlens.Domain do
   def format(value, :ratio), do: "#{round(value * 100)}%"
   def format(value, :per_second), do: "#{Float.round(value * 1.0, 1)}/s"
   def format(value, :ms), do: "#{round(value)} ms"
+  def format(value, :decimal), do: "#{Float.round(value * 1.0, 2)}"
   def format(value, _count) when is_float(value), do: "#{round(value)}"
   def format(value, _count), do: "#{value}"
 

@@ -11,11 +11,22 @@ defmodule Beamlens.WatcherTest do
       for watcher <- [:beam, :ets, :gc, :ports, :sup, :system],
           do: await_ticks(instance, watcher, 15)
 
-      assert collect_alerts(0) == []
+      # The :system watcher reports the host (load average, memory, disks),
+      # which other jobs on a shared CI machine can load; everything inside
+      # the VM must stay quiet.
+      {host, vm} = Enum.split_with(collect_alerts(0), &(&1.watcher == :system))
+      assert vm == []
+
+      assert Enum.all?(
+               host,
+               &(&1.anomaly_type in ["cpu_load_high", "system_memory_high", "disk_usage_high"])
+             )
 
       for info <- Beamlens.watchers(instance) do
-        assert info.state in [:healthy, :observing],
-               "#{info.name}: #{info.state} (#{info.reason})"
+        if info.name != :system do
+          assert info.state in [:healthy, :observing],
+                 "#{info.name}: #{info.state} (#{info.reason})"
+        end
 
         assert info.last_error == nil
       end

@@ -157,10 +157,10 @@ defmodule Beamlens.Domain.Beam do
       },
       %{
         name: "beam.cpu",
-        label: "VM CPU time",
+        label: "VM CPU milliseconds per second",
         value: s.runtime_ms,
         kind: :counter,
-        unit: :ms,
+        unit: :per_second,
         anomaly_type: "scheduler_utilization_high",
         # ms of CPU per second of wall time, across all schedulers
         warn: 900 * schedulers,
@@ -185,14 +185,14 @@ defmodule Beamlens.Domain.Beam do
   end
 
   @impl true
-  def summarize(%{value: value} = finding, %{name: "beam.cpu"} = metric) do
+  def summarize(%{value: value} = finding, %{name: "beam.cpu"}) do
     schedulers = :erlang.system_info(:schedulers_online)
 
     "VM CPU use at #{round(value / (10 * schedulers))}% of #{schedulers} schedulers" <>
       if(finding.baseline,
         do: ", baseline #{round(finding.baseline / (10 * schedulers))}%",
         else: ""
-      ) <> " (#{metric.label})"
+      )
   end
 
   def summarize(finding, %{name: "beam.max_message_queue"} = metric) do

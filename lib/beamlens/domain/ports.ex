@@ -43,7 +43,14 @@ defmodule Beamlens.Domain.Ports do
 
   @impl true
   def metrics(s) do
-    owners = s.top_owners |> Enum.take(2) |> Enum.map(&{"pid", &1.owner})
+    # Owners of a handful of ports (init's forker, the shell) are not leakers.
+    owners =
+      s.top_owners
+      |> Enum.filter(&(&1.ports >= 5))
+      |> Enum.take(2)
+      |> Enum.flat_map(fn owner ->
+        [{"pid", owner.owner}] ++ if(owner.name, do: [{"process", owner.name}], else: [])
+      end)
 
     fd =
       if s.open_fds && s.fd_limit do

@@ -89,7 +89,7 @@ defmodule Beamlens.Domain.System do
         label: "CPU load per core (1 min)",
         value: s.load1 / s.cores,
         kind: :limit,
-        unit: :count,
+        unit: :decimal,
         anomaly_type: "cpu_load_high",
         warn: 1.5,
         critical: 3.0,

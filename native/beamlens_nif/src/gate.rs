@@ -417,7 +417,7 @@ fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> J
     if state.seen < config.warmup || state.baseline.is_empty() {
         return judgement;
     }
-    let (median, scale) = robust_stats(&state.baseline);
+    let (median, scale) = robust_stats(&state.baseline, sample.min_abs / config.z_threshold);
     let z = (value - median) / scale;
     let rel_level = median.abs() * (1.0 + sample.min_rel);
     let level = (median + config.z_threshold * scale)
@@ -444,14 +444,18 @@ fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> J
     judgement
 }
 
-/// Median and a robust scale (1.4826 × MAD) with floors: 5% of the median
-/// and a tiny absolute value, so that a flat history still has a scale.
-fn robust_stats(values: &VecDeque<f64>) -> (f64, f64) {
+/// Median and a robust scale (1.4826 × MAD) with floors: 5% of the median,
+/// `abs_floor` (the metric's `min_abs` over the z threshold, so a flat
+/// history at zero still has a meaningful scale) and a tiny constant.
+fn robust_stats(values: &VecDeque<f64>, abs_floor: f64) -> (f64, f64) {
     let mut sorted: Vec<f64> = values.iter().copied().collect();
     let median = median_of(&mut sorted);
     let mut deviations: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
     let mad = median_of(&mut deviations);
-    let scale = (1.4826 * mad).max(median.abs() * 0.05).max(1e-9);
+    let scale = (1.4826 * mad)
+        .max(median.abs() * 0.05)
+        .max(abs_floor)
+        .max(1e-9);
     (median, scale)
 }
 
