@@ -40,6 +40,13 @@ defmodule Beamlens.Native do
   @doc false
   def load_error, do: :persistent_term.get(@load_error_key, nil)
 
+  # nif_compaction.rs
+  def compaction_plan(_messages, _max_tokens, _keep_last, _fixed_tokens, _reported_tokens),
+    do: err()
+
+  def compaction_truncate(_messages, _keep_last), do: err()
+  def compaction_estimate(_messages), do: err()
+
   # nif_gate.rs
   def gate_new(_config), do: err()
   def gate_observe(_gate, _samples, _now_ms), do: err()

@@ -6,12 +6,14 @@
 //! modules.
 
 pub mod atoms;
+pub mod compaction;
 pub mod convert;
 pub mod error;
 pub mod gate;
 pub mod reply;
 pub mod runtime;
 
+mod nif_compaction;
 mod nif_gate;
 mod nif_runtime;
 
