@@ -51,6 +51,9 @@ defmodule Beamlens.Native do
   def gate_new(_config), do: err()
   def gate_observe(_gate, _samples, _now_ms), do: err()
 
+  # nif_json.rs
+  def json_encode(_term, _max_bytes), do: err()
+
   # nif_runtime.rs
   def runtime_status, do: err()
   def async_echo(_value, _delay_ms), do: err()

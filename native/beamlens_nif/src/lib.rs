@@ -15,6 +15,7 @@ pub mod runtime;
 
 mod nif_compaction;
 mod nif_gate;
+mod nif_json;
 mod nif_runtime;
 
 rustler::init!("Elixir.Beamlens.Native", load = nif_runtime::on_load);
