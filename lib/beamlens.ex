@@ -35,6 +35,8 @@ defmodule Beamlens do
 
   use Supervisor
 
+  require Logger
+
   alias Beamlens.Options
 
   @version Mix.Project.config()[:version]
@@ -97,10 +99,13 @@ defmodule Beamlens do
   @impl true
   def init(opts) do
     instance = opts[:name]
+    llm_config = llm_config(opts[:provider])
+    if llm_config, do: Beamlens.LLM.set_budget(opts[:token_budget])
 
     watchers =
       Enum.map(opts[:watchers], fn watcher ->
-        {Beamlens.Watcher, Keyword.merge(watcher, instance: instance, coordinator: nil)}
+        {Beamlens.Watcher,
+         Keyword.merge(watcher, instance: instance, coordinator: nil, llm_config: llm_config)}
       end)
 
     log_store =
@@ -125,6 +130,37 @@ defmodule Beamlens do
         ]
 
     Supervisor.init(children, strategy: :one_for_one, max_restarts: 5, max_seconds: 60)
+  end
+
+  # The model configuration, or nil for rules-only mode. A configuration
+  # error (typically a missing API key) is reported once, here, and BeamLens
+  # runs rules-only instead of crash-looping.
+  defp llm_config(:none), do: nil
+
+  defp llm_config(provider) do
+    chain =
+      provider
+      |> List.wrap()
+      |> then(fn list -> if Keyword.keyword?(list), do: [list], else: list end)
+      |> Enum.map(fn
+        name when is_atom(name) -> [provider: name]
+        opts -> opts
+      end)
+
+    config = if match?([_], chain), do: hd(chain), else: chain
+
+    case Beamlens.LLM.Config.new(config) do
+      {:ok, config} ->
+        config
+
+      {:error, error} ->
+        Logger.error(
+          "BeamLens: no usable model (#{Exception.message(error)}); watchers run in rules-only mode. " <>
+            "Configure a provider or pass provider: :none to silence this."
+        )
+
+        nil
+    end
   end
 
   defp log_domains, do: [Beamlens.Domain.Logger, Beamlens.Domain.Sup, Beamlens.Domain.Exception]

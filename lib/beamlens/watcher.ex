@@ -1,19 +1,32 @@
 defmodule Beamlens.Watcher do
   # One watcher: a GenServer that snapshots its domain on every tick, feeds
   # the numbers to its anomaly gate, keeps its state (:healthy, :observing,
-  # :warning, :critical), and fires alerts. The snapshot runs in a task so a
-  # slow domain never blocks the watcher; a snapshot still running at the
-  # next tick makes that tick skip.
+  # :warning, :critical) and fires alerts.
+  #
+  # Nothing slow runs in this process. Snapshots run in tasks (a snapshot
+  # still running at the next tick makes that tick skip), model requests run
+  # on the native runtime and answer with a message, Lua runs in the sandbox
+  # and answers with a message. A "check" (one wake-up of the model) is a
+  # small state machine driven by those messages: request -> tool calls ->
+  # results -> request ... until the model calls done/wait, the iteration cap
+  # is reached, or something fails. Whatever the model does, the gate's own
+  # alerts for the findings of that check fire at its end unless the model
+  # reported the same anomaly type itself.
   @moduledoc false
 
   use GenServer, restart: :permanent
 
   require Logger
 
-  alias Beamlens.{Alert, Gate, Telemetry}
+  alias Beamlens.{Alert, Compaction, Gate, LLM, Lua, Telemetry}
+  alias Beamlens.Watcher.Agent
 
   @max_snapshots 10
   @max_open_alerts 64
+  @max_corrections 3
+  @max_tokens_per_turn 1_024
+  @routine_every_ticks 5
+  @budget_pause_ms 300_000
 
   defstruct [
     :name,
@@ -26,8 +39,12 @@ defmodule Beamlens.Watcher do
     :opts,
     :started_at,
     :coordinator,
+    :llm,
+    :wake,
+    :summary,
     status: :healthy,
     status_reason: "started",
+    model_status: nil,
     tick: 0,
     skipped: 0,
     snapshots: [],
@@ -36,7 +53,15 @@ defmodule Beamlens.Watcher do
     pending: [],
     open_alerts: %{},
     alerts_fired: 0,
-    last_error: nil
+    last_error: nil,
+    conversation: [],
+    last_wake_tick: nil,
+    last_wake_at: nil,
+    sleep_until: 0,
+    llm_paused_until: 0,
+    reported_tokens: 0,
+    llm_errors: %{},
+    stats: %{checks: 0, llm_requests: 0, corrections: 0, compactions: 0, gate_fallbacks: 0}
   ]
 
   ## API
@@ -83,6 +108,7 @@ defmodule Beamlens.Watcher do
           instance: opts[:instance],
           task_sup: Module.concat(opts[:instance], TaskSupervisor),
           coordinator: opts[:coordinator],
+          llm: opts[:llm_config],
           gate: gate,
           opts: opts,
           started_at: System.monotonic_time(:millisecond)
@@ -103,10 +129,14 @@ defmodule Beamlens.Watcher do
       domain: state.domain,
       state: state.status,
       reason: state.status_reason,
+      mode: if(state.llm, do: state.opts[:llm], else: :rules_only),
       ticks: state.tick,
       skipped_ticks: state.skipped,
       alerts_fired: state.alerts_fired,
       firing: Map.keys(state.firing),
+      checking?: state.wake != nil,
+      conversation_messages: length(state.conversation),
+      stats: state.stats,
       last_snapshot_id: match?([_ | _], state.snapshots) && elem(hd(state.snapshots), 0),
       last_error: state.last_error
     }
@@ -121,39 +151,74 @@ defmodule Beamlens.Watcher do
     if state.snapshot_task do
       {:noreply, %{state | skipped: state.skipped + 1}}
     else
-      {:noreply, start_snapshot(state)}
+      {:noreply, start_snapshot(state, :tick)}
     end
   end
 
-  def handle_info({ref, result}, %{snapshot_task: %Task{ref: ref}} = state) do
+  # Tick snapshots and take_snapshot tool calls.
+  def handle_info({ref, result}, %{snapshot_task: {%Task{ref: ref}, purpose}} = state) do
     Process.demonitor(ref, [:flush])
     cancel_timer(state.snapshot_timer)
     state = %{state | snapshot_task: nil, snapshot_timer: nil}
-
-    case result do
-      {:ok, snapshot} -> {:noreply, handle_snapshot(snapshot, state)}
-      {:error, message} -> {:noreply, snapshot_failed(state, message)}
-    end
+    {:noreply, snapshot_done(state, purpose, result)}
   end
 
-  def handle_info({:DOWN, ref, :process, _, reason}, %{snapshot_task: %Task{ref: ref}} = state) do
+  def handle_info(
+        {:DOWN, ref, :process, _, reason},
+        %{snapshot_task: {%Task{ref: ref}, purpose}} = state
+      ) do
     cancel_timer(state.snapshot_timer)
     state = %{state | snapshot_task: nil, snapshot_timer: nil}
-    {:noreply, snapshot_failed(state, "snapshot process exited: #{inspect(reason, limit: 5)}")}
+
+    {:noreply,
+     snapshot_done(
+       state,
+       purpose,
+       {:error, "snapshot process exited: #{inspect(reason, limit: 5)}"}
+     )}
   end
 
-  def handle_info({:snapshot_timeout, ref}, %{snapshot_task: %Task{ref: ref} = task} = state) do
+  def handle_info(
+        {:snapshot_timeout, ref},
+        %{snapshot_task: {%Task{ref: ref} = task, purpose}} = state
+      ) do
     Task.Supervisor.terminate_child(state.task_sup, task.pid)
     Process.demonitor(ref, [:flush])
     state = %{state | snapshot_task: nil, snapshot_timer: nil}
-    {:noreply, snapshot_failed(state, "snapshot took longer than #{snapshot_timeout(state)} ms")}
+
+    {:noreply,
+     snapshot_done(
+       state,
+       purpose,
+       {:error, "snapshot took longer than #{snapshot_timeout(state)} ms"}
+     )}
   end
 
+  # Model replies.
+  def handle_info({ref, raw}, %{wake: %{awaiting: {:llm, %{ref: ref} = pending}}} = state) do
+    {:noreply, llm_replied(state, LLM.handle_reply(pending, raw))}
+  end
+
+  def handle_info(
+        {ref, raw},
+        %{wake: %{awaiting: {:compaction, %{ref: ref} = pending, plan}}} = state
+      ) do
+    {:noreply, compaction_replied(state, LLM.handle_reply(pending, raw), plan)}
+  end
+
+  # Lua results.
+  def handle_info({ref, result}, %{wake: %{awaiting: {:lua, ref, call}}} = state) do
+    {text, error?} = Agent.lua_result(result)
+    state = put_in(state.wake.awaiting, nil)
+    {:noreply, state |> tool_result(call, text, error?) |> next_tool()}
+  end
+
+  # Late replies of requests that are no longer awaited.
   def handle_info(_other, state), do: {:noreply, state}
 
   ## Snapshots
 
-  defp start_snapshot(state) do
+  defp start_snapshot(state, purpose) do
     domain = state.domain
 
     task =
@@ -168,10 +233,22 @@ defmodule Beamlens.Watcher do
       end)
 
     timer = Process.send_after(self(), {:snapshot_timeout, task.ref}, snapshot_timeout(state))
-    %{state | snapshot_task: task, snapshot_timer: timer}
+    %{state | snapshot_task: {task, purpose}, snapshot_timer: timer}
   end
 
   defp snapshot_timeout(state), do: min(state.opts[:interval], 10_000) |> max(1_000)
+
+  defp snapshot_done(state, :tick, {:ok, snapshot}), do: handle_snapshot(snapshot, state)
+  defp snapshot_done(state, :tick, {:error, message}), do: snapshot_failed(state, message)
+
+  defp snapshot_done(state, {:tool, call}, {:ok, snapshot}) do
+    {id, state} = store_snapshot(state, snapshot)
+    state |> tool_result(call, Agent.snapshot_result(id, snapshot), false) |> next_tool()
+  end
+
+  defp snapshot_done(state, {:tool, call}, {:error, message}) do
+    state |> tool_result(call, "Snapshot failed: #{message}", true) |> next_tool()
+  end
 
   defp snapshot_failed(state, message) do
     if state.last_error != message do
@@ -186,17 +263,22 @@ defmodule Beamlens.Watcher do
     %{state | last_error: message}
   end
 
-  defp handle_snapshot(snapshot, state) do
+  defp store_snapshot(state, snapshot) do
     tick = state.tick + 1
     id = "#{state.name}-#{tick}"
     snapshots = Enum.take([{id, snapshot} | state.snapshots], @max_snapshots)
-    state = %{state | tick: tick, snapshots: snapshots, last_error: nil}
+    {id, %{state | tick: tick, snapshots: snapshots}}
+  end
+
+  defp handle_snapshot(snapshot, state) do
+    {id, state} = store_snapshot(state, snapshot)
+    state = %{state | last_error: nil}
 
     with {:ok, metrics} <- safe_metrics(state.domain, snapshot),
          {:ok, verdict} <- Gate.observe(state.gate, metrics, clock(state)) do
       state
       |> Map.put(:metrics, Map.new(metrics, &{&1.name, &1}))
-      |> apply_verdict(verdict, id)
+      |> apply_verdict(verdict, id, snapshot)
     else
       {:error, error} -> snapshot_failed(state, error_message(error))
     end
@@ -214,21 +296,35 @@ defmodule Beamlens.Watcher do
   defp error_message(%{__exception__: true} = e), do: Exception.message(e)
   defp error_message(message) when is_binary(message), do: message
 
-  ## Verdicts, states and alerts
+  ## Verdicts
 
-  defp apply_verdict(state, verdict, snapshot_id) do
-    firing = Map.new(verdict.findings, &{&1.name, &1})
-    state = %{state | firing: firing, pending: verdict.pending}
+  defp apply_verdict(state, verdict, snapshot_id, snapshot) do
+    state = %{state | firing: Map.new(verdict.findings, &{&1.name, &1}), pending: verdict.pending}
 
-    state =
+    groups =
       verdict.findings
       |> Enum.filter(&(&1.status in ["new", "escalated"]))
       |> Enum.group_by(&anomaly_type(state, &1))
-      |> Enum.reduce(state, fn {type, findings}, acc ->
-        raise_alert(acc, type, findings, snapshot_id)
-      end)
 
-    update_status(state)
+    state = update_status(state)
+
+    cond do
+      state.wake != nil ->
+        # A check is running: its end fires the gate's alerts if needed.
+        update_in(state.wake.gate_groups, &merge_groups(&1, groups, snapshot_id))
+
+      reason = wake_reason(state, groups) ->
+        start_check(state, reason, snapshot_id, snapshot, verdict.findings, groups)
+
+      true ->
+        fire_gate_alerts(state, groups, snapshot_id)
+    end
+  end
+
+  defp merge_groups(existing, groups, snapshot_id) do
+    Enum.reduce(groups, existing, fn {type, findings}, acc ->
+      Map.put_new(acc, type, {findings, snapshot_id})
+    end)
   end
 
   defp anomaly_type(state, finding) do
@@ -238,11 +334,471 @@ defmodule Beamlens.Watcher do
     end
   end
 
+  # When does the model get a look? Never without a provider or while paused;
+  # always in :always mode; in :gated mode on new findings, every few ticks
+  # while not healthy (unless it asked to wait), and on the heartbeat.
+  defp wake_reason(%{llm: nil}, _groups), do: nil
+
+  defp wake_reason(state, groups) do
+    now = clock(state)
+    since_last = if state.last_wake_tick, do: state.tick - state.last_wake_tick, else: nil
+
+    cond do
+      now < state.llm_paused_until ->
+        nil
+
+      map_size(groups) > 0 ->
+        "gate findings"
+
+      state.opts[:llm] == :always ->
+        "continuous check"
+
+      now < state.sleep_until ->
+        nil
+
+      state.status != :healthy and (since_last == nil or since_last >= @routine_every_ticks) ->
+        "state is #{state.status}"
+
+      heartbeat_due?(state, now) ->
+        "heartbeat"
+
+      true ->
+        nil
+    end
+  end
+
+  defp heartbeat_due?(state, now) do
+    case state.opts[:heartbeat] do
+      :infinity -> false
+      ms -> now - (state.last_wake_at || 0) >= ms
+    end
+  end
+
+  ## Checks (model wake-ups)
+
+  defp start_check(state, reason, snapshot_id, snapshot, findings, groups) do
+    message = %{
+      role: :user,
+      content:
+        Agent.check_message(
+          snapshot_id,
+          snapshot,
+          reason,
+          state.status,
+          findings,
+          state.metrics,
+          state.domain
+        )
+    }
+
+    wake = %{
+      reason: reason,
+      iteration: 0,
+      awaiting: nil,
+      queue: [],
+      guard: MapSet.new(),
+      corrections: 0,
+      fired_types: MapSet.new(),
+      gate_groups: Map.new(groups, fn {type, fs} -> {type, {fs, snapshot_id}} end),
+      ended: nil,
+      started_at: System.monotonic_time(:millisecond),
+      tokens: 0
+    }
+
+    stats = Map.update!(state.stats, :checks, &(&1 + 1))
+
+    %{state | wake: wake, conversation: state.conversation ++ [message], stats: stats}
+    |> request_model()
+  end
+
+  defp request_model(state) do
+    fixed = div(byte_size(system_prompt(state)) + 2_500, 4)
+
+    case Compaction.plan(
+           state.conversation,
+           state.opts[:compaction_max_tokens],
+           state.opts[:compaction_keep_last],
+           fixed,
+           state.reported_tokens
+         ) do
+      {:ok, nil} -> send_chat(state)
+      {:ok, plan} -> start_compaction(state, plan)
+      {:error, _} -> send_chat(state)
+    end
+  end
+
+  defp system_prompt(state),
+    do: Agent.system_prompt(state.domain, state.domain.callbacks(), state.summary)
+
+  defp send_chat(state) do
+    request = %{
+      system: system_prompt(state),
+      messages: state.conversation,
+      tools: Agent.tools(anomaly_types(state), state.opts[:interval]),
+      max_tokens: @max_tokens_per_turn,
+      tool_choice: :required
+    }
+
+    case LLM.chat_async(state.llm, request, caller: {:watcher, state.name}) do
+      {:ok, pending} ->
+        state = update_in(state.stats.llm_requests, &(&1 + 1))
+        put_in(state.wake.awaiting, {:llm, pending})
+
+      {:error, error} ->
+        finish_check(llm_failed(state, error), {:llm_error, error.reason})
+    end
+  end
+
+  defp anomaly_types(state) do
+    state.metrics |> Map.values() |> Enum.map(& &1.anomaly_type) |> Enum.uniq() |> Enum.sort()
+  end
+
+  defp llm_replied(state, {:ok, response}) do
+    state = put_in(state.wake.awaiting, nil)
+    usage = response.usage || %{}
+    state = %{state | reported_tokens: usage[:input_tokens] || state.reported_tokens}
+
+    state =
+      update_in(
+        state.wake.tokens,
+        &(&1 + (usage[:input_tokens] || 0) + (usage[:output_tokens] || 0))
+      )
+
+    assistant = %{
+      role: :assistant,
+      content: response.content || "",
+      tool_calls: response.tool_calls
+    }
+
+    state = %{state | conversation: state.conversation ++ [assistant]}
+
+    case response.tool_calls do
+      [] ->
+        correction(state, "Answer with a tool call. If you are finished, call done.")
+
+      calls ->
+        state |> put_in([Access.key(:wake), :queue], calls) |> next_tool()
+    end
+  end
+
+  defp llm_replied(state, {:error, error}) do
+    state = put_in(state.wake.awaiting, nil)
+    finish_check(llm_failed(state, error), {:llm_error, error.reason})
+  end
+
+  defp llm_failed(state, error) do
+    now = clock(state)
+    last = state.llm_errors[error.reason]
+
+    if last == nil or now - last > 300_000 do
+      Logger.warning(
+        "BeamLens watcher #{inspect(state.name)}: model request failed, using rules only for now: #{Exception.message(error)}"
+      )
+    end
+
+    state = put_in(state.llm_errors[error.reason], now)
+
+    if error.reason == :budget_exceeded,
+      do: %{state | llm_paused_until: now + @budget_pause_ms},
+      else: state
+  end
+
+  # A reply without a usable tool call gets a short correction as a user turn.
+  defp correction(state, text) do
+    state = update_in(state.stats.corrections, &(&1 + 1))
+    state = update_in(state.wake.corrections, &(&1 + 1))
+
+    if state.wake.corrections > @max_corrections do
+      finish_check(state, :too_many_corrections)
+    else
+      %{state | conversation: state.conversation ++ [%{role: :user, content: text}]}
+      |> next_turn()
+    end
+  end
+
+  defp next_tool(%{wake: %{queue: []}} = state) do
+    if state.wake.ended, do: finish_check(state, state.wake.ended), else: next_turn(state)
+  end
+
+  defp next_tool(%{wake: %{queue: [call | rest]}} = state) do
+    state = put_in(state.wake.queue, rest)
+    run_tool(state, call)
+  end
+
+  defp next_turn(state) do
+    state = update_in(state.wake.iteration, &(&1 + 1))
+
+    if state.wake.iteration >= state.opts[:max_iterations] do
+      finish_check(state, :iteration_cap)
+    else
+      request_model(state)
+    end
+  end
+
+  defp run_tool(%{wake: %{ended: ended}} = state, call) when ended != nil do
+    state |> tool_result(call, "Skipped: this check has ended.", true) |> next_tool()
+  end
+
+  defp run_tool(state, call) do
+    key = Agent.call_key(call)
+
+    cond do
+      MapSet.member?(state.wake.guard, key) ->
+        state = update_in(state.wake.corrections, &(&1 + 1))
+        state = update_in(state.stats.corrections, &(&1 + 1))
+
+        text =
+          "You already made this exact #{call.name} call in this check. Use its result above, " <>
+            "try something different, or call done."
+
+        state = tool_result(state, call, text, true)
+
+        if state.wake.corrections > @max_corrections,
+          do: finish_check(state, :too_many_corrections),
+          else: next_tool(state)
+
+      true ->
+        state = update_in(state.wake.guard, &MapSet.put(&1, key))
+
+        ctx = %{
+          anomaly_types: anomaly_types(state),
+          snapshot_ids: Enum.map(state.snapshots, &elem(&1, 0)),
+          interval: state.opts[:interval]
+        }
+
+        case Agent.validate(call, ctx) do
+          {:ok, action} ->
+            perform(state, call, action)
+
+          {:error, text} ->
+            state = update_in(state.wake.corrections, &(&1 + 1))
+            state = update_in(state.stats.corrections, &(&1 + 1))
+            state = tool_result(state, call, text, true)
+
+            if state.wake.corrections > @max_corrections,
+              do: finish_check(state, :too_many_corrections),
+              else: next_tool(state)
+        end
+    end
+  end
+
+  defp perform(state, call, :take_snapshot) do
+    if state.snapshot_task do
+      state
+      |> tool_result(
+        call,
+        "A snapshot is being taken right now; its data will be in the next check.",
+        true
+      )
+      |> next_tool()
+    else
+      start_snapshot(state, {:tool, call})
+    end
+  end
+
+  defp perform(state, call, {:execute_lua, code}) do
+    callbacks = lua_callbacks(state.domain)
+    opts = [result: :full, telemetry_metadata: %{watcher: state.name}]
+
+    case Lua.eval_async(code, callbacks, opts) do
+      {:ok, ref} ->
+        put_in(state.wake.awaiting, {:lua, ref, call})
+
+      {:error, error} ->
+        state
+        |> tool_result(call, elem(Agent.lua_result({:error, error}), 0), true)
+        |> next_tool()
+    end
+  end
+
+  defp perform(state, call, {:set_state, status, reason}) do
+    state = %{state | model_status: status}
+    state = update_status(state, reason)
+    state |> tool_result(call, "State is now #{state.status}.", false) |> next_tool()
+  end
+
+  defp perform(state, call, {:fire_alert, attrs}) do
+    {state, text} = model_alert(state, attrs)
+    state = update_in(state.wake.fired_types, &MapSet.put(&1, attrs.anomaly_type))
+    state |> tool_result(call, text, false) |> next_tool()
+  end
+
+  defp perform(state, call, {:wait, ms}) do
+    state = %{state | sleep_until: clock(state) + ms}
+    state = put_in(state.wake.ended, :wait)
+    state |> tool_result(call, "OK, next routine check in #{ms} ms.", false) |> next_tool()
+  end
+
+  defp perform(state, call, :done) do
+    state = put_in(state.wake.ended, :done)
+    state |> tool_result(call, "OK.", false) |> next_tool()
+  end
+
+  @doc false
+  def lua_callbacks(domain) do
+    prefix = Atom.to_string(domain.name())
+    Map.new(domain.callbacks(), fn cb -> {"#{prefix}.#{cb.name}", cb.fun} end)
+  end
+
+  defp tool_result(state, call, text, error?) do
+    message = %{
+      role: :tool,
+      tool_call_id: call.id,
+      name: call.name,
+      content: text,
+      is_error: error?
+    }
+
+    %{state | conversation: state.conversation ++ [message]}
+  end
+
+  defp finish_check(state, outcome) do
+    wake = state.wake
+    state = %{state | wake: nil, last_wake_tick: state.tick, last_wake_at: clock(state)}
+
+    # The model's alerts cover their anomaly types; the gate covers the rest.
+    uncovered =
+      wake.gate_groups
+      |> Enum.reject(fn {type, _} -> MapSet.member?(wake.fired_types, type) end)
+
+    state =
+      Enum.reduce(uncovered, state, fn {type, {findings, snapshot_id}}, acc ->
+        acc = update_in(acc.stats.gate_fallbacks, &(&1 + 1))
+        raise_alert(acc, type, findings, snapshot_id)
+      end)
+
+    Telemetry.execute(
+      [:watcher, :check],
+      %{
+        duration: System.monotonic_time(:millisecond) - wake.started_at,
+        iterations: wake.iteration + 1,
+        tokens: wake.tokens,
+        corrections: wake.corrections
+      },
+      %{
+        watcher: state.name,
+        reason: wake.reason,
+        outcome: outcome_name(outcome),
+        gate_alerts: length(uncovered)
+      }
+    )
+
+    state
+  end
+
+  defp outcome_name({:llm_error, reason}), do: :"llm_#{reason}"
+  defp outcome_name(outcome), do: outcome
+
+  ## Compaction
+
+  defp start_compaction(state, plan) do
+    transcript =
+      if state.summary,
+        do: "[summary of even earlier messages] #{state.summary}\n" <> plan.transcript,
+        else: plan.transcript
+
+    request = %{
+      system: "You compact the memory of a monitoring agent.",
+      messages: [
+        %{role: :user, content: plan.instructions <> "\n<data>\n" <> transcript <> "\n</data>"}
+      ],
+      tools: [],
+      max_tokens: 600,
+      tool_choice: :none
+    }
+
+    Telemetry.execute([:compaction, :start], %{tokens: plan.tokens_before}, %{watcher: state.name})
+
+    case LLM.chat_async(state.llm, request, caller: {:watcher, state.name}) do
+      {:ok, pending} -> put_in(state.wake.awaiting, {:compaction, pending, plan})
+      {:error, error} -> state |> compaction_replied({:error, error}, plan)
+    end
+  end
+
+  defp compaction_replied(state, result, plan) do
+    state = put_in(state.wake.awaiting, nil)
+
+    {state, cut, method} =
+      case result do
+        {:ok, %{content: summary}} when is_binary(summary) and summary != "" ->
+          {%{state | summary: String.slice(summary, 0, 4_000)}, plan.cut, :summary}
+
+        _ ->
+          # Summarising failed: drop the older messages instead, so memory stays bounded.
+          case Compaction.truncate(state.conversation, state.opts[:compaction_keep_last]) do
+            {:ok, cut} when is_integer(cut) -> {state, cut, :truncate}
+            _ -> {state, plan.cut, :truncate}
+          end
+      end
+
+    conversation = Enum.drop(state.conversation, cut)
+    state = %{state | conversation: conversation, reported_tokens: 0}
+    state = update_in(state.stats.compactions, &(&1 + 1))
+
+    Telemetry.execute(
+      [:compaction, :stop],
+      %{tokens_before: plan.tokens_before, tokens_after: plan.tokens_kept, messages_removed: cut},
+      %{watcher: state.name, method: method}
+    )
+
+    send_chat(state)
+  end
+
+  ## Alerts
+
+  defp fire_gate_alerts(state, groups, snapshot_id) do
+    Enum.reduce(groups, state, fn {type, findings}, acc ->
+      raise_alert(acc, type, findings, snapshot_id)
+    end)
+  end
+
   defp raise_alert(state, type, findings, snapshot_id) do
+    escalated? = Enum.any?(findings, &(&1.status == "escalated"))
+
+    deliver(state, type, escalated?, fn occurrences ->
+      gate_alert(state, type, findings, snapshot_id, occurrences)
+    end)
+  end
+
+  defp model_alert(state, attrs) do
+    related =
+      Enum.filter(Map.values(state.firing), &(anomaly_type(state, &1) == attrs.anomaly_type))
+
+    build = fn occurrences ->
+      Alert.new(
+        watcher: state.name,
+        severity: attrs.severity,
+        state: state.status,
+        anomaly_type: attrs.anomaly_type,
+        summary: attrs.summary,
+        observation: attrs.observation,
+        hypothesis: attrs.hypothesis,
+        evidence: %{snapshot_ids: attrs.snapshot_ids, values: evidence_values(related)},
+        entities: entities(state, related),
+        source: :llm,
+        occurrences: occurrences
+      )
+    end
+
+    before = state.alerts_fired
+    state = deliver(state, attrs.anomaly_type, false, build)
+    fingerprint = Alert.fingerprint(state.name, attrs.anomaly_type, node())
+    %{alert: alert} = state.open_alerts[fingerprint]
+
+    text =
+      if state.alerts_fired > before,
+        do: "Alert #{alert.id} fired.",
+        else: "Already reported as alert #{alert.id} (repeat folded into it)."
+
+    {state, text}
+  end
+
+  # Fires a new alert, or folds a repeat of an open one (same fingerprint,
+  # within the cooldown) unless the severity escalated.
+  defp deliver(state, type, escalated?, build) do
     now = System.monotonic_time(:millisecond)
     fingerprint = Alert.fingerprint(state.name, type, node())
     cooldown = state.opts[:alert_cooldown]
-    escalated? = Enum.any?(findings, &(&1.status == "escalated"))
 
     case state.open_alerts[fingerprint] do
       %{alert: alert, fired_at: fired_at} when now - fired_at < cooldown and not escalated? ->
@@ -257,15 +813,13 @@ defmodule Beamlens.Watcher do
 
       previous ->
         occurrences = if previous, do: previous.alert.occurrences + 1, else: 1
-        alert = gate_alert(state, type, findings, snapshot_id, occurrences)
-        fire(state, alert, now)
+        fire(state, build.(occurrences), now)
     end
   end
 
   defp gate_alert(state, type, findings, snapshot_id, occurrences) do
     findings = Enum.sort_by(findings, &{&1.severity == :critical, &1.value}, :desc)
     lead = hd(findings)
-    metric = state.metrics[lead.name]
     severity = if Enum.any?(findings, &(&1.severity == :critical)), do: :critical, else: :warning
 
     Alert.new(
@@ -273,24 +827,27 @@ defmodule Beamlens.Watcher do
       severity: severity,
       state: severity,
       anomaly_type: type,
-      summary: summarize(state.domain, lead, metric),
+      summary: summarize(state.domain, lead, state.metrics[lead.name]),
       observation: Enum.map_join(findings, "; ", &describe_finding(&1, state.metrics[&1.name])),
       hypothesis: hypothesis(state.domain, type),
-      evidence: %{
-        snapshot_ids: [snapshot_id],
-        values:
-          Map.new(
-            findings,
-            &{&1.name, Map.take(&1, [:value, :baseline, :threshold, :z, :severity, :samples])}
-          )
-      },
-      entities:
-        findings
-        |> Enum.flat_map(&Map.get(state.metrics[&1.name] || %{}, :entities, []))
-        |> Enum.uniq(),
+      evidence: %{snapshot_ids: [snapshot_id], values: evidence_values(findings)},
+      entities: entities(state, findings),
       source: :gate,
       occurrences: occurrences
     )
+  end
+
+  defp evidence_values(findings) do
+    Map.new(
+      findings,
+      &{&1.name, Map.take(&1, [:value, :baseline, :threshold, :z, :severity, :samples])}
+    )
+  end
+
+  defp entities(state, findings) do
+    findings
+    |> Enum.flat_map(&Map.get(state.metrics[&1.name] || %{}, :entities, []))
+    |> Enum.uniq()
   end
 
   defp fire(state, alert, now) do
@@ -311,15 +868,9 @@ defmodule Beamlens.Watcher do
 
   defp notify_coordinator(%{coordinator: nil}, _alert), do: :ok
 
-  defp notify_coordinator(%{coordinator: coordinator}, alert) do
-    if function_exported?(coordinator, :report_alert, 2) do
-      apply(coordinator, :report_alert, [coordinator_name(coordinator), alert])
-    end
-
-    :ok
+  defp notify_coordinator(%{coordinator: {module, server}}, alert) do
+    module.report_alert(server, alert)
   end
-
-  defp coordinator_name(module), do: module
 
   defp prune_alerts(alerts) when map_size(alerts) <= @max_open_alerts, do: alerts
 
@@ -330,23 +881,39 @@ defmodule Beamlens.Watcher do
     |> Map.new()
   end
 
-  defp update_status(state) do
-    {status, reason} =
-      cond do
-        Enum.any?(state.firing, fn {_, f} -> f.severity == :critical end) ->
-          {:critical, firing_reason(state, :critical)}
+  ## States
 
-        map_size(state.firing) > 0 ->
-          {:warning, firing_reason(state, :warning)}
+  @order %{healthy: 0, observing: 1, warning: 2, critical: 3}
 
-        state.pending != [] ->
-          {:observing, "watching #{Enum.join(state.pending, ", ")}"}
+  # The gate sets a floor: the model may raise the state, or lower it only
+  # as far as what the gate still sees firing.
+  defp update_status(state, model_reason \\ nil) do
+    {gate_status, gate_reason} = gate_status(state)
 
-        true ->
-          {:healthy, "all metrics within their baselines and limits"}
-      end
+    case state.model_status do
+      status when status != nil and @order[status] >= @order[gate_status] ->
+        reason = model_reason || state.status_reason
+        set_status(state, status, reason)
 
-    set_status(state, status, reason)
+      _ ->
+        set_status(state, gate_status, gate_reason)
+    end
+  end
+
+  defp gate_status(state) do
+    cond do
+      Enum.any?(state.firing, fn {_, f} -> f.severity == :critical end) ->
+        {:critical, firing_reason(state, :critical)}
+
+      map_size(state.firing) > 0 ->
+        {:warning, firing_reason(state, :warning)}
+
+      state.pending != [] ->
+        {:observing, "watching #{Enum.join(state.pending, ", ")}"}
+
+      true ->
+        {:healthy, "all metrics within their baselines and limits"}
+    end
   end
 
   defp firing_reason(state, severity) do
@@ -355,10 +922,9 @@ defmodule Beamlens.Watcher do
     |> Enum.map_join("; ", fn {name, f} -> summarize(state.domain, f, state.metrics[name]) end)
   end
 
-  @doc false
-  def set_status(%{status: status} = state, status, reason), do: %{state | status_reason: reason}
+  defp set_status(%{status: status} = state, status, reason), do: %{state | status_reason: reason}
 
-  def set_status(state, status, reason) do
+  defp set_status(state, status, reason) do
     Telemetry.execute([:watcher, :state_changed], %{system_time: System.system_time()}, %{
       watcher: state.name,
       from: state.status,
