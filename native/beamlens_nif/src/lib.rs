@@ -10,6 +10,7 @@ pub mod convert;
 pub mod error;
 pub mod reply;
 pub mod runtime;
+pub mod sandbox;
 
 mod nif_runtime;
 
