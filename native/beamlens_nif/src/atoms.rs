@@ -17,4 +17,22 @@ rustler::atoms! {
     job_capacity,
     jobs_started,
     jobs_busy_rejected,
+    // Lua sandbox (see `sandbox::ErrorKind`, `nif_lua.rs`)
+    syntax,
+    runtime,
+    instruction_limit,
+    memory_limit,
+    output_limit,
+    callback_limit,
+    callback_error,
+    callback_timeout,
+    no_return,
+    cancelled,
+    lua_callback,
+    expired,
+    max_instructions,
+    max_memory,
+    max_output,
+    max_callbacks,
 }
+

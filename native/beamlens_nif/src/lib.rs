@@ -12,6 +12,7 @@ pub mod reply;
 pub mod runtime;
 pub mod sandbox;
 
+mod nif_lua;
 mod nif_runtime;
 
 rustler::init!("Elixir.Beamlens.Native", load = nif_runtime::on_load);
