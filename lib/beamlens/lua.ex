@@ -250,7 +250,9 @@ defmodule Beamlens.Lua do
   end
 
   defp validate_callbacks(other) do
-    bad_argument("callbacks must be a map of names to functions, got: #{inspect(other, limit: 5)}")
+    bad_argument(
+      "callbacks must be a map of names to functions, got: #{inspect(other, limit: 5)}"
+    )
   end
 
   defp validate_options(opts) when is_list(opts) do

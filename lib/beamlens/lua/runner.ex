@@ -144,14 +144,15 @@ defmodule Beamlens.Lua.Runner do
         answer
 
       {:DOWN, ^monitor, :process, ^pid, reason} ->
-        {:error, "the callback process exited: " <> inspect(reason, limit: 10, printable_limit: 200)}
+        {:error,
+         "the callback process exited: " <> inspect(reason, limit: 10, printable_limit: 200)}
 
       {:DOWN, ^caller_monitor, :process, _, _} ->
         Process.exit(pid, :kill)
         :caller_down
 
       # The run stopped waiting (its deadline came first) and has ended.
-      {^native_ref, result} ->
+      {^native_ref, {tag, _} = result} when tag in [:ok, :error] ->
         Process.exit(pid, :kill)
         Process.demonitor(monitor, [:flush])
         {:finished, result}
@@ -159,7 +160,7 @@ defmodule Beamlens.Lua.Runner do
       timeout ->
         Process.exit(pid, :kill)
         Process.demonitor(monitor, [:flush])
-        {:error, "did not answer within #{timeout} ms (callback_timeout)"}
+        :timeout
     end
   end
 
@@ -189,9 +190,14 @@ defmodule Beamlens.Lua.Runner do
   defp emit_stop(state, native_result, result) do
     stats =
       case native_result do
-        {:ok, {_value, _output, stats}} -> Result.stats_from_native(stats)
-        {:error, {_kind, _message, details}} when is_map(details) -> Result.stats_from_native(details)
-        _ -> %{}
+        {:ok, {_value, _output, stats}} ->
+          Result.stats_from_native(stats)
+
+        {:error, {_kind, _message, details}} when is_map(details) ->
+          Result.stats_from_native(details)
+
+        _ ->
+          %{}
       end
 
     measurements =

@@ -44,6 +44,9 @@ pub const MAX_CALLBACK_NODES: usize = 200_000;
 /// native function that runs long between two interrupt checks.
 const WATCHDOG_GRACE: Duration = Duration::from_millis(500);
 
+/// Extra wait for a callback answer beyond the callback timeout.
+const CALLBACK_GRACE: Duration = Duration::from_millis(50);
+
 static RUN_SLOTS: LazyLock<Arc<Semaphore>> =
     LazyLock::new(|| Arc::new(Semaphore::new(MAX_CONCURRENT_RUNS)));
 
@@ -63,7 +66,16 @@ impl Drop for LuaRun {
 
 /// Where the answer to one callback call goes. Used at most once.
 pub struct CallbackReply {
-    sender: Mutex<Option<SyncSender<std::result::Result<Value, String>>>>,
+    sender: Mutex<Option<SyncSender<Answer>>>,
+}
+
+/// A callback answer on its way to the Lua thread. A value travels as a
+/// copied term and is converted on the Lua thread: converting is recursive,
+/// and a dirty scheduler's stack is too small for that.
+enum Answer {
+    Value(OwnedEnv, rustler::env::SavedTerm),
+    Failed(String),
+    TimedOut,
 }
 
 #[rustler::resource_impl]
@@ -162,8 +174,8 @@ fn watchdog_failure(limits: Limits) -> Failure {
     }
 }
 
-/// Answers one callback call: `result` is `{:ok, value}` or
-/// `{:error, message}`. Returns `:ok`, or `:expired` when the run no longer
+/// Answers one callback call: `result` is `{:ok, value}`,
+/// `{:error, message}` or `:timeout` (the runner gave up on it). Returns `:ok`, or `:expired` when the run no longer
 /// waits for this answer. Runs on a dirty scheduler because converting a
 /// large answer takes time.
 #[rustler::nif(schedule = "DirtyCpu")]
@@ -184,22 +196,45 @@ fn lua_callback_reply<'a>(
     }
 }
 
-fn decode_answer(result: Term) -> std::result::Result<Value, String> {
-    let limits = TermLimits {
-        max_depth: sandbox::value::MAX_DEPTH,
-        max_nodes: MAX_CALLBACK_NODES,
-    };
+fn decode_answer(result: Term) -> Answer {
+    if result.decode::<rustler::Atom>().ok() == Some(atoms::timeout()) {
+        return Answer::TimedOut;
+    }
     match result.decode::<(rustler::Atom, Term)>() {
         Ok((tag, value)) if tag == atoms::ok() => {
-            convert::term_to_json(value, "the callback's result", limits).map_err(|error| match error {
-                Error::BadArgument { name, reason } => format!("{name} {reason}; return less data"),
-                other => other.to_string(),
-            })
+            let env = OwnedEnv::new();
+            let saved = env.save(value);
+            Answer::Value(env, saved)
         }
-        Ok((tag, message)) if tag == atoms::error() => Err(message
-            .decode::<String>()
-            .unwrap_or_else(|_| "the callback failed".to_string())),
-        _ => Err("the callback runner sent an answer of the wrong shape".to_string()),
+        Ok((tag, message)) if tag == atoms::error() => Answer::Failed(
+            message
+                .decode::<String>()
+                .unwrap_or_else(|_| "the callback failed".to_string()),
+        ),
+        _ => Answer::Failed("the callback runner sent an answer of the wrong shape".to_string()),
+    }
+}
+
+/// Converts a callback's answer to JSON, on the Lua thread.
+fn convert_answer(answer: Answer) -> std::result::Result<Value, HostError> {
+    match answer {
+        Answer::Value(env, saved) => {
+            let limits = TermLimits {
+                max_depth: sandbox::value::MAX_DEPTH,
+                max_nodes: MAX_CALLBACK_NODES,
+            };
+            env.run(|env| convert::term_to_json(saved.load(env), "the callback's result", limits))
+                .map_err(|error| {
+                    HostError::Failed(match error {
+                        Error::BadArgument { name, reason } => {
+                            format!("{name} {reason}; return less data")
+                        }
+                        other => other.to_string(),
+                    })
+                })
+        }
+        Answer::Failed(message) => Err(HostError::Failed(message)),
+        Answer::TimedOut => Err(HostError::TimedOut),
     }
 }
 
@@ -285,9 +320,10 @@ impl Host for ElixirHost {
         if !sent {
             return Err(HostError::Gone);
         }
-        match receiver.recv_timeout(timeout) {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(message)) => Err(HostError::Failed(message)),
+        // The runner enforces the callback timeout itself and answers
+        // `:timeout`; the grace lets that answer arrive first.
+        match receiver.recv_timeout(timeout + CALLBACK_GRACE) {
+            Ok(answer) => convert_answer(answer),
             Err(RecvTimeoutError::Timeout) => Err(HostError::TimedOut),
             Err(RecvTimeoutError::Disconnected) => Err(HostError::Gone),
         }
