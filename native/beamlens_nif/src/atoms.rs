@@ -35,4 +35,3 @@ rustler::atoms! {
     max_output,
     max_callbacks,
 }
-

@@ -340,7 +340,8 @@ pub(crate) fn put_stats<'a>(env: Env<'a>, map: Term<'a>, stats: &Stats) -> Term<
     ]
     .into_iter()
     .fold(map, |map, (key, value)| {
-        map.map_put(key.encode(env), value.encode(env)).unwrap_or(map)
+        map.map_put(key.encode(env), value.encode(env))
+            .unwrap_or(map)
     })
 }
 

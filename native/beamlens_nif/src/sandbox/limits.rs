@@ -1,8 +1,9 @@
 //! The limits of one sandboxed run and the budget that enforces them.
 //!
-//! Every run gets a fresh [`Budget`]. The Luau interrupt calls
-//! [`Budget::tick`] at every loop iteration, function call and pattern
-//! matching step; the print function, the callbacks and the result
+//! Every run gets a fresh [`Budget`]. The Luau interrupt runs at every loop
+//! iteration, function call and pattern matching step, and calls
+//! [`Budget::tick`] once per batch of such steps (see `interrupt.rs`); the
+//! print function, the callbacks and the result
 //! conversion charge their own counters. The first limit that is broken is
 //! remembered ("tripped"): from then on every check fails again, so a script
 //! that catches the error with `pcall` cannot carry on, and the run reports
@@ -67,11 +68,6 @@ impl Default for Limits {
     }
 }
 
-/// How many interrupt checks pass between two looks at the clock and the
-/// cancel flag. Reading the clock costs ~20 ns; a tight loop passes a check
-/// every few nanoseconds.
-const CLOCK_EVERY: u64 = 1024;
-
 /// The counters of one run. Shared (behind an `Arc`) by the interrupt, the
 /// print function and the callbacks of the run's Lua state.
 #[derive(Debug)]
@@ -99,20 +95,13 @@ impl Budget {
         }
     }
 
-    /// One interrupt check.
-    #[inline]
-    pub fn tick(&self) -> Result<(), ErrorKind> {
-        let steps = self.steps.fetch_add(1, Ordering::Relaxed) + 1;
-        if steps > self.limits.max_instructions {
+    /// Counts `steps` interrupt checks, then checks every limit.
+    pub fn tick(&self, steps: u64) -> Result<(), ErrorKind> {
+        let total = self.steps.fetch_add(steps, Ordering::Relaxed) + steps;
+        if total > self.limits.max_instructions {
             return Err(self.trip(ErrorKind::InstructionLimit));
         }
-        if steps % CLOCK_EVERY == 0 {
-            return self.check();
-        }
-        if self.tripped.load(Ordering::Relaxed) != 0 {
-            return Err(self.tripped().unwrap_or(ErrorKind::Cancelled));
-        }
-        Ok(())
+        self.check()
     }
 
     /// Checks the wall clock, the cancel flag and any limit already broken.
@@ -192,10 +181,9 @@ mod tests {
             max_instructions: 3,
             ..Limits::default()
         });
-        assert!(b.tick().is_ok());
-        assert!(b.tick().is_ok());
-        assert!(b.tick().is_ok());
-        assert_eq!(b.tick(), Err(ErrorKind::InstructionLimit));
+        assert!(b.tick(1).is_ok());
+        assert!(b.tick(2).is_ok());
+        assert_eq!(b.tick(1), Err(ErrorKind::InstructionLimit));
         assert_eq!(b.check(), Err(ErrorKind::InstructionLimit));
         assert_eq!(b.charge_callback(), Err(ErrorKind::InstructionLimit));
         assert_eq!(b.steps(), 3);
@@ -206,7 +194,7 @@ mod tests {
         let b = budget(Limits::default());
         assert_eq!(b.trip(ErrorKind::OutputLimit), ErrorKind::OutputLimit);
         assert_eq!(b.trip(ErrorKind::Timeout), ErrorKind::OutputLimit);
-        assert_eq!(b.tick(), Err(ErrorKind::OutputLimit));
+        assert_eq!(b.tick(1), Err(ErrorKind::OutputLimit));
     }
 
     #[test]

@@ -31,6 +31,7 @@
 //! The sandbox is plain Rust: the [`Host`] trait is how it reaches the
 //! callbacks, and `nif_lua.rs` implements it by messaging an Elixir process.
 
+mod interrupt;
 pub mod limits;
 pub mod stdlib;
 pub mod value;
@@ -386,8 +387,16 @@ fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<Lua> {
     })?;
     globals.raw_set("print", print)?;
 
-    for name in callbacks {
-        install_callback(&lua, &globals, shared, name)?;
+    if !callbacks.is_empty() {
+        let wrapper: Function = lua
+            .load(CALLBACK_WRAPPER)
+            .set_name("=callback")
+            .set_mode(ChunkMode::Text)
+            .into_function()?;
+        let error: Function = globals.raw_get("error")?;
+        for name in callbacks {
+            install_callback(&lua, &globals, shared, &wrapper, &error, name)?;
+        }
     }
 
     stdlib::seal(&lua)?;
@@ -396,16 +405,18 @@ fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<Lua> {
     lua.set_memory_limit(base.saturating_add(shared.budget.limits.max_memory))?;
 
     let interrupt_shared = Arc::clone(shared);
-    lua.set_interrupt(move |lua| match interrupt_shared.budget.tick() {
-        Ok(()) => Ok(VmState::Continue),
-        Err(kind) => {
-            let mut line = lock(&interrupt_shared.limit_line);
-            if line.is_none() {
-                *line = current_line(lua, 0);
+    interrupt::install(&lua, move |lua, steps| {
+        match interrupt_shared.budget.tick(steps) {
+            Ok(()) => Ok(VmState::Continue),
+            Err(kind) => {
+                let mut line = lock(&interrupt_shared.limit_line);
+                if line.is_none() {
+                    *line = current_line(lua, 0);
+                }
+                Err(mlua::Error::external(LimitHit(kind)))
             }
-            Err(mlua::Error::external(LimitHit(kind)))
         }
-    });
+    })?;
     Ok(lua)
 }
 
@@ -435,6 +446,8 @@ fn install_callback(
     lua: &Lua,
     globals: &Table,
     shared: &Arc<Shared>,
+    wrapper: &Function,
+    error: &Function,
     name: &str,
 ) -> mlua::Result<()> {
     let parts: Vec<&str> = name.split('.').collect();
@@ -463,13 +476,8 @@ fn install_callback(
             }
         }
     })?;
-    let wrap: Function = lua
-        .load(CALLBACK_WRAPPER)
-        .set_name("=callback")
-        .set_mode(ChunkMode::Text)
-        .into_function()?
-        .call((raw, globals.raw_get::<Function>("error")?))?;
-    table.raw_set(*last, wrap)
+    let wrapped: Function = wrapper.call((raw, error))?;
+    table.raw_set(*last, wrapped)
 }
 
 /// Calls a callback. `Err` is a broken limit (raised, sticky); `Ok(Err)` a
