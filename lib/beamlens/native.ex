@@ -50,6 +50,7 @@ defmodule Beamlens.Native do
   # nif_lua.rs
   def lua_eval(_code, _callback_names, _opts, _recipient), do: err()
   def lua_callback_reply(_reply, _result), do: err()
+  def lua_callback_reply_large(_reply, _result), do: err()
   def lua_cancel(_run), do: err()
   def lua_status, do: err()
 

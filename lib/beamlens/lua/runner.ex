@@ -83,7 +83,12 @@ defmodule Beamlens.Lua.Runner do
             Native.lua_cancel(state.run)
 
           answer ->
-            Native.lua_callback_reply(reply, answer)
+            # Small answers are converted right away; large ones go
+            # through a dirty scheduler.
+            with :too_large <- Native.lua_callback_reply(reply, answer) do
+              Native.lua_callback_reply_large(reply, answer)
+            end
+
             loop(state)
         end
 

@@ -30,6 +30,7 @@ rustler::atoms! {
     cancelled,
     lua_callback,
     expired,
+    too_large,
     max_instructions,
     max_memory,
     max_output,

@@ -15,6 +15,13 @@
 //! `run` is a resource owned by the runner: when the runner exits (or
 //! calls `lua_cancel/1`), the run is cancelled at its next interrupt check,
 //! and a callback it waits for fails at once.
+//!
+//! Luau's interrupt stops a script within its timeout, including inside
+//! pattern matching; the native functions that run between two interrupt
+//! checks (`string.rep`, `table.concat`, `table.sort` without a comparator)
+//! are bounded by the memory limit. The runner still keeps its own deadline
+//! (timeout + 5 s) and answers `:timeout` by itself should a reply never
+//! come.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
@@ -29,7 +36,7 @@ use crate::atoms;
 use crate::convert::{self, Json, Limits as TermLimits};
 use crate::error::{Error, Result};
 use crate::runtime;
-use crate::sandbox::{self, ErrorKind, Failure, Host, HostError, Limits, Outcome, Stats};
+use crate::sandbox::{self, ErrorKind, Host, HostError, Limits, Outcome, Stats};
 
 /// Lua runs executing at once. Each holds a blocking-pool thread and can
 /// use a CPU core until its limits stop it; further runs get `:busy`.
@@ -38,11 +45,6 @@ pub const MAX_CONCURRENT_RUNS: usize = 8;
 /// Most elements (scalars, list items, map entries) accepted in one
 /// callback answer. Larger answers fail the call with a readable message.
 pub const MAX_CALLBACK_NODES: usize = 200_000;
-
-/// How long past its timeout a run may stay silent before the reply is
-/// sent without it. Luau's interrupt stops scripts on time; this covers a
-/// native function that runs long between two interrupt checks.
-const WATCHDOG_GRACE: Duration = Duration::from_millis(500);
 
 /// Extra wait for a callback answer beyond the callback timeout.
 const CALLBACK_GRACE: Duration = Duration::from_millis(50);
@@ -69,17 +71,27 @@ pub struct CallbackReply {
     sender: Mutex<Option<SyncSender<Answer>>>,
 }
 
-/// A callback answer on its way to the Lua thread. A value travels as a
-/// copied term and is converted on the Lua thread: converting is recursive,
-/// and a dirty scheduler's stack is too small for that.
+#[rustler::resource_impl]
+impl rustler::Resource for CallbackReply {}
+
+/// A callback answer on its way to the Lua thread. Small values arrive
+/// converted; large ones as a copied term that the Lua thread converts.
 enum Answer {
-    Value(OwnedEnv, rustler::env::SavedTerm),
+    Json(Value),
+    Copied(OwnedEnv, rustler::env::SavedTerm),
     Failed(String),
     TimedOut,
 }
 
-#[rustler::resource_impl]
-impl rustler::Resource for CallbackReply {}
+/// What the runner sent, before conversion.
+enum RunnerReply<'a> {
+    Value(Term<'a>),
+    Failed(String),
+    TimedOut,
+}
+
+/// Most elements of an answer converted on a normal scheduler.
+const SMALL_ANSWER_NODES: usize = 2_000;
 
 /// Starts a Lua run. `opts` is a map with optional atom keys `:timeout`,
 /// `:callback_timeout` (ms), `:max_instructions`, `:max_memory`,
@@ -133,58 +145,79 @@ fn start<'a>(
     });
     let code = code.as_slice().to_vec();
 
-    handle.spawn(async move {
-        let job_cancel = cancel.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let _slots = (slot, run_slot);
-            sandbox::run(&code, &callbacks, limits, Box::new(host), job_cancel)
+    // The run goes straight to a blocking-pool thread, which also sends
+    // the reply: no async task in between, so one thread hand-off each way.
+    handle.spawn_blocking(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sandbox::run(&code, &callbacks, limits, Box::new(host), cancel)
+        }));
+        // Free the slots before replying, so that a caller may start its
+        // next run as soon as it has the answer.
+        drop((slot, run_slot));
+        reply_host.send_final(match result {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(failure)) => Err(Error::Lua(Box::new(failure))),
+            Err(payload) => Err(Error::from_panic(payload.as_ref())),
         });
-        let result = match tokio::time::timeout(limits.timeout + WATCHDOG_GRACE, job).await {
-            Ok(Ok(Ok(outcome))) => Ok(outcome),
-            Ok(Ok(Err(failure))) => Err(Error::Lua(Box::new(failure))),
-            Ok(Err(join_error)) if join_error.is_panic() => {
-                Err(Error::from_panic(join_error.into_panic().as_ref()))
-            }
-            Ok(Err(_)) => Err(Error::Shutdown("the Lua run was cancelled".into())),
-            Err(_elapsed) => {
-                // The thread keeps its slots until it really ends.
-                cancel.store(true, Ordering::Relaxed);
-                Err(Error::Lua(Box::new(watchdog_failure(limits))))
-            }
-        };
-        reply_host.send_final(result);
     });
 
     Ok((atoms::ok(), reference, run).encode(env))
 }
 
-fn watchdog_failure(limits: Limits) -> Failure {
-    Failure {
-        kind: ErrorKind::Timeout,
-        message: format!(
-            "the script did not finish within {} ms (timeout) and was abandoned",
-            limits.timeout.as_millis()
-        ),
-        line: None,
-        output: String::new(),
-        stats: Stats {
-            duration: limits.timeout + WATCHDOG_GRACE,
-            ..Stats::default()
-        },
-    }
-}
-
 /// Answers one callback call: `result` is `{:ok, value}`,
-/// `{:error, message}` or `:timeout` (the runner gave up on it). Returns `:ok`, or `:expired` when the run no longer
-/// waits for this answer. Runs on a dirty scheduler because converting a
-/// large answer takes time.
-#[rustler::nif(schedule = "DirtyCpu")]
+/// `{:error, message}` or `:timeout` (the runner gave up on it). Returns
+/// `:ok`, `:expired` when the run no longer waits for this answer, or
+/// `:too_large` when the value has more than [`SMALL_ANSWER_NODES`]
+/// elements: the caller then uses `lua_callback_reply_large/2`. Small
+/// answers, the common case, are converted right here on the normal
+/// scheduler (bounded work, well under a millisecond); that saves two
+/// thread hand-offs per callback.
+#[rustler::nif]
 fn lua_callback_reply<'a>(
     env: Env<'a>,
     reply: ResourceArc<CallbackReply>,
     result: Term<'a>,
 ) -> Term<'a> {
-    let answer = decode_answer(result);
+    let answer = match decode_reply(result) {
+        RunnerReply::Value(value) => {
+            let limits = TermLimits {
+                max_depth: sandbox::value::MAX_DEPTH,
+                max_nodes: SMALL_ANSWER_NODES,
+            };
+            match convert::term_to_json(value, "the callback's result", limits) {
+                Ok(json) => Answer::Json(json),
+                Err(_) => return atoms::too_large().encode(env),
+            }
+        }
+        RunnerReply::Failed(message) => Answer::Failed(message),
+        RunnerReply::TimedOut => Answer::TimedOut,
+    };
+    deliver(env, &reply, answer)
+}
+
+/// Like `lua_callback_reply/2`, for answers of any size: the term is only
+/// copied here, on a dirty scheduler, and converted on the Lua thread
+/// (converting is recursive, and a dirty scheduler's stack is too small
+/// for that).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn lua_callback_reply_large<'a>(
+    env: Env<'a>,
+    reply: ResourceArc<CallbackReply>,
+    result: Term<'a>,
+) -> Term<'a> {
+    let answer = match decode_reply(result) {
+        RunnerReply::Value(value) => {
+            let copy = OwnedEnv::new();
+            let saved = copy.save(value);
+            Answer::Copied(copy, saved)
+        }
+        RunnerReply::Failed(message) => Answer::Failed(message),
+        RunnerReply::TimedOut => Answer::TimedOut,
+    };
+    deliver(env, &reply, answer)
+}
+
+fn deliver<'a>(env: Env<'a>, reply: &CallbackReply, answer: Answer) -> Term<'a> {
     let sender = reply
         .sender
         .lock()
@@ -196,29 +229,28 @@ fn lua_callback_reply<'a>(
     }
 }
 
-fn decode_answer(result: Term) -> Answer {
+fn decode_reply(result: Term) -> RunnerReply {
     if result.decode::<rustler::Atom>().ok() == Some(atoms::timeout()) {
-        return Answer::TimedOut;
+        return RunnerReply::TimedOut;
     }
     match result.decode::<(rustler::Atom, Term)>() {
-        Ok((tag, value)) if tag == atoms::ok() => {
-            let env = OwnedEnv::new();
-            let saved = env.save(value);
-            Answer::Value(env, saved)
-        }
-        Ok((tag, message)) if tag == atoms::error() => Answer::Failed(
+        Ok((tag, value)) if tag == atoms::ok() => RunnerReply::Value(value),
+        Ok((tag, message)) if tag == atoms::error() => RunnerReply::Failed(
             message
                 .decode::<String>()
                 .unwrap_or_else(|_| "the callback failed".to_string()),
         ),
-        _ => Answer::Failed("the callback runner sent an answer of the wrong shape".to_string()),
+        _ => {
+            RunnerReply::Failed("the callback runner sent an answer of the wrong shape".to_string())
+        }
     }
 }
 
 /// Converts a callback's answer to JSON, on the Lua thread.
 fn convert_answer(answer: Answer) -> std::result::Result<Value, HostError> {
     match answer {
-        Answer::Value(env, saved) => {
+        Answer::Json(json) => Ok(json),
+        Answer::Copied(env, saved) => {
             let limits = TermLimits {
                 max_depth: sandbox::value::MAX_DEPTH,
                 max_nodes: MAX_CALLBACK_NODES,
