@@ -64,6 +64,14 @@ where
     }
 }
 
+/// Steps taken on this thread since the last budget check (not yet
+/// counted by the budget).
+pub fn uncounted_steps() -> u64 {
+    let started = BATCH_STARTED.with(Cell::get);
+    let left = COUNTDOWN.with(Cell::get);
+    u64::from(started.saturating_sub(left))
+}
+
 unsafe extern "C-unwind" fn counting_interrupt(state: *mut ffi::lua_State, gc: c_int) {
     // GC steps call the interrupt too; like mlua, ignore them.
     if gc >= 0 {

@@ -346,7 +346,8 @@ fn take_output(shared: &Shared) -> String {
 
 fn stats(shared: &Shared, lua: Option<&Lua>) -> Stats {
     Stats {
-        instructions: shared.budget.steps(),
+        instructions: (shared.budget.steps() + interrupt::uncounted_steps())
+            .min(shared.budget.limits.max_instructions),
         callbacks: shared.budget.callbacks(),
         memory: lua.map_or(0, Lua::used_memory),
         duration: shared.budget.started.elapsed(),

@@ -100,6 +100,17 @@ fn returns_converted_values() {
 }
 
 #[test]
+fn instructions_are_counted() {
+    let outcome = eval("local s = 0 for i = 1, 1000 do s = s + i end return s").unwrap();
+    assert!(
+        (1000..1100).contains(&outcome.stats.instructions),
+        "{:?}",
+        outcome.stats
+    );
+    assert!(eval("return 1").unwrap().stats.instructions < 10);
+}
+
+#[test]
 fn print_output_is_captured() {
     let outcome = eval("print('a', 1, nil, true) print({}) return 0").unwrap();
     let mut lines = outcome.output.lines();
