@@ -65,11 +65,27 @@ defmodule Beamlens.Lua.Runner do
           start_metadata(state)
         )
 
-        loop(state)
+        run(state)
 
       {:DOWN, ^caller_monitor, :process, _, _} ->
         :ok
     end
+  end
+
+  # Sending the reply is the last thing `loop/1` does, so a bug that raises
+  # before it still gets exactly one (error) reply to the caller.
+  defp run(state) do
+    loop(state)
+  rescue
+    exception -> crashed(state, Exception.message(exception))
+  catch
+    kind, reason -> crashed(state, "#{kind}: #{inspect(reason, limit: 10)}")
+  end
+
+  defp crashed(state, reason) do
+    Native.lua_cancel(state.run)
+    message = "the Lua runner failed (a BeamLens bug): #{reason}"
+    send(state.caller, {state.ref, {:error, %LuaError{kind: :internal, message: message}}})
   end
 
   defp loop(%{native_ref: native_ref, caller_monitor: caller_monitor} = state) do
@@ -113,8 +129,8 @@ defmodule Beamlens.Lua.Runner do
   defp finish(state, native_result) do
     result = convert(native_result, state.config)
     Process.demonitor(state.caller_monitor, [:flush])
-    send(state.caller, {state.ref, result})
     emit_stop(state, native_result, result)
+    send(state.caller, {state.ref, result})
   end
 
   defp convert({:ok, {value, output, stats}}, %{result: :full}) do

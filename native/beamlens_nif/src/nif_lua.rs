@@ -7,8 +7,9 @@
 //!
 //! * for each callback call it sends
 //!   `{ref, {:lua_callback, reply, name, args}}` and waits (bounded) until
-//!   the runner answers with `lua_callback_reply(reply, {:ok, value} |
-//!   {:error, message})`;
+//!   the runner answers with `lua_callback_reply(reply, answer)` (or
+//!   `lua_callback_reply_large/2` for large answers), where `answer` is
+//!   `{:ok, value}`, `{:error, message}` or `:timeout`;
 //! * at the end it sends exactly one `{ref, {:ok, {value, output, stats}}}`
 //!   or `{ref, {:error, {kind, message, details}}}`.
 //!

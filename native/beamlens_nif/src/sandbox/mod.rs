@@ -280,7 +280,8 @@ pub fn check_callback_names(names: &[String]) -> Result<(), String> {
 }
 
 /// Runs `code` in a fresh sandbox. `cancel` ends the run early when set
-/// (checked about every thousand interrupt checks).
+/// (checked with the other limits, every few hundred interrupt steps, and
+/// before each callback call).
 pub fn run(
     code: &[u8],
     callbacks: &[String],
