@@ -59,6 +59,7 @@ defmodule LuaBench do
   end
 
   def run do
+    Application.load(:luerl)
     check_results()
 
     IO.puts(
