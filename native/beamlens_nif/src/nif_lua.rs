@@ -92,7 +92,7 @@ enum RunnerReply<'a> {
 }
 
 /// Most elements of an answer converted on a normal scheduler.
-const SMALL_ANSWER_NODES: usize = 2_000;
+const SMALL_ANSWER_NODES: usize = 1_000;
 
 /// Starts a Lua run. `opts` is a map with optional atom keys `:timeout`,
 /// `:callback_timeout` (ms), `:max_instructions`, `:max_memory`,
