@@ -61,5 +61,12 @@ defmodule Beamlens.Native do
   def sync_panic(_message), do: err()
   def dirty_checksum(_data), do: err()
 
+  # nif_lua.rs
+  def lua_eval(_code, _callback_names, _opts, _recipient), do: err()
+  def lua_callback_reply(_reply, _result), do: err()
+  def lua_callback_reply_large(_reply, _result), do: err()
+  def lua_cancel(_run), do: err()
+  def lua_status, do: err()
+
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

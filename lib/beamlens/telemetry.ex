@@ -7,6 +7,23 @@ defmodule Beamlens.Telemetry do
   process, so keep them fast.
 
   The events are listed here as the subsystems that emit them are added.
+
+  ## Lua sandbox
+
+  Emitted by the process that serves a `Beamlens.Lua` run (not the caller).
+
+    * `[:beamlens, :lua, :execute, :start]` - a run started.
+      * Measurements: `%{system_time: integer, monotonic_time: integer}`
+      * Metadata: `%{callbacks: [String.t()]}` merged with the run's
+        `:telemetry_metadata` option.
+
+    * `[:beamlens, :lua, :execute, :stop]` - a run ended, successfully or
+      not (a failed script is a result, so there is no `:exception` event).
+      * Measurements: `%{duration: native_time, monotonic_time: integer,
+        instructions: integer, callbacks: integer, memory: bytes}`
+        (the last three are absent when the run never started in Lua)
+      * Metadata: the start metadata plus `result: :ok | :error` and
+        `error: Beamlens.LuaError.kind() | nil`.
   """
 
   # `:telemetry` is a dependency of the host application (Phoenix, Ecto and

@@ -31,6 +31,11 @@ pub enum Error {
     /// The native runtime is shutting down or could not be started.
     #[error("native runtime unavailable: {0}")]
     Shutdown(String),
+
+    /// A Lua script failed or broke one of its limits. Encodes with the
+    /// sandbox's own kind (`:syntax`, `:timeout`, `:memory_limit`, ...).
+    #[error("{0}")]
+    Lua(Box<crate::sandbox::Failure>),
 }
 
 impl Error {
@@ -60,6 +65,7 @@ impl Error {
             Error::BadArgument { .. } => atoms::bad_argument(),
             Error::Timeout { .. } => atoms::timeout(),
             Error::Shutdown(_) => atoms::shutdown(),
+            Error::Lua(failure) => crate::nif_lua::kind_atom(failure.kind),
         }
     }
 
@@ -73,6 +79,11 @@ impl Error {
             Error::BadArgument { name, .. } => put(map, "argument", name.encode(env)),
             Error::Timeout { ms } => put(map, "timeout_ms", ms.encode(env)),
             Error::Panic(_) | Error::Shutdown(_) => map,
+            Error::Lua(failure) => {
+                let map = put(map, "line", failure.line.encode(env));
+                let map = put(map, "output", failure.output.encode(env));
+                crate::nif_lua::put_stats(env, map, &failure.stats)
+            }
         }
     }
 }

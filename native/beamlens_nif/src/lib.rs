@@ -12,10 +12,12 @@ pub mod error;
 pub mod gate;
 pub mod reply;
 pub mod runtime;
+pub mod sandbox;
 
 mod nif_compaction;
 mod nif_gate;
 mod nif_json;
+mod nif_lua;
 mod nif_runtime;
 
 rustler::init!("Elixir.Beamlens.Native", load = nif_runtime::on_load);

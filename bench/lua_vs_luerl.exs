@@ -1,0 +1,117 @@
+# BeamLens's Lua sandbox (Luau in Rust, off the schedulers) against luerl
+# (Lua in Erlang, the engine other Elixir tools use), on diagnostic-style
+# scripts. Both sides start from a fresh interpreter state for every run,
+# as BeamLens always does; BeamLens's figure is the full `Beamlens.Lua.eval/3`
+# round trip (runner process, native job, callbacks through Elixir).
+#
+# Run with `bench/run` (installs Debian's erlang-luerl, builds the NIF in
+# release mode). Timings are medians of several rounds measured in this
+# same run, so the ratios hold on a shared, noisy machine.
+
+unless Code.ensure_loaded?(:luerl) do
+  IO.puts(:stderr, "luerl is not installed: run `bin/setup erlang-luerl` (or bench/run)")
+  System.halt(1)
+end
+
+defmodule LuaBench do
+  @rounds 7
+
+  def scripts do
+    [
+      {"return 1 (fixed overhead)", "return 1", 2_000},
+      {"sum 1..100000", "local s = 0 for i = 1, 100000 do s = s + i end return s", 20},
+      {"build + sort 1,000 entries",
+       """
+       local t = {}
+       for i = 1, 1000 do t[i] = {name = "proc" .. i, memory = (i * 7919) % 1000} end
+       table.sort(t, function(a, b) return a.memory > b.memory end)
+       return t[1].memory
+       """, 50},
+      {"callback x100", "local n = 0 for i = 1, 100 do n = n + cb.value(i) end return n", 100}
+    ]
+  end
+
+  def beamlens(code) do
+    callbacks = %{"cb.value" => fn x -> x end}
+    fn -> {:ok, _} = Beamlens.Lua.eval(code, callbacks, max_instructions: 100_000_000) end
+  end
+
+  def luerl(code) do
+    fn ->
+      state = :luerl.init()
+      {_, state} = :luerl.do("cb = {}", state)
+      state = :luerl.set_table(["cb", "value"], fn [x], st -> {[x], st} end, state)
+      {[_ | _], _} = :luerl.do(code, state)
+    end
+  end
+
+  # Median over rounds of the mean time per run, in microseconds.
+  def measure(fun, iterations) do
+    fun.()
+
+    rounds =
+      for _ <- 1..@rounds do
+        {micros, _} = :timer.tc(fn -> Enum.each(1..iterations, fn _ -> fun.() end) end)
+        micros / iterations
+      end
+
+    rounds |> Enum.sort() |> Enum.at(div(@rounds, 2))
+  end
+
+  def run do
+    Application.load(:luerl)
+    check_results()
+
+    IO.puts(
+      "BeamLens Lua sandbox (Luau via mlua) vs luerl #{Application.spec(:luerl, :vsn) || "(Debian)"}"
+    )
+
+    IO.puts("median of #{@rounds} rounds, microseconds per run, fresh state per run\n")
+
+    header = ["script", "BeamLens us", "luerl us", "luerl / BeamLens"]
+
+    rows =
+      for {name, code, iterations} <- scripts() do
+        ours = measure(beamlens(code), iterations)
+        theirs = measure(luerl(code), iterations)
+        [name, fmt(ours), fmt(theirs), "#{Float.round(theirs / ours, 1)}x"]
+      end
+
+    widths =
+      Enum.map(0..3, fn i ->
+        Enum.max(Enum.map([header | rows], &String.length(Enum.at(&1, i))))
+      end)
+
+    for row <- [header | rows] do
+      row
+      |> Enum.zip(widths)
+      |> Enum.with_index()
+      |> Enum.map_join("  ", fn {{cell, width}, i} ->
+        if i == 0, do: String.pad_trailing(cell, width), else: String.pad_leading(cell, width)
+      end)
+      |> IO.puts()
+    end
+  end
+
+  # Both engines must compute the same thing, or the comparison means nothing.
+  defp check_results do
+    for {name, code, _} <- scripts() do
+      {:ok, ours} =
+        Beamlens.Lua.eval(code, %{"cb.value" => fn x -> x end}, max_instructions: 100_000_000)
+
+      state = :luerl.init()
+      {_, state} = :luerl.do("cb = {}", state)
+      state = :luerl.set_table(["cb", "value"], fn [x], st -> {[x], st} end, state)
+      {[theirs], _} = :luerl.do(code, state)
+
+      if ours != round(theirs) do
+        raise "#{name}: BeamLens returned #{inspect(ours)}, luerl #{inspect(theirs)}"
+      end
+    end
+  end
+
+  defp fmt(micros) when micros >= 100, do: "#{round(micros)}"
+  defp fmt(micros), do: :erlang.float_to_binary(micros / 1, decimals: 1)
+end
+
+LuaBench.run()

@@ -1,0 +1,324 @@
+defmodule Beamlens.Lua do
+  @options [
+    timeout: [
+      default: 2_000,
+      max: 60_000,
+      doc: "wall time of the whole run in milliseconds, callbacks included"
+    ],
+    max_instructions: [
+      default: 10_000_000,
+      max: 10_000_000_000,
+      doc:
+        "interrupt checks the script may pass: Luau checks at every loop iteration, " <>
+          "function call and pattern-matching step (10 million is roughly 50-100 ms of a tight loop)"
+    ],
+    max_memory: [
+      default: 8 * 1024 * 1024,
+      max: 256 * 1024 * 1024,
+      doc: "bytes the script may allocate"
+    ],
+    max_output: [
+      default: 64 * 1024,
+      max: 16 * 1024 * 1024,
+      doc: "bytes of the returned value (as JSON), and separately of `print` output"
+    ],
+    max_callbacks: [
+      default: 200,
+      max: 100_000,
+      doc: "callback calls per run"
+    ],
+    callback_timeout: [
+      default: 1_000,
+      max: 60_000,
+      doc: "wall time of one callback call in milliseconds"
+    ]
+  ]
+
+  @native_keys Keyword.keys(@options)
+
+  @moduledoc """
+  Runs untrusted, read-only Lua investigation scripts in a sandbox, off the
+  Erlang schedulers, with hard limits and callbacks into your Elixir code.
+
+      callbacks = %{
+        "beam.top_processes" => &MyDomain.top_processes/2,
+        "ets.tables" => fn -> :ets.all() |> Enum.take(20) end
+      }
+
+      Beamlens.Lua.eval(~S'''
+        local top = beam.top_processes(10, "memory")
+        return {count = #top, first = top[1]}
+      ''', callbacks)
+      #=> {:ok, %{"count" => 10, "first" => %{...}}}
+
+  `eval/3` waits for the result. `eval_async/3` returns `{:ok, ref}` at once
+  and the caller later receives exactly one `{ref, {:ok, value} |
+  {:error, %Beamlens.LuaError{}}}` message: a GenServer stays responsive
+  while the script runs and never runs a callback itself.
+
+  ## The sandbox
+
+  Scripts run in [Luau](https://luau.org) (a Lua 5.1 dialect) on the
+  BeamLens native runtime's blocking thread pool, never on a scheduler.
+  Each run gets a fresh interpreter state; nothing survives between runs.
+  Scripts can use the computing parts of the standard library (`string`,
+  `table`, `math`, `utf8`, `bit32`, `buffer`, `coroutine`, `pcall`, ...),
+  `os.clock` and `os.time`. They cannot reach `io`, the rest of `os`,
+  `require`, `loadstring`, `getfenv`/`setfenv`, `debug`, garbage collector
+  control or bytecode loading, and every shared table (globals, libraries,
+  the string metatable) is read-only. At most 8 runs execute at once;
+  more get a `:busy` error.
+
+  ## Callbacks
+
+  `callbacks` maps dotted names to functions. `"beam.top_processes"` is
+  called from Lua as `beam.top_processes(10, "memory")`, which calls the
+  function with `(10, "memory")`. Missing arguments are `nil`, as in Lua;
+  more arguments than the function's arity is an error. Names must be
+  dotted Lua identifiers that do not shadow a standard global (`string`,
+  `print`, ...).
+
+  Each call runs in its own short-lived process, with `:callback_timeout`.
+  A callback that raises, exits, or times out makes the Lua call fail with a
+  readable error; the script may catch it with `pcall`, otherwise the run
+  ends with `:callback_error` or `:callback_timeout`. Callbacks should be
+  read-only and bounded (top-N, sampled).
+
+  ## Values
+
+  Arguments and return values of callbacks, and the script's result,
+  convert like JSON: `nil`, booleans, numbers, strings (binaries), lists and
+  maps. Atoms become strings (`:foo` -> `"foo"`, `nil`/`true`/`false` stay),
+  tuples become lists, pids, ports, references and functions become
+  readable strings such as `"#PID<0.123.0>"`, map keys become strings. In
+  Lua, maps are tables with string keys and lists are sequences (1-based).
+  Back in Elixir, a table with keys exactly `1..n` is a list, an empty table
+  is `[]`, any other table a map with string keys; integral numbers are
+  integers; functions and coroutines become strings like `"<function>"`.
+  A script that returns several values returns a list of them.
+
+  ## Output
+
+  `print` is captured (bounded by `:max_output`). With the default
+  `result: :value`, a successful run returns `{:ok, value}`; with
+  `result: :full` it returns `{:ok, %Beamlens.Lua.Result{}}`, which also
+  holds the printed output and the run's stats. A failed run's printed
+  output is in `Beamlens.LuaError`'s `:output` field. A script must
+  `return` its result: one that returns nothing fails with `:no_return`
+  and a hint, even if it printed.
+
+  ## Options
+
+  Limits (positive integers):
+
+  #{Enum.map_join(@options, "\n", fn {key, spec} -> "  * `#{inspect(key)}` - #{spec[:doc]}. Default `#{spec[:default]}`, at most `#{spec[:max]}`." end)}
+
+  Other options:
+
+    * `:result` - `:value` (default) or `:full`, see "Output".
+    * `:telemetry_metadata` - a map merged into the metadata of the
+      `[:beamlens, :lua, :execute, ...]` events (for example
+      `%{watcher: :beam}`). Default `%{}`.
+
+  Breaking a limit ends the run with the matching `Beamlens.LuaError` kind
+  (`:timeout`, `:instruction_limit`, `:memory_limit`, `:output_limit`,
+  `:callback_limit`); a script cannot catch it with `pcall`.
+
+  ## Telemetry
+
+  Every run emits `[:beamlens, :lua, :execute, :start]` and
+  `[:beamlens, :lua, :execute, :stop]`; see `Beamlens.Telemetry`.
+  """
+
+  alias Beamlens.LuaError
+  alias Beamlens.Lua.Runner
+
+  @typedoc "Dotted callback names mapped to functions."
+  @type callbacks :: %{optional(String.t()) => function()}
+
+  @type option ::
+          {:timeout, pos_integer()}
+          | {:max_instructions, pos_integer()}
+          | {:max_memory, pos_integer()}
+          | {:max_output, pos_integer()}
+          | {:max_callbacks, pos_integer()}
+          | {:callback_timeout, pos_integer()}
+          | {:result, :value | :full}
+          | {:telemetry_metadata, map()}
+
+  @doc """
+  Runs `code` and waits for its result.
+
+  Returns `{:ok, value}` (or `{:ok, %Beamlens.Lua.Result{}}` with
+  `result: :full`) or `{:error, %Beamlens.LuaError{}}`. Does not block any
+  scheduler: the calling process waits in `receive`.
+
+      iex> Beamlens.Lua.eval("return 1 + 1")
+      {:ok, 2}
+
+      iex> {:error, error} = Beamlens.Lua.eval("local x = nil\\nreturn x.count")
+      iex> Exception.message(error)
+      "line 2: attempt to index nil with 'count'"
+
+      iex> Beamlens.Lua.eval("return double(21)", %{"double" => &(&1 * 2)})
+      {:ok, 42}
+  """
+  @spec eval(String.t(), callbacks(), [option()]) ::
+          {:ok, term()} | {:error, LuaError.t()}
+  def eval(code, callbacks \\ %{}, opts \\ []) do
+    with {:ok, code, callbacks, config} <- validate(code, callbacks, opts),
+         {:ok, ref, runner} <- Runner.start(self(), code, callbacks, config) do
+      monitor = Process.monitor(runner)
+
+      receive do
+        {^ref, result} ->
+          Process.demonitor(monitor, [:flush])
+          result
+
+        {:DOWN, ^monitor, :process, _, reason} ->
+          # Only possible if someone killed the runner.
+          receive do
+            {^ref, result} -> result
+          after
+            0 ->
+              {:error,
+               %LuaError{
+                 kind: :internal,
+                 message: "the Lua runner exited: #{inspect(reason, limit: 10)}"
+               }}
+          end
+      end
+    end
+  end
+
+  @doc """
+  Starts running `code` and returns `{:ok, ref}` at once.
+
+  The calling process later receives exactly one message
+  `{ref, {:ok, value} | {:error, %Beamlens.LuaError{}}}`. Callbacks run in
+  separate processes, never in the caller. The run is cancelled if the
+  caller exits. Errors found before the run starts (invalid arguments,
+  `:busy`) are returned directly.
+  """
+  @spec eval_async(String.t(), callbacks(), [option()]) ::
+          {:ok, reference()} | {:error, LuaError.t()}
+  def eval_async(code, callbacks \\ %{}, opts \\ []) do
+    with {:ok, code, callbacks, config} <- validate(code, callbacks, opts),
+         {:ok, ref, _runner} <- Runner.start(self(), code, callbacks, config) do
+      {:ok, ref}
+    end
+  end
+
+  @doc """
+  The default value of each limit option.
+
+      iex> Beamlens.Lua.defaults()[:timeout]
+      2000
+  """
+  @spec defaults() :: keyword(pos_integer())
+  def defaults, do: Enum.map(@options, fn {key, spec} -> {key, spec[:default]} end)
+
+  @doc false
+  def native_option_keys, do: @native_keys
+
+  defp validate(code, callbacks, opts) do
+    with :ok <- validate_code(code),
+         :ok <- validate_callbacks(callbacks),
+         {:ok, config} <- validate_options(opts) do
+      {:ok, code, callbacks, config}
+    end
+  end
+
+  defp validate_code(code) when is_binary(code), do: :ok
+
+  defp validate_code(code) do
+    bad_argument("code must be a string of Lua source, got: #{inspect(code, limit: 5)}")
+  end
+
+  defp validate_callbacks(callbacks) when is_map(callbacks) do
+    Enum.reduce_while(callbacks, :ok, fn
+      {name, fun}, :ok when is_binary(name) and is_function(fun) ->
+        {:cont, :ok}
+
+      {name, value}, :ok ->
+        {:halt,
+         bad_argument(
+           "callbacks must map dotted names (strings) to functions, got " <>
+             "#{inspect(name, limit: 5)} => #{inspect(value, limit: 5)}"
+         )}
+    end)
+  end
+
+  defp validate_callbacks(other) do
+    bad_argument(
+      "callbacks must be a map of names to functions, got: #{inspect(other, limit: 5)}"
+    )
+  end
+
+  defp validate_options(opts) when is_list(opts) do
+    initial =
+      Map.new(@options, fn {key, spec} -> {key, spec[:default]} end)
+      |> Map.merge(%{result: :value, telemetry_metadata: %{}})
+
+    Enum.reduce_while(opts, {:ok, initial}, fn
+      {key, value}, {:ok, acc} when is_atom(key) ->
+        case validate_option(key, value) do
+          :ok -> {:cont, {:ok, Map.put(acc, key, value)}}
+          {:error, _} = error -> {:halt, error}
+        end
+
+      other, _acc ->
+        {:halt, bad_argument("options must be a keyword list, got element: #{inspect(other)}")}
+    end)
+  end
+
+  defp validate_options(other) do
+    bad_argument("options must be a keyword list, got: #{inspect(other, limit: 5)}")
+  end
+
+  defp validate_option(key, value) when key in @native_keys do
+    max = @options[key][:max]
+
+    if is_integer(value) and value >= 1 and value <= max do
+      :ok
+    else
+      bad_argument(
+        "invalid option #{inspect(key)}: expected an integer from 1 to #{max}, got: #{inspect(value)}"
+      )
+    end
+  end
+
+  defp validate_option(:result, value) when value in [:value, :full], do: :ok
+
+  defp validate_option(:result, value) do
+    bad_argument("invalid option :result: expected :value or :full, got: #{inspect(value)}")
+  end
+
+  defp validate_option(:telemetry_metadata, value) when is_map(value), do: :ok
+
+  defp validate_option(:telemetry_metadata, value) do
+    bad_argument("invalid option :telemetry_metadata: expected a map, got: #{inspect(value)}")
+  end
+
+  defp validate_option(key, _value) do
+    known = @native_keys ++ [:result, :telemetry_metadata]
+
+    hint =
+      known
+      |> Enum.map(&{&1, String.jaro_distance(to_string(&1), to_string(key))})
+      |> Enum.max_by(&elem(&1, 1))
+      |> case do
+        {name, score} when score > 0.8 -> " (did you mean #{inspect(name)}?)"
+        _ -> ""
+      end
+
+    bad_argument(
+      "unknown option #{inspect(key)}#{hint}; known options: " <>
+        Enum.map_join(known, ", ", &inspect/1)
+    )
+  end
+
+  defp bad_argument(message) do
+    {:error, %LuaError{kind: :bad_argument, message: message}}
+  end
+end

@@ -1,0 +1,243 @@
+defmodule Beamlens.Lua.Runner do
+  # One process per Lua run. It serves the run's callback requests, turns
+  # the native reply into `{ref, {:ok, value} | {:error, %LuaError{}}}` for
+  # the caller, and ends with the run, or as soon as the caller exits
+  # (cancelling the run). It is not linked to the caller: nothing that
+  # happens here can kill the caller, and the caller's exit only reaches it
+  # through a monitor.
+  #
+  # Each callback runs in its own unlinked process, so a callback that
+  # raises, exits or hangs costs the runner nothing: the runner waits at
+  # most `:callback_timeout` for it, then kills it and answers the script
+  # with an error.
+  @moduledoc false
+
+  alias Beamlens.{LuaError, Native, Telemetry}
+  alias Beamlens.Lua.Result
+
+  # If the native side never replied (it always does, at the latest
+  # ~0.5 s after the run's timeout), the runner answers by itself.
+  @reply_grace_ms 5_000
+
+  @doc false
+  @spec start(pid(), binary(), %{String.t() => function()}, map()) ::
+          {:ok, reference(), pid()} | {:error, LuaError.t()}
+  def start(caller, code, callbacks, config) do
+    ref = make_ref()
+    runner = spawn(fn -> init(caller, ref, callbacks, config) end)
+    native_opts = Map.take(config, Beamlens.Lua.native_option_keys())
+
+    case Native.lua_eval(code, Map.keys(callbacks), native_opts, runner) do
+      {:ok, native_ref, run} ->
+        send(runner, {:start, native_ref, run})
+        {:ok, ref, runner}
+
+      {:error, reason} ->
+        Process.exit(runner, :kill)
+        {:error, LuaError.from_native(reason)}
+    end
+  rescue
+    error in ErlangError ->
+      %{message: message} = Beamlens.Runtime.not_loaded(error)
+      {:error, %LuaError{kind: :nif_not_loaded, message: message}}
+  end
+
+  defp init(caller, ref, callbacks, config) do
+    caller_monitor = Process.monitor(caller)
+
+    receive do
+      {:start, native_ref, run} ->
+        state = %{
+          caller: caller,
+          caller_monitor: caller_monitor,
+          ref: ref,
+          native_ref: native_ref,
+          run: run,
+          callbacks: callbacks,
+          config: config,
+          started: System.monotonic_time(),
+          deadline: System.monotonic_time(:millisecond) + config.timeout + @reply_grace_ms
+        }
+
+        Telemetry.execute(
+          [:lua, :execute, :start],
+          %{system_time: System.system_time(), monotonic_time: state.started},
+          start_metadata(state)
+        )
+
+        run(state)
+
+      {:DOWN, ^caller_monitor, :process, _, _} ->
+        :ok
+    end
+  end
+
+  # Sending the reply is the last thing `loop/1` does, so a bug that raises
+  # before it still gets exactly one (error) reply to the caller.
+  defp run(state) do
+    loop(state)
+  rescue
+    exception -> crashed(state, Exception.message(exception))
+  catch
+    kind, reason -> crashed(state, "#{kind}: #{inspect(reason, limit: 10)}")
+  end
+
+  defp crashed(state, reason) do
+    Native.lua_cancel(state.run)
+    message = "the Lua runner failed (a BeamLens bug): #{reason}"
+    send(state.caller, {state.ref, {:error, %LuaError{kind: :internal, message: message}}})
+  end
+
+  defp loop(%{native_ref: native_ref, caller_monitor: caller_monitor} = state) do
+    receive do
+      {^native_ref, {:lua_callback, reply, name, args}} ->
+        case run_callback(state, name, args) do
+          {:finished, result} ->
+            finish(state, result)
+
+          :caller_down ->
+            Native.lua_cancel(state.run)
+
+          answer ->
+            # Small answers are converted right away; large ones go
+            # through a dirty scheduler.
+            with :too_large <- Native.lua_callback_reply(reply, answer) do
+              Native.lua_callback_reply_large(reply, answer)
+            end
+
+            loop(state)
+        end
+
+      {^native_ref, result} ->
+        finish(state, result)
+
+      {:DOWN, ^caller_monitor, :process, _, _} ->
+        Native.lua_cancel(state.run)
+    after
+      max(state.deadline - System.monotonic_time(:millisecond), 0) ->
+        Native.lua_cancel(state.run)
+
+        finish(
+          state,
+          {:error,
+           {:timeout, "the script did not finish within #{state.config.timeout} ms (timeout)",
+            %{}}}
+        )
+    end
+  end
+
+  defp finish(state, native_result) do
+    result = convert(native_result, state.config)
+    Process.demonitor(state.caller_monitor, [:flush])
+    emit_stop(state, native_result, result)
+    send(state.caller, {state.ref, result})
+  end
+
+  defp convert({:ok, {value, output, stats}}, %{result: :full}) do
+    {:ok, %Result{value: value, output: output, stats: Result.stats_from_native(stats)}}
+  end
+
+  defp convert({:ok, {value, _output, _stats}}, _config), do: {:ok, value}
+  defp convert({:error, reason}, _config), do: {:error, LuaError.from_native(reason)}
+
+  defp convert(other, _config) do
+    {:error, LuaError.from_native(other)}
+  end
+
+  # Runs one callback in its own process and waits for it (bounded).
+  defp run_callback(state, name, args) do
+    case Map.fetch(state.callbacks, name) do
+      {:ok, fun} ->
+        {pid, monitor} = spawn_monitor(fn -> exit({:beamlens_callback, invoke(fun, args)}) end)
+        await_callback(state, pid, monitor)
+
+      :error ->
+        {:error, "no callback is registered under this name"}
+    end
+  end
+
+  defp await_callback(state, pid, monitor) do
+    %{caller_monitor: caller_monitor, native_ref: native_ref} = state
+    timeout = state.config.callback_timeout
+
+    receive do
+      {:DOWN, ^monitor, :process, ^pid, {:beamlens_callback, answer}} ->
+        answer
+
+      {:DOWN, ^monitor, :process, ^pid, reason} ->
+        {:error,
+         "the callback process exited: " <> inspect(reason, limit: 10, printable_limit: 200)}
+
+      {:DOWN, ^caller_monitor, :process, _, _} ->
+        Process.exit(pid, :kill)
+        :caller_down
+
+      # The run stopped waiting (its deadline came first) and has ended.
+      {^native_ref, {tag, _} = result} when tag in [:ok, :error] ->
+        Process.exit(pid, :kill)
+        Process.demonitor(monitor, [:flush])
+        {:finished, result}
+    after
+      timeout ->
+        Process.exit(pid, :kill)
+        Process.demonitor(monitor, [:flush])
+        :timeout
+    end
+  end
+
+  # Lua passes as many arguments as the script wrote; missing ones are nil,
+  # as in Lua itself.
+  defp invoke(fun, args) do
+    {:arity, arity} = Function.info(fun, :arity)
+    given = length(args)
+
+    if given > arity do
+      {:error, "takes #{arity} argument#{if arity == 1, do: "", else: "s"}, got #{given}"}
+    else
+      {:ok, apply(fun, args ++ List.duplicate(nil, arity - given))}
+    end
+  rescue
+    exception ->
+      {:error, "#{inspect(exception.__struct__)}: #{Exception.message(exception)}"}
+  catch
+    kind, reason ->
+      {:error, "#{kind}: #{inspect(reason, limit: 10, printable_limit: 200)}"}
+  end
+
+  defp start_metadata(state) do
+    Map.merge(state.config.telemetry_metadata, %{callbacks: Map.keys(state.callbacks)})
+  end
+
+  defp emit_stop(state, native_result, result) do
+    stats =
+      case native_result do
+        {:ok, {_value, _output, stats}} ->
+          Result.stats_from_native(stats)
+
+        {:error, {_kind, _message, details}} when is_map(details) ->
+          Result.stats_from_native(details)
+
+        _ ->
+          %{}
+      end
+
+    measurements =
+      stats
+      |> Map.take([:instructions, :callbacks, :memory])
+      |> Map.put(:duration, System.monotonic_time() - state.started)
+      |> Map.put(:monotonic_time, System.monotonic_time())
+
+    error_kind =
+      case result do
+        {:ok, _} -> nil
+        {:error, %LuaError{kind: kind}} -> kind
+      end
+
+    metadata =
+      state
+      |> start_metadata()
+      |> Map.merge(%{result: if(error_kind, do: :error, else: :ok), error: error_kind})
+
+    Telemetry.execute([:lua, :execute, :stop], measurements, metadata)
+  end
+end

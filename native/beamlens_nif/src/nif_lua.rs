@@ -1,0 +1,447 @@
+//! NIF adapters for the Lua sandbox.
+//!
+//! `lua_eval/4` starts a run and returns `{:ok, ref, run}` at once. The run
+//! executes on the shared runtime's blocking pool (never on a scheduler),
+//! holding a job slot and one of [`MAX_CONCURRENT_RUNS`] Lua slots. It talks
+//! to one Elixir process, the *runner* given as `recipient`:
+//!
+//! * for each callback call it sends
+//!   `{ref, {:lua_callback, reply, name, args}}` and waits (bounded) until
+//!   the runner answers with `lua_callback_reply(reply, answer)` (or
+//!   `lua_callback_reply_large/2` for large answers), where `answer` is
+//!   `{:ok, value}`, `{:error, message}` or `:timeout`;
+//! * at the end it sends exactly one `{ref, {:ok, {value, output, stats}}}`
+//!   or `{ref, {:error, {kind, message, details}}}`.
+//!
+//! `run` is a resource owned by the runner: when the runner exits (or
+//! calls `lua_cancel/1`), the run is cancelled at its next interrupt check,
+//! and a callback it waits for fails at once.
+//!
+//! Luau's interrupt stops a script within its timeout, including inside
+//! pattern matching; the native functions that run between two interrupt
+//! checks (`string.rep`, `table.concat`, `table.sort` without a comparator)
+//! are bounded by the memory limit. The runner still keeps its own deadline
+//! (timeout + 5 s) and answers `:timeout` by itself should a reply never
+//! come.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use rustler::{Binary, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::atoms;
+use crate::convert::{self, Json, Limits as TermLimits};
+use crate::error::{Error, Result};
+use crate::runtime;
+use crate::sandbox::{self, ErrorKind, Host, HostError, Limits, Outcome, Stats};
+
+/// Lua runs executing at once. Each holds a blocking-pool thread and can
+/// use a CPU core until its limits stop it; further runs get `:busy`.
+pub const MAX_CONCURRENT_RUNS: usize = 8;
+
+/// Most elements (scalars, list items, map entries) accepted in one
+/// callback answer. Larger answers fail the call with a readable message.
+pub const MAX_CALLBACK_NODES: usize = 200_000;
+
+/// Extra wait for a callback answer beyond the callback timeout.
+const CALLBACK_GRACE: Duration = Duration::from_millis(50);
+
+static RUN_SLOTS: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(MAX_CONCURRENT_RUNS)));
+
+/// A run, as held by its runner process.
+pub struct LuaRun {
+    cancel: Arc<AtomicBool>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for LuaRun {}
+
+impl Drop for LuaRun {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where the answer to one callback call goes. Used at most once.
+pub struct CallbackReply {
+    sender: Mutex<Option<SyncSender<Answer>>>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for CallbackReply {}
+
+/// A callback answer on its way to the Lua thread. Small values arrive
+/// converted; large ones as a copied term that the Lua thread converts.
+enum Answer {
+    Json(Value),
+    Copied(OwnedEnv, rustler::env::SavedTerm),
+    Failed(String),
+    TimedOut,
+}
+
+/// What the runner sent, before conversion.
+enum RunnerReply<'a> {
+    Value(Term<'a>),
+    Failed(String),
+    TimedOut,
+}
+
+/// Most elements of an answer converted on a normal scheduler.
+const SMALL_ANSWER_NODES: usize = 1_000;
+
+/// Starts a Lua run. `opts` is a map with optional atom keys `:timeout`,
+/// `:callback_timeout` (ms), `:max_instructions`, `:max_memory`,
+/// `:max_output` (bytes) and `:max_callbacks`.
+#[rustler::nif]
+fn lua_eval<'a>(
+    env: Env<'a>,
+    code: Binary<'a>,
+    callbacks: Vec<String>,
+    opts: Term<'a>,
+    recipient: LocalPid,
+) -> Term<'a> {
+    match start(env, code, callbacks, opts, recipient) {
+        Ok(term) => term,
+        Err(error) => (atoms::error(), error).encode(env),
+    }
+}
+
+fn start<'a>(
+    env: Env<'a>,
+    code: Binary<'a>,
+    callbacks: Vec<String>,
+    opts: Term<'a>,
+    recipient: LocalPid,
+) -> Result<Term<'a>> {
+    if code.len() > sandbox::MAX_CODE_SIZE {
+        return Err(Error::bad_argument(
+            "code",
+            format!("must be at most {} bytes", sandbox::MAX_CODE_SIZE),
+        ));
+    }
+    sandbox::check_callback_names(&callbacks)
+        .map_err(|reason| Error::bad_argument("callbacks", reason))?;
+    let limits = decode_limits(opts)?;
+
+    let slot = runtime::try_acquire_slot()?;
+    let run_slot = RUN_SLOTS
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Error::Busy {
+            capacity: MAX_CONCURRENT_RUNS,
+        })?;
+    let handle = runtime::handle()?;
+
+    let reference = env.make_ref();
+    let host = ElixirHost::new(recipient, reference);
+    let reply_host = ElixirHost::new(recipient, reference);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let run = ResourceArc::new(LuaRun {
+        cancel: cancel.clone(),
+    });
+    let code = code.as_slice().to_vec();
+
+    // The run goes straight to a blocking-pool thread, which also sends
+    // the reply: no async task in between, so one thread hand-off each way.
+    handle.spawn_blocking(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sandbox::run(&code, &callbacks, limits, Box::new(host), cancel)
+        }));
+        // Free the slots before replying, so that a caller may start its
+        // next run as soon as it has the answer.
+        drop((slot, run_slot));
+        reply_host.send_final(match result {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(failure)) => Err(Error::Lua(Box::new(failure))),
+            Err(payload) => Err(Error::from_panic(payload.as_ref())),
+        });
+    });
+
+    Ok((atoms::ok(), reference, run).encode(env))
+}
+
+/// Answers one callback call: `result` is `{:ok, value}`,
+/// `{:error, message}` or `:timeout` (the runner gave up on it). Returns
+/// `:ok`, `:expired` when the run no longer waits for this answer, or
+/// `:too_large` when the value has more than [`SMALL_ANSWER_NODES`]
+/// elements: the caller then uses `lua_callback_reply_large/2`. Small
+/// answers, the common case, are converted right here on the normal
+/// scheduler (bounded work, well under a millisecond); that saves two
+/// thread hand-offs per callback.
+#[rustler::nif]
+fn lua_callback_reply<'a>(
+    env: Env<'a>,
+    reply: ResourceArc<CallbackReply>,
+    result: Term<'a>,
+) -> Term<'a> {
+    let answer = match decode_reply(result) {
+        RunnerReply::Value(value) => {
+            let limits = TermLimits {
+                max_depth: sandbox::value::MAX_DEPTH,
+                max_nodes: SMALL_ANSWER_NODES,
+            };
+            match convert::term_to_json(value, "the callback's result", limits) {
+                Ok(json) => Answer::Json(json),
+                Err(_) => return atoms::too_large().encode(env),
+            }
+        }
+        RunnerReply::Failed(message) => Answer::Failed(message),
+        RunnerReply::TimedOut => Answer::TimedOut,
+    };
+    deliver(env, &reply, answer)
+}
+
+/// Like `lua_callback_reply/2`, for answers of any size: the term is only
+/// copied here, on a dirty scheduler, and converted on the Lua thread
+/// (converting is recursive, and a dirty scheduler's stack is too small
+/// for that).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn lua_callback_reply_large<'a>(
+    env: Env<'a>,
+    reply: ResourceArc<CallbackReply>,
+    result: Term<'a>,
+) -> Term<'a> {
+    let answer = match decode_reply(result) {
+        RunnerReply::Value(value) => {
+            let copy = OwnedEnv::new();
+            let saved = copy.save(value);
+            Answer::Copied(copy, saved)
+        }
+        RunnerReply::Failed(message) => Answer::Failed(message),
+        RunnerReply::TimedOut => Answer::TimedOut,
+    };
+    deliver(env, &reply, answer)
+}
+
+fn deliver<'a>(env: Env<'a>, reply: &CallbackReply, answer: Answer) -> Term<'a> {
+    let sender = reply
+        .sender
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    match sender.map(|sender| sender.try_send(answer)) {
+        Some(Ok(())) => atoms::ok().encode(env),
+        _ => atoms::expired().encode(env),
+    }
+}
+
+fn decode_reply(result: Term) -> RunnerReply {
+    if result.decode::<rustler::Atom>().ok() == Some(atoms::timeout()) {
+        return RunnerReply::TimedOut;
+    }
+    match result.decode::<(rustler::Atom, Term)>() {
+        Ok((tag, value)) if tag == atoms::ok() => RunnerReply::Value(value),
+        Ok((tag, message)) if tag == atoms::error() => RunnerReply::Failed(
+            message
+                .decode::<String>()
+                .unwrap_or_else(|_| "the callback failed".to_string()),
+        ),
+        _ => {
+            RunnerReply::Failed("the callback runner sent an answer of the wrong shape".to_string())
+        }
+    }
+}
+
+/// Converts a callback's answer to JSON, on the Lua thread.
+fn convert_answer(answer: Answer) -> std::result::Result<Value, HostError> {
+    match answer {
+        Answer::Json(json) => Ok(json),
+        Answer::Copied(env, saved) => {
+            let limits = TermLimits {
+                max_depth: sandbox::value::MAX_DEPTH,
+                max_nodes: MAX_CALLBACK_NODES,
+            };
+            env.run(|env| convert::term_to_json(saved.load(env), "the callback's result", limits))
+                .map_err(|error| {
+                    HostError::Failed(match error {
+                        Error::BadArgument { name, reason } => {
+                            format!("{name} {reason}; return less data")
+                        }
+                        other => other.to_string(),
+                    })
+                })
+        }
+        Answer::Failed(message) => Err(HostError::Failed(message)),
+        Answer::TimedOut => Err(HostError::TimedOut),
+    }
+}
+
+/// Cancels a run; its reply (`:cancelled`) still arrives.
+#[rustler::nif]
+fn lua_cancel(run: ResourceArc<LuaRun>) -> rustler::Atom {
+    run.cancel.store(true, Ordering::Relaxed);
+    atoms::ok()
+}
+
+/// Lua runs in flight and the maximum, for tests and status.
+#[rustler::nif]
+fn lua_status() -> (usize, usize) {
+    (
+        MAX_CONCURRENT_RUNS - RUN_SLOTS.available_permits(),
+        MAX_CONCURRENT_RUNS,
+    )
+}
+
+/// Sends callback requests and the final reply to the runner process.
+struct ElixirHost {
+    recipient: LocalPid,
+    /// The run's reference, kept in its own environment that is never
+    /// cleared; every message copies it.
+    ref_env: OwnedEnv,
+    saved_ref: rustler::env::SavedTerm,
+}
+
+impl ElixirHost {
+    fn new(recipient: LocalPid, reference: rustler::types::Reference) -> Self {
+        let ref_env = OwnedEnv::new();
+        let saved_ref = ref_env.save(reference);
+        ElixirHost {
+            recipient,
+            ref_env,
+            saved_ref,
+        }
+    }
+
+    fn send<F>(&self, build: F) -> bool
+    where
+        F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
+    {
+        let mut message_env = OwnedEnv::new();
+        let (ref_env, saved_ref) = (&self.ref_env, &self.saved_ref);
+        message_env
+            .send_and_clear(&self.recipient, |env| {
+                let reference = ref_env.run(|ref_env| saved_ref.load(ref_env).in_env(env));
+                (reference, build(env))
+            })
+            .is_ok()
+    }
+
+    fn send_final(&self, result: Result<Outcome>) {
+        // The runner may be gone; nobody is left to tell then.
+        self.send(|env| match &result {
+            Ok(outcome) => {
+                let stats = put_stats(env, Term::map_new(env), &outcome.stats);
+                (
+                    atoms::ok(),
+                    (Json(outcome.value.clone()), outcome.output.as_str(), stats),
+                )
+                    .encode(env)
+            }
+            Err(error) => (atoms::error(), error).encode(env),
+        });
+    }
+}
+
+impl Host for ElixirHost {
+    fn call(
+        &mut self,
+        name: &str,
+        args: Vec<Value>,
+        timeout: Duration,
+    ) -> std::result::Result<Value, HostError> {
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let reply = ResourceArc::new(CallbackReply {
+            sender: Mutex::new(Some(sender)),
+        });
+        let args = Json(Value::Array(args));
+        let sent = self.send(|env| (atoms::lua_callback(), reply, name, args).encode(env));
+        if !sent {
+            return Err(HostError::Gone);
+        }
+        // The runner enforces the callback timeout itself and answers
+        // `:timeout`; the grace lets that answer arrive first.
+        match receiver.recv_timeout(timeout + CALLBACK_GRACE) {
+            Ok(answer) => convert_answer(answer),
+            Err(RecvTimeoutError::Timeout) => Err(HostError::TimedOut),
+            Err(RecvTimeoutError::Disconnected) => Err(HostError::Gone),
+        }
+    }
+}
+
+/// Adds a run's stats to a details map (binary keys).
+pub(crate) fn put_stats<'a>(env: Env<'a>, map: Term<'a>, stats: &Stats) -> Term<'a> {
+    [
+        ("instructions", stats.instructions),
+        ("callbacks", u64::from(stats.callbacks)),
+        ("memory", stats.memory as u64),
+        ("duration_us", stats.duration.as_micros() as u64),
+    ]
+    .into_iter()
+    .fold(map, |map, (key, value)| {
+        map.map_put(key.encode(env), value.encode(env))
+            .unwrap_or(map)
+    })
+}
+
+/// The atom for a sandbox error kind.
+pub(crate) fn kind_atom(kind: ErrorKind) -> rustler::Atom {
+    match kind {
+        ErrorKind::Syntax => atoms::syntax(),
+        ErrorKind::Runtime => atoms::runtime(),
+        ErrorKind::Timeout => atoms::timeout(),
+        ErrorKind::InstructionLimit => atoms::instruction_limit(),
+        ErrorKind::MemoryLimit => atoms::memory_limit(),
+        ErrorKind::OutputLimit => atoms::output_limit(),
+        ErrorKind::CallbackLimit => atoms::callback_limit(),
+        ErrorKind::CallbackError => atoms::callback_error(),
+        ErrorKind::CallbackTimeout => atoms::callback_timeout(),
+        ErrorKind::NoReturn => atoms::no_return(),
+        ErrorKind::Cancelled => atoms::cancelled(),
+    }
+}
+
+/// Reads the limits from the options map; absent keys keep their default.
+fn decode_limits(opts: Term) -> Result<Limits> {
+    let defaults = Limits::default();
+    if !opts.is_map() {
+        return Err(Error::bad_argument("opts", "must be a map"));
+    }
+    let get = |key: rustler::Atom, name: &str, max: u64| -> Result<Option<u64>> {
+        match opts.map_get(key) {
+            Err(_) => Ok(None),
+            Ok(value) => match value.decode::<u64>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(Error::bad_argument(
+                    name,
+                    format!("must be an integer from 1 to {max}"),
+                )),
+            },
+        }
+    };
+    let ms = |n: Option<u64>, default: Duration| n.map_or(default, Duration::from_millis);
+    Ok(Limits {
+        timeout: ms(
+            get(atoms::timeout(), "timeout", Limits::MAX_TIMEOUT_MS)?,
+            defaults.timeout,
+        ),
+        callback_timeout: ms(
+            get(
+                atoms::callback_timeout(),
+                "callback_timeout",
+                Limits::MAX_TIMEOUT_MS,
+            )?,
+            defaults.callback_timeout,
+        ),
+        max_instructions: get(
+            atoms::max_instructions(),
+            "max_instructions",
+            Limits::MAX_INSTRUCTIONS,
+        )?
+        .unwrap_or(defaults.max_instructions),
+        max_memory: get(atoms::max_memory(), "max_memory", Limits::MAX_MEMORY as u64)?
+            .map_or(defaults.max_memory, |n| n as usize),
+        max_output: get(atoms::max_output(), "max_output", Limits::MAX_OUTPUT as u64)?
+            .map_or(defaults.max_output, |n| n as usize),
+        max_callbacks: get(
+            atoms::max_callbacks(),
+            "max_callbacks",
+            u64::from(Limits::MAX_CALLBACKS),
+        )?
+        .map_or(defaults.max_callbacks, |n| n as u32),
+    })
+}

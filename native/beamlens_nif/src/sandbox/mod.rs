@@ -1,0 +1,708 @@
+//! The Lua sandbox: runs one untrusted, read-only investigation script with
+//! hard limits, and lets it call named host callbacks.
+//!
+//! # Why Luau
+//!
+//! The interpreter is Luau (vendored and compiled by `mlua-sys`), not Lua
+//! 5.4, because:
+//!
+//! * Luau's interrupt is called at every loop iteration and function call
+//!   *and at every step of the pattern matcher* (`lstrlib.cpp` calls it from
+//!   `match`). With Lua 5.4 an instruction hook never fires inside
+//!   `string.find`, so a backtracking pattern could hold a thread for
+//!   minutes. Here the same budget that stops `while true do end` stops it.
+//! * Its sandbox mode makes the globals, the library tables and the string
+//!   metatable read-only and gives each script a private global table, so no
+//!   metatable trick reaches shared state.
+//! * It has no bytecode dumping (`string.dump`), no `__gc` on tables, no
+//!   `io`, `package` or `debug.sethook`; chunks are always compiled from
+//!   text, so no hand-made bytecode is ever loaded.
+//!
+//! # A run
+//!
+//! [`run`] builds a fresh state ([`stdlib`]), installs `print` (captured,
+//! bounded) and one Lua function per callback name, seals the state,
+//! compiles the script and calls it. Limits ([`limits`]) are enforced by the
+//! interrupt (instructions, wall time, cancellation), the allocator
+//! (memory), `print` and the result conversion ([`value`]) (output), and the
+//! callback wrapper (callback count and time). The state is dropped at the
+//! end: nothing survives between runs.
+//!
+//! The sandbox is plain Rust: the [`Host`] trait is how it reaches the
+//! callbacks, and `nif_lua.rs` implements it by messaging an Elixir process.
+
+mod interrupt;
+pub mod limits;
+pub mod stdlib;
+pub mod value;
+
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mlua::chunk::ChunkMode;
+use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue, VmState};
+use serde_json::Value;
+
+pub use limits::{Budget, Limits};
+use value::ConvertError;
+
+/// Largest script accepted, in bytes.
+pub const MAX_CODE_SIZE: usize = 1024 * 1024;
+
+/// Every way a run can fail. The names are the atoms the Elixir side sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ErrorKind {
+    Syntax = 1,
+    Runtime,
+    Timeout,
+    InstructionLimit,
+    MemoryLimit,
+    OutputLimit,
+    CallbackLimit,
+    CallbackError,
+    CallbackTimeout,
+    NoReturn,
+    Cancelled,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 11] = [
+        ErrorKind::Syntax,
+        ErrorKind::Runtime,
+        ErrorKind::Timeout,
+        ErrorKind::InstructionLimit,
+        ErrorKind::MemoryLimit,
+        ErrorKind::OutputLimit,
+        ErrorKind::CallbackLimit,
+        ErrorKind::CallbackError,
+        ErrorKind::CallbackTimeout,
+        ErrorKind::NoReturn,
+        ErrorKind::Cancelled,
+    ];
+
+    pub(crate) fn from_code(code: u8) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|kind| *kind as u8 == code)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Syntax => "syntax",
+            ErrorKind::Runtime => "runtime",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::InstructionLimit => "instruction_limit",
+            ErrorKind::MemoryLimit => "memory_limit",
+            ErrorKind::OutputLimit => "output_limit",
+            ErrorKind::CallbackLimit => "callback_limit",
+            ErrorKind::CallbackError => "callback_error",
+            ErrorKind::CallbackTimeout => "callback_timeout",
+            ErrorKind::NoReturn => "no_return",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What a run used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Interrupt checks passed (see [`Limits::max_instructions`]).
+    pub instructions: u64,
+    /// Callback calls made.
+    pub callbacks: u32,
+    /// Bytes held by the Lua state when the run ended.
+    pub memory: usize,
+    /// Wall time of the run.
+    pub duration: Duration,
+}
+
+/// A successful run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The returned value; several returned values become an array.
+    pub value: Value,
+    /// Everything the script printed.
+    pub output: String,
+    pub stats: Stats,
+}
+
+/// A failed run, with a message written for the model that wrote the script.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    /// What went wrong and, for limits, what to do about it. No line prefix.
+    pub message: String,
+    /// The script line the error points at, when known.
+    pub line: Option<u32>,
+    /// What the script printed before it failed.
+    pub output: String,
+    pub stats: Stats,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Why a callback did not return a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostError {
+    /// The callback raised, or its answer could not be converted.
+    Failed(String),
+    /// No answer within the time given.
+    TimedOut,
+    /// Nobody is serving callbacks any more (the run was abandoned).
+    Gone,
+}
+
+/// Where callbacks are executed.
+pub trait Host: Send {
+    /// Calls the callback `name` with `args` and waits at most `timeout`
+    /// for its answer.
+    fn call(&mut self, name: &str, args: Vec<Value>, timeout: Duration)
+        -> Result<Value, HostError>;
+}
+
+/// A callback failure, raised in the script as a plain error string. The
+/// last one is remembered so that, if it ends the run, the run reports its
+/// kind (`callback_error` or `callback_timeout`).
+#[derive(Debug, Clone)]
+struct CallbackFailure {
+    kind: ErrorKind,
+    message: String,
+}
+
+/// A broken limit travelling through Lua as an error value.
+#[derive(Debug, Clone)]
+struct LimitHit(ErrorKind);
+
+impl fmt::Display for LimitHit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the script broke its {} limit", self.0.name())
+    }
+}
+
+impl std::error::Error for LimitHit {}
+
+/// State shared by the functions installed in one run's Lua state.
+struct Shared {
+    budget: Budget,
+    output: Mutex<String>,
+    host: Mutex<Box<dyn Host>>,
+    /// Line at which the first limit was broken, when known.
+    limit_line: Mutex<Option<u32>>,
+    /// The last callback failure raised in the script.
+    callback_failure: Mutex<Option<CallbackFailure>>,
+}
+
+/// Checks callback names: dotted Lua identifiers (`"beam.top_processes"`,
+/// at most 4 parts) that neither shadow a standard global nor clash with
+/// each other (`"a"` and `"a.b"`).
+pub fn check_callback_names(names: &[String]) -> Result<(), String> {
+    const RESERVED: &[&str] = &[
+        "_G",
+        "_VERSION",
+        "assert",
+        "bit32",
+        "buffer",
+        "collectgarbage",
+        "coroutine",
+        "error",
+        "gcinfo",
+        "getmetatable",
+        "ipairs",
+        "math",
+        "newproxy",
+        "next",
+        "os",
+        "pairs",
+        "pcall",
+        "print",
+        "rawequal",
+        "rawget",
+        "rawlen",
+        "rawset",
+        "select",
+        "setmetatable",
+        "string",
+        "table",
+        "tonumber",
+        "tostring",
+        "type",
+        "typeof",
+        "unpack",
+        "utf8",
+        "vector",
+        "xpcall",
+    ];
+    const KEYWORDS: &[&str] = &[
+        "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "if", "in",
+        "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+        "continue",
+    ];
+    let is_ident = |part: &str| {
+        let mut chars = part.chars();
+        matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+            && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+            && part.len() <= 64
+            && !KEYWORDS.contains(&part)
+    };
+    for name in names {
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.len() > 4 || !parts.iter().all(|p| is_ident(p)) {
+            return Err(format!(
+                "{name:?} is not a dotted Lua name such as \"beam.top_processes\""
+            ));
+        }
+        if RESERVED.contains(&parts[0]) {
+            return Err(format!(
+                "{name:?} would shadow the Lua standard global `{}`",
+                parts[0]
+            ));
+        }
+        for other in names {
+            if other.len() > name.len()
+                && other.starts_with(name.as_str())
+                && other.as_bytes()[name.len()] == b'.'
+            {
+                return Err(format!(
+                    "{name:?} cannot be both a callback and the namespace of {other:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `code` in a fresh sandbox. `cancel` ends the run early when set
+/// (checked with the other limits, every few hundred interrupt steps, and
+/// before each callback call).
+pub fn run(
+    code: &[u8],
+    callbacks: &[String],
+    limits: Limits,
+    host: Box<dyn Host>,
+    cancel: Arc<AtomicBool>,
+) -> Result<Outcome, Failure> {
+    let shared = Arc::new(Shared {
+        budget: Budget::new(limits, cancel),
+        output: Mutex::new(String::new()),
+        host: Mutex::new(host),
+        limit_line: Mutex::new(None),
+        callback_failure: Mutex::new(None),
+    });
+
+    let lua = match prepare(&shared, callbacks) {
+        Ok(lua) => lua,
+        Err(error) => return Err(failure(&shared, None, classify(&shared, &error))),
+    };
+
+    let result = lua
+        .load(code)
+        .set_name("=script")
+        .set_mode(ChunkMode::Text)
+        .into_function()
+        .and_then(|function| function.call::<MultiValue>(()));
+
+    let outcome = match result {
+        Ok(values) => finish(&shared, values),
+        Err(error) => Err(classify(&shared, &error)),
+    };
+    lua.remove_interrupt();
+    outcome
+        .map(|value| Outcome {
+            value,
+            output: take_output(&shared),
+            stats: stats(&shared, Some(&lua)),
+        })
+        .map_err(|error| failure(&shared, Some(&lua), error))
+}
+
+/// The kind, message and line of an error, before output and stats are
+/// attached.
+struct Error {
+    kind: ErrorKind,
+    message: String,
+    line: Option<u32>,
+}
+
+fn failure(shared: &Shared, lua: Option<&Lua>, error: Error) -> Failure {
+    Failure {
+        kind: error.kind,
+        message: error.message,
+        line: error.line,
+        output: take_output(shared),
+        stats: stats(shared, lua),
+    }
+}
+
+fn take_output(shared: &Shared) -> String {
+    std::mem::take(&mut *lock(&shared.output))
+}
+
+fn stats(shared: &Shared, lua: Option<&Lua>) -> Stats {
+    Stats {
+        instructions: (shared.budget.steps() + interrupt::uncounted_steps())
+            .min(shared.budget.limits.max_instructions),
+        callbacks: shared.budget.callbacks(),
+        memory: lua.map_or(0, Lua::used_memory),
+        duration: shared.budget.started.elapsed(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<Lua> {
+    check_callback_names(callbacks).map_err(mlua::Error::runtime)?;
+    let lua = stdlib::new_state()?;
+    let globals = lua.globals();
+
+    let tostring: Function = globals.raw_get("tostring")?;
+    let print_shared = Arc::clone(shared);
+    let print = lua.create_function(move |_, args: MultiValue| {
+        let mut line = String::new();
+        for (i, arg) in args.iter().enumerate() {
+            if i > 0 {
+                line.push('\t');
+            }
+            let text: mlua::LuaString = tostring.call(arg)?;
+            line.push_str(&String::from_utf8_lossy(&text.as_bytes()));
+        }
+        line.push('\n');
+        let mut output = lock(&print_shared.output);
+        if output.len() + line.len() > print_shared.budget.limits.max_output {
+            drop(output);
+            let kind = print_shared.budget.trip(ErrorKind::OutputLimit);
+            return Err(mlua::Error::external(LimitHit(kind)));
+        }
+        output.push_str(&line);
+        Ok(())
+    })?;
+    globals.raw_set("print", print)?;
+
+    if !callbacks.is_empty() {
+        let wrapper: Function = lua
+            .load(CALLBACK_WRAPPER)
+            .set_name("=callback")
+            .set_mode(ChunkMode::Text)
+            .into_function()?;
+        let error: Function = globals.raw_get("error")?;
+        for name in callbacks {
+            install_callback(&lua, &globals, shared, &wrapper, &error, name)?;
+        }
+    }
+
+    stdlib::seal(&lua)?;
+
+    let base = lua.used_memory();
+    lua.set_memory_limit(base.saturating_add(shared.budget.limits.max_memory))?;
+
+    let interrupt_shared = Arc::clone(shared);
+    interrupt::install(&lua, move |lua, steps| {
+        match interrupt_shared.budget.tick(steps) {
+            Ok(()) => Ok(VmState::Continue),
+            Err(kind) => {
+                let mut line = lock(&interrupt_shared.limit_line);
+                if line.is_none() {
+                    *line = current_line(lua, 0);
+                }
+                Err(mlua::Error::external(LimitHit(kind)))
+            }
+        }
+    })?;
+    Ok(lua)
+}
+
+fn current_line(lua: &Lua, level: usize) -> Option<u32> {
+    lua.inspect_stack(level, |debug| debug.current_line())
+        .flatten()
+        .and_then(|line| u32::try_from(line).ok())
+        .filter(|line| *line > 0)
+}
+
+/// Wraps a raw callback so that a failure is raised as a plain Lua error
+/// string pointing at the script line that made the call (`error(m, 2)`),
+/// without the Rust-side traceback a raised Rust error would carry.
+const CALLBACK_WRAPPER: &str = r#"
+local raw, error = ...
+return function(...)
+    local ok, value = raw(...)
+    if ok then
+        return value
+    end
+    error(value, 2)
+end
+"#;
+
+/// Installs `name` ("a.b.c") as a Lua function that forwards to the host.
+fn install_callback(
+    lua: &Lua,
+    globals: &Table,
+    shared: &Arc<Shared>,
+    wrapper: &Function,
+    error: &Function,
+    name: &str,
+) -> mlua::Result<()> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let (last, namespaces) = parts.split_last().expect("split yields at least one part");
+    let mut table = globals.clone();
+    for part in namespaces {
+        table = match table.raw_get::<LuaValue>(*part)? {
+            LuaValue::Table(existing) => existing,
+            _ => {
+                let created = lua.create_table()?;
+                table.raw_set(*part, &created)?;
+                created
+            }
+        };
+    }
+
+    let shared = Arc::clone(shared);
+    let name = name.to_string();
+    let raw = lua.create_function(move |lua, args: MultiValue| {
+        match call_callback(lua, &shared, &name, args)? {
+            Ok(value) => Ok((true, value)),
+            Err(failure) => {
+                let message = failure.message.clone();
+                *lock(&shared.callback_failure) = Some(failure);
+                Ok((false, LuaValue::String(lua.create_string(message)?)))
+            }
+        }
+    })?;
+    let wrapped: Function = wrapper.call((raw, error))?;
+    table.raw_set(*last, wrapped)
+}
+
+/// Calls a callback. `Err` is a broken limit (raised, sticky); `Ok(Err)` a
+/// callback failure the script may catch.
+fn call_callback(
+    lua: &Lua,
+    shared: &Shared,
+    name: &str,
+    args: MultiValue,
+) -> mlua::Result<Result<LuaValue, CallbackFailure>> {
+    let budget = &shared.budget;
+    let limit = |kind: ErrorKind| Err(mlua::Error::external(LimitHit(kind)));
+    if let Err(kind) = budget.charge_callback() {
+        let mut line = lock(&shared.limit_line);
+        if line.is_none() {
+            // Level 0 is this function, 1 the wrapper, 2 the script.
+            *line = current_line(lua, 2);
+        }
+        return limit(kind);
+    }
+    let fail = |kind: ErrorKind, message: String| Ok(Err(CallbackFailure { kind, message }));
+
+    let mut json_args = Vec::with_capacity(args.len());
+    for arg in args.iter() {
+        match value::to_json(arg, budget.limits.max_output) {
+            Ok(json) => json_args.push(json),
+            Err(error) => {
+                let reason = match error {
+                    ConvertError::TooLarge(max) => format!("are larger than {max} bytes"),
+                    ConvertError::TooDeep => {
+                        format!("are nested deeper than {} levels", value::MAX_DEPTH)
+                    }
+                    ConvertError::Lua(message) => format!("could not be read: {message}"),
+                };
+                return fail(
+                    ErrorKind::CallbackError,
+                    format!("the arguments of callback {name} {reason}"),
+                );
+            }
+        }
+    }
+
+    let wait = budget.callback_wait();
+    let answer = lock(&shared.host).call(name, json_args, wait);
+    match answer {
+        Ok(json) => Ok(Ok(value::to_lua(lua, &json)?)),
+        Err(HostError::Failed(reason)) => fail(
+            ErrorKind::CallbackError,
+            format!("callback {name} failed: {reason}"),
+        ),
+        Err(HostError::TimedOut) if budget.past_deadline() => {
+            limit(budget.trip(ErrorKind::Timeout))
+        }
+        Err(HostError::TimedOut) => fail(
+            ErrorKind::CallbackTimeout,
+            format!(
+                "callback {name} did not answer within {} ms",
+                wait.as_millis()
+            ),
+        ),
+        Err(HostError::Gone) => limit(budget.trip(ErrorKind::Cancelled)),
+    }
+}
+
+/// Turns the returned values into the result.
+fn finish(shared: &Shared, values: MultiValue) -> Result<Value, Error> {
+    if let Some(kind) = shared.budget.tripped() {
+        return Err(limit_error(shared, kind));
+    }
+    let max = shared.budget.limits.max_output;
+    let converted = match values.len() {
+        0 => {
+            return Err(Error {
+                kind: ErrorKind::NoReturn,
+                message: "the script returned no value; end it with a `return` statement, \
+                          for example `return result` (printed output is not the result)"
+                    .into(),
+                line: None,
+            });
+        }
+        1 => value::to_json(&values[0], max),
+        // Several values become one array.
+        _ => value::to_json_array(values.iter(), max),
+    };
+    converted.map_err(|error| match error {
+        ConvertError::TooLarge(max) => Error {
+            kind: ErrorKind::OutputLimit,
+            message: format!(
+                "the result is larger than {max} bytes (output_limit); return a summary \
+                 or only the top entries instead"
+            ),
+            line: None,
+        },
+        ConvertError::TooDeep => Error {
+            kind: ErrorKind::OutputLimit,
+            message: format!(
+                "the result is nested deeper than {} levels (output_limit); does a table \
+                 contain itself?",
+                value::MAX_DEPTH
+            ),
+            line: None,
+        },
+        ConvertError::Lua(message) => Error {
+            kind: ErrorKind::Runtime,
+            message: format!("the result could not be read: {message}"),
+            line: None,
+        },
+    })
+}
+
+fn memory_message(shared: &Shared) -> String {
+    format!(
+        "the script used more than {} bytes of memory (memory_limit); build smaller \
+         tables or strings",
+        shared.budget.limits.max_memory
+    )
+}
+
+/// Decides what an error from Lua means.
+fn classify(shared: &Shared, error: &mlua::Error) -> Error {
+    if let Some(kind) = shared.budget.tripped() {
+        return limit_error(shared, kind);
+    }
+    match root(error) {
+        mlua::Error::MemoryError(_) => Error {
+            kind: ErrorKind::MemoryLimit,
+            message: memory_message(shared),
+            line: None,
+        },
+        mlua::Error::SyntaxError { message, .. } => {
+            let (line, message) = split_location(message);
+            Error {
+                kind: ErrorKind::Syntax,
+                message: format!("syntax error: {message}"),
+                line,
+            }
+        }
+        mlua::Error::RuntimeError(message) => {
+            let (line, message) = split_location(strip_traceback(message));
+            // An uncaught callback failure keeps the callback's kind.
+            let kind = match &*lock(&shared.callback_failure) {
+                Some(failure) if failure.message == message => failure.kind,
+                _ => ErrorKind::Runtime,
+            };
+            Error {
+                kind,
+                message: message.to_string(),
+                line,
+            }
+        }
+        other => {
+            let text = other.to_string();
+            let (line, message) = split_location(strip_traceback(&text));
+            Error {
+                kind: ErrorKind::Runtime,
+                message: message.to_string(),
+                line,
+            }
+        }
+    }
+}
+
+fn root(error: &mlua::Error) -> &mlua::Error {
+    let mut current = error;
+    while let Some(parent) = current.parent() {
+        current = parent;
+    }
+    current
+}
+
+fn limit_error(shared: &Shared, kind: ErrorKind) -> Error {
+    let limits = &shared.budget.limits;
+    let message = match kind {
+        ErrorKind::Timeout => format!(
+            "the script did not finish within {} ms (timeout); do less work per run or ask \
+             the callbacks for less data",
+            limits.timeout.as_millis()
+        ),
+        ErrorKind::InstructionLimit => format!(
+            "the script ran more than {} instructions (instruction_limit); look for an \
+             endless loop or process less data",
+            limits.max_instructions
+        ),
+        ErrorKind::MemoryLimit => memory_message(shared),
+        ErrorKind::OutputLimit => format!(
+            "print output went over {} bytes (output_limit); print less and return a \
+             summary instead",
+            limits.max_output
+        ),
+        ErrorKind::CallbackLimit => format!(
+            "the script made more than {} callback calls (callback_limit); call callbacks \
+             outside loops and ask for more data per call",
+            limits.max_callbacks
+        ),
+        ErrorKind::Cancelled => {
+            "the run was cancelled: the process that started it is gone".to_string()
+        }
+        other => format!("the script broke its {} limit", other.name()),
+    };
+    Error {
+        kind,
+        message,
+        line: *lock(&shared.limit_line),
+    }
+}
+
+fn strip_traceback(message: &str) -> &str {
+    let message = message
+        .split("\nstack traceback:")
+        .next()
+        .unwrap_or(message);
+    message.trim_end()
+}
+
+/// Splits `"script:12: message"` into `(Some(12), "message")`.
+fn split_location(message: &str) -> (Option<u32>, &str) {
+    let located = message.strip_prefix("script:").and_then(|rest| {
+        let (digits, rest) = rest.split_once(':')?;
+        let line = digits.parse::<u32>().ok()?;
+        Some((Some(line), rest.trim_start()))
+    });
+    located.unwrap_or((None, message))
+}
+
+#[cfg(test)]
+mod tests;
