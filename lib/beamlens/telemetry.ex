@@ -61,7 +61,15 @@ defmodule Beamlens.Telemetry do
     end
   end
 
+  # `:erlang.module_loaded/1` is a cheap BIF; the code server is asked only
+  # once (loading the module if it is on the code path), not per event.
   defp available? do
-    :erlang.module_loaded(:telemetry) or Code.ensure_loaded?(:telemetry)
+    :erlang.module_loaded(:telemetry) or
+      (:persistent_term.get({__MODULE__, :looked_up}, false) == false and look_up())
+  end
+
+  defp look_up do
+    :persistent_term.put({__MODULE__, :looked_up}, true)
+    Code.ensure_loaded?(:telemetry)
   end
 end

@@ -890,13 +890,12 @@ defmodule Beamlens.Watcher do
   defp update_status(state, model_reason \\ nil) do
     {gate_status, gate_reason} = gate_status(state)
 
-    case state.model_status do
-      status when status != nil and @order[status] >= @order[gate_status] ->
-        reason = model_reason || state.status_reason
-        set_status(state, status, reason)
+    model_status = state.model_status
 
-      _ ->
-        set_status(state, gate_status, gate_reason)
+    if model_status != nil and @order[model_status] >= @order[gate_status] do
+      set_status(state, model_status, model_reason || state.status_reason)
+    else
+      set_status(state, gate_status, gate_reason)
     end
   end
 

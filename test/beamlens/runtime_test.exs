@@ -133,7 +133,19 @@ defmodule Beamlens.RuntimeTest do
       assert {:error, {:bad_argument, message, %{"argument" => "value"}}} =
                Native.async_echo(deep, 0)
 
-      assert message =~ "nested deeper than 64 levels"
+      assert message =~ "nested deeper than 32 levels"
+    end
+
+    test "nesting is walked without recursion, even on a dirty scheduler" do
+      # 32 levels (16 maps each holding a list) is the limit; the walk uses a
+      # heap stack, so a dirty scheduler's small C stack is never at risk.
+      ok = Enum.reduce(1..15, %{"x" => 1}, fn _, acc -> %{"a" => [acc]} end)
+      assert {:ok, json} = Native.json_encode(ok, 100_000)
+      assert json =~ ~s({"a":[{"a":[)
+
+      deep = Enum.reduce(1..5_000, %{"x" => 1}, fn _, acc -> %{"a" => [acc]} end)
+      assert {:error, {:bad_argument, message, _}} = Native.json_encode(deep, 100_000)
+      assert message =~ "nested deeper than 32 levels"
     end
 
     test "out-of-range arguments are refused with a readable message" do

@@ -37,38 +37,121 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_depth: 64,
+            max_depth: 32,
             max_nodes: 1_000_000,
         }
     }
 }
 
 /// Converts a term to JSON. `what` names the argument in error messages.
+///
+/// The walk is iterative (an explicit stack on the heap), so a deeply nested
+/// term cannot overflow the small C stack of a dirty scheduler.
 pub fn term_to_json(term: Term, what: &str, limits: Limits) -> Result<Value> {
+    enum Frame<'a> {
+        Array(std::vec::IntoIter<Term<'a>>, Vec<Value>),
+        Object(
+            std::vec::IntoIter<(String, Term<'a>)>,
+            Map<String, Value>,
+            String,
+        ),
+    }
+
     let mut nodes = 0;
-    to_json(term, what, limits, 0, &mut nodes)
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut next = Some(term);
+
+    loop {
+        // Descend into `next`, or produce a scalar.
+        let mut produced = match next.take() {
+            Some(term) => {
+                nodes += 1;
+                if nodes > limits.max_nodes {
+                    return Err(Error::bad_argument(
+                        what,
+                        format!("has more than {} elements", limits.max_nodes),
+                    ));
+                }
+                if stack.len() > limits.max_depth {
+                    return Err(Error::bad_argument(
+                        what,
+                        format!("is nested deeper than {} levels", limits.max_depth),
+                    ));
+                }
+                match term.get_type() {
+                    TermType::List => {
+                        let iter: rustler::ListIterator = term
+                            .decode()
+                            .map_err(|_| Error::bad_argument(what, "contains an improper list"))?;
+                        let items: Vec<Term> = iter.collect();
+                        stack.push(Frame::Array(items.into_iter(), Vec::new()));
+                        None
+                    }
+                    TermType::Tuple => {
+                        let items = rustler::types::tuple::get_tuple(term).map_err(|_| {
+                            Error::bad_argument(what, "contains an unreadable tuple")
+                        })?;
+                        stack.push(Frame::Array(items.into_iter(), Vec::new()));
+                        None
+                    }
+                    TermType::Map => {
+                        let iter = rustler::MapIterator::new(term).ok_or_else(|| {
+                            Error::bad_argument(what, "contains an unreadable map")
+                        })?;
+                        let entries: Vec<(String, Term)> = iter
+                            .map(|(k, v)| (key_to_string(k), v))
+                            .filter(|(k, _)| k != "__struct__")
+                            .collect();
+                        stack.push(Frame::Object(
+                            entries.into_iter(),
+                            Map::new(),
+                            String::new(),
+                        ));
+                        None
+                    }
+                    _ => Some(scalar_to_json(term, what)?),
+                }
+            }
+            None => None,
+        };
+
+        // Feed the produced value to its parent and pick the next child.
+        loop {
+            let Some(frame) = stack.last_mut() else {
+                return Ok(produced.unwrap_or(Value::Null));
+            };
+            match frame {
+                Frame::Array(items, out) => {
+                    if let Some(value) = produced.take() {
+                        out.push(value);
+                    }
+                    if let Some(child) = items.next() {
+                        next = Some(child);
+                        break;
+                    }
+                }
+                Frame::Object(entries, out, pending_key) => {
+                    if let Some(value) = produced.take() {
+                        out.insert(std::mem::take(pending_key), value);
+                    }
+                    if let Some((key, child)) = entries.next() {
+                        *pending_key = key;
+                        next = Some(child);
+                        break;
+                    }
+                }
+            }
+            // The frame is complete: pop it and hand its value to the parent.
+            produced = Some(match stack.pop() {
+                Some(Frame::Array(_, out)) => Value::Array(out),
+                Some(Frame::Object(_, out, _)) => Value::Object(out),
+                None => unreachable!("checked above"),
+            });
+        }
+    }
 }
 
-fn to_json(
-    term: Term,
-    what: &str,
-    limits: Limits,
-    depth: usize,
-    nodes: &mut usize,
-) -> Result<Value> {
-    *nodes += 1;
-    if *nodes > limits.max_nodes {
-        return Err(Error::bad_argument(
-            what,
-            format!("has more than {} elements", limits.max_nodes),
-        ));
-    }
-    if depth > limits.max_depth {
-        return Err(Error::bad_argument(
-            what,
-            format!("is nested deeper than {} levels", limits.max_depth),
-        ));
-    }
+fn scalar_to_json(term: Term, what: &str) -> Result<Value> {
     let value = match term.get_type() {
         TermType::Atom => atom_to_json(term)?,
         TermType::Binary => {
@@ -92,43 +175,11 @@ fn to_json(
                 .map_err(|_| Error::bad_argument(what, "contains an unreadable float"))?;
             Number::from_f64(f).map_or(Value::Null, Value::Number)
         }
-        TermType::List => {
-            let iter: rustler::ListIterator = term
-                .decode()
-                .map_err(|_| Error::bad_argument(what, "contains an improper list"))?;
-            let mut out = Vec::new();
-            for item in iter {
-                out.push(to_json(item, what, limits, depth + 1, nodes)?);
-            }
-            Value::Array(out)
-        }
-        TermType::Tuple => {
-            let items = rustler::types::tuple::get_tuple(term)
-                .map_err(|_| Error::bad_argument(what, "contains an unreadable tuple"))?;
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                out.push(to_json(item, what, limits, depth + 1, nodes)?);
-            }
-            Value::Array(out)
-        }
-        TermType::Map => {
-            let iter = rustler::MapIterator::new(term)
-                .ok_or_else(|| Error::bad_argument(what, "contains an unreadable map"))?;
-            let mut out = Map::new();
-            for (key, value) in iter {
-                let key = key_to_string(key);
-                if key == "__struct__" {
-                    continue;
-                }
-                out.insert(key, to_json(value, what, limits, depth + 1, nodes)?);
-            }
-            Value::Object(out)
-        }
         TermType::Pid => Value::String(format!("#PID{term:?}")),
         TermType::Port => Value::String(format!("#Port{term:?}")),
         TermType::Ref => Value::String(format!("#Reference{term:?}")),
         TermType::Fun => Value::String(format!("#Function{term:?}")),
-        TermType::Unknown => Value::String(format!("{term:?}")),
+        _ => Value::String(format!("{term:?}")),
     };
     Ok(value)
 }
