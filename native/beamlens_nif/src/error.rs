@@ -31,6 +31,10 @@ pub enum Error {
     /// The native runtime is shutting down or could not be started.
     #[error("native runtime unavailable: {0}")]
     Shutdown(String),
+
+    /// An LLM request failed (see `llm::error`).
+    #[error("{0}")]
+    Llm(crate::llm::error::LlmError),
 }
 
 impl Error {
@@ -60,6 +64,7 @@ impl Error {
             Error::BadArgument { .. } => atoms::bad_argument(),
             Error::Timeout { .. } => atoms::timeout(),
             Error::Shutdown(_) => atoms::shutdown(),
+            Error::Llm(_) => atoms::llm(),
         }
     }
 
@@ -73,6 +78,7 @@ impl Error {
             Error::BadArgument { name, .. } => put(map, "argument", name.encode(env)),
             Error::Timeout { ms } => put(map, "timeout_ms", ms.encode(env)),
             Error::Panic(_) | Error::Shutdown(_) => map,
+            Error::Llm(error) => crate::nif_llm::error_details(env, error),
         }
     }
 }

@@ -8,9 +8,11 @@
 pub mod atoms;
 pub mod convert;
 pub mod error;
+pub mod llm;
 pub mod reply;
 pub mod runtime;
 
+mod nif_llm;
 mod nif_runtime;
 
 rustler::init!("Elixir.Beamlens.Native", load = nif_runtime::on_load);
