@@ -47,5 +47,12 @@ defmodule Beamlens.Native do
   def sync_panic(_message), do: err()
   def dirty_checksum(_data), do: err()
 
+  # nif_llm.rs
+  def llm_provider_new(_config), do: err()
+  def llm_chat(_providers, _request, _caller), do: err()
+  def llm_usage(_caller), do: err()
+  def llm_set_budget(_budget), do: err()
+  def llm_budget, do: err()
+
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end
