@@ -213,7 +213,7 @@ defmodule Beamlens.LLM do
             model: response.model,
             stop_reason: response.stop_reason,
             attempts: response.attempts,
-            fallback?: response.provider != pending.provider
+            fallback?: Map.get(map, "chain_index", 0) > 0
           })
         )
 

@@ -140,6 +140,10 @@ defmodule Beamlens.LLMError do
     }
   end
 
+  def from_native({:busy, message, _details}) when is_binary(message) do
+    %__MODULE__{reason: :busy, message: message, retryable?: true}
+  end
+
   def from_native({:bad_argument, message, _details}) when is_binary(message) do
     %__MODULE__{reason: :invalid_request, message: message}
   end

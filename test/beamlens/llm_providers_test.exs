@@ -74,6 +74,7 @@ defmodule Beamlens.LLMProvidersTest do
     LoopbackServer.enqueue(server, reply)
     result = LLM.chat(config!(provider, server), request, caller: {:test, provider})
     [sent] = LoopbackServer.requests(server)
+    assert sent.method == "POST"
     {result, sent}
   end
 
@@ -647,6 +648,26 @@ defmodule Beamlens.LLMProvidersTest do
         {:rate_limited, :rate_limited, 429, true},
         {:overloaded, :overloaded, 503, true}
       ])
+    end
+  end
+
+  describe "error bodies of every provider" do
+    for provider <- LLMFixtures.providers() do
+      test "#{provider}: rate limit, overload, invalid key, bad request, server error", %{
+        server: server
+      } do
+        provider = unquote(provider)
+        overloaded = if provider == :anthropic, do: 529, else: 503
+        invalid_key = if provider == :gemini, do: 400, else: 401
+
+        assert_errors(provider, server, [
+          {:rate_limited, :rate_limited, 429, true},
+          {:overloaded, :overloaded, overloaded, true},
+          {:unauthorized, :unauthorized, invalid_key, false},
+          {:bad_request, :bad_request, 400, false},
+          {:server_error, :server_error, 500, true}
+        ])
+      end
     end
   end
 

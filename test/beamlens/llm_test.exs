@@ -339,6 +339,27 @@ defmodule Beamlens.LLMTest do
              } = metadata
     end
 
+    test "stop says when a later provider of the chain answered", %{
+      server: server,
+      handler_id: id
+    } do
+      attach(id, [[:beamlens, :llm, :request, :stop]])
+
+      LoopbackServer.enqueue(server, [
+        LLMFixtures.error(:anthropic, :overloaded),
+        LLMFixtures.text(:anthropic, "b")
+      ])
+
+      {:ok, chain} =
+        Config.new([
+          LLMFixtures.config(:anthropic, server),
+          LLMFixtures.config(:anthropic, server, model: "backup")
+        ])
+
+      assert {:ok, %{provider: :anthropic}} = LLM.chat(chain, @request)
+      assert_receive {:event, _, _, %{fallback?: true, attempts: 2}}
+    end
+
     test "a failed request emits :exception with the error", %{server: server, handler_id: id} do
       attach(id, [[:beamlens, :llm, :request, :exception]])
       LoopbackServer.enqueue(server, LLMFixtures.error(:anthropic, :unauthorized))

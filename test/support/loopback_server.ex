@@ -10,7 +10,9 @@ defmodule Beamlens.LoopbackServer do
       url = Beamlens.LoopbackServer.url(server)   # "http://127.0.0.1:PORT"
 
   Each server listens on a fresh random port. Options: `:handler` (see
-  below), `:id` (child id, to start several in one test).
+  below), `:id` (child id, to start several in one test), `:record`
+  (default `true`; `false` keeps no requests and skips decoding their JSON,
+  for benchmarks).
 
   ## Scripting replies
 
@@ -143,7 +145,8 @@ defmodule Beamlens.LoopbackServer do
 
     {:ok, port} = :inet.port(listen)
     server = self()
-    acceptor = spawn_link(fn -> accept_loop(listen, server) end)
+    record? = Keyword.get(opts, :record, true)
+    acceptor = spawn_link(fn -> accept_loop(listen, server, record?) end)
     :ok = :gen_tcp.controlling_process(listen, acceptor)
 
     {:ok,
@@ -153,7 +156,8 @@ defmodule Beamlens.LoopbackServer do
        queue: :queue.new(),
        handler: Keyword.get(opts, :handler),
        requests: [],
-       acceptor: acceptor
+       acceptor: acceptor,
+       record?: record?
      }}
   end
 
@@ -169,7 +173,7 @@ defmodule Beamlens.LoopbackServer do
   def handle_call(:requests, _from, state), do: {:reply, Enum.reverse(state.requests), state}
 
   def handle_call({:request, request}, _from, state) do
-    state = %{state | requests: [request | state.requests]}
+    state = if state.record?, do: %{state | requests: [request | state.requests]}, else: state
 
     case :queue.out(state.queue) do
       {{:value, reply}, queue} ->
@@ -189,14 +193,14 @@ defmodule Beamlens.LoopbackServer do
     :ok
   end
 
-  defp accept_loop(listen, server) do
+  defp accept_loop(listen, server, record?) do
     case :gen_tcp.accept(listen) do
       {:ok, socket} ->
         # Linked: when the server stops, its connections close with it.
-        pid = spawn_link(fn -> receive(do: (:go -> serve(socket, server))) end)
+        pid = spawn_link(fn -> receive(do: (:go -> serve(socket, server, record?))) end)
         :ok = :gen_tcp.controlling_process(socket, pid)
         send(pid, :go)
-        accept_loop(listen, server)
+        accept_loop(listen, server, record?)
 
       {:error, _} ->
         :ok
@@ -205,13 +209,13 @@ defmodule Beamlens.LoopbackServer do
 
   # -- one connection (keep-alive: several requests in a row)
 
-  defp serve(socket, server) do
+  defp serve(socket, server, record?) do
     :inet.setopts(socket, packet: :http_bin)
 
-    with {:ok, request} <- read_request(socket),
+    with {:ok, request} <- read_request(socket, record?),
          {:ok, decision} <- ask(server, request),
          :keep_open <- answer(socket, decision, request) do
-      serve(socket, server)
+      serve(socket, server, record?)
     else
       _ -> :gen_tcp.close(socket)
     end
@@ -223,7 +227,7 @@ defmodule Beamlens.LoopbackServer do
     :exit, _ -> :error
   end
 
-  defp read_request(socket) do
+  defp read_request(socket, record?) do
     with {:ok, {:http_request, method, {:abs_path, target}, _version}} <-
            :gen_tcp.recv(socket, 0, 30_000),
          {:ok, headers} <- read_headers(socket, %{}) do
@@ -253,7 +257,7 @@ defmodule Beamlens.LoopbackServer do
          query: query,
          headers: headers,
          body: body,
-         json: decode_json(body)
+         json: if(record?, do: decode_json(body))
        }}
     else
       _ -> :closed

@@ -168,9 +168,21 @@ impl ProviderConfig {
         if let Some(Value::Array(headers)) = object.get("headers") {
             for header in headers {
                 match header.as_array().map(Vec::as_slice) {
-                    Some([Value::String(name), Value::String(value)]) => config
-                        .headers
-                        .push((name.to_ascii_lowercase(), Secret::new(value.clone()))),
+                    Some([Value::String(name), Value::String(value)]) => {
+                        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                            return Err(LlmError::config(format!(
+                                "headers: {name:?} is not a valid header name"
+                            )));
+                        }
+                        if reqwest::header::HeaderValue::from_str(value).is_err() {
+                            return Err(LlmError::config(format!(
+                                "headers: the value of {name:?} is not a valid header value"
+                            )));
+                        }
+                        config
+                            .headers
+                            .push((name.to_ascii_lowercase(), Secret::new(value.clone())))
+                    }
                     _ => {
                         return Err(LlmError::config(
                             "headers must be a list of {name, value} strings",

@@ -175,10 +175,11 @@ pub async fn chat(
 ) -> Result<ChatResponse, LlmError> {
     let mut failures: Vec<LlmError> = Vec::new();
     let mut attempts = 0;
-    for config in chain {
+    for (index, config) in chain.iter().enumerate() {
         match call_provider(config, request).await {
             Ok(mut response) => {
                 response.attempts += attempts;
+                response.chain_index = index;
                 return Ok(response);
             }
             Err(error) => {

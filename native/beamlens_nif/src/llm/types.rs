@@ -202,6 +202,8 @@ pub struct ChatResponse {
     pub model: String,
     /// HTTP attempts made for this request, over all providers tried.
     pub attempts: u32,
+    /// Position in the fallback chain of the provider that answered.
+    pub chain_index: usize,
 }
 
 impl ChatResponse {
@@ -220,6 +222,7 @@ impl ChatResponse {
             "provider": self.provider.name(),
             "model": self.model,
             "attempts": self.attempts,
+            "chain_index": self.chain_index,
         })
     }
 }
@@ -300,6 +303,7 @@ impl Turn {
             provider,
             model: self.model.unwrap_or_else(|| model.to_string()),
             attempts: 1,
+            chain_index: 0,
         }
     }
 }
