@@ -50,7 +50,7 @@ defmodule Beamlens.LLMBudgetTest do
     assert {:error, %LLMError{reason: :budget_exceeded, retryable?: false} = error} =
              LLM.chat_async(config, @request, caller: {:watcher, :beam})
 
-    assert System.monotonic_time(:millisecond) - started < 20
+    assert System.monotonic_time(:millisecond) - started < 100
     assert error.details == %{used: used + 120, budget: used + 100}
 
     assert Exception.message(error) =~
