@@ -184,6 +184,19 @@ defmodule Beamlens.LLMFaultsTest do
       assert ms < 1_000, "took #{ms} ms"
     end
 
+    test "https goes through rustls: a plain-HTTP server fails the handshake cleanly", %{
+      server: server
+    } do
+      LoopbackServer.set_handler(server, fn _ -> %{status: 400, body: "not TLS"} end)
+      url = String.replace(LoopbackServer.url(server), "http://", "https://")
+
+      assert {:error, %LLMError{reason: :connect, retryable?: true} = error} =
+               LLM.chat(config!(url, max_retries: 0), @request)
+
+      # The TLS client started a handshake the server could not answer.
+      assert error.message =~ ~r/tls handshake/i
+    end
+
     test "a connection closed without an answer is retried", %{server: server} do
       LoopbackServer.enqueue(server, [%{close: true}, LLMFixtures.text(:anthropic, "second try")])
 

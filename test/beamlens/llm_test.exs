@@ -48,6 +48,10 @@ defmodule Beamlens.LLMTest do
       assert {:error, %LLMError{message: "expected :timeout to be a positive integer, got: -1"}} =
                Config.new(provider: :anthropic, model: "m", api_key: "k", timeout: -1)
 
+      assert {:error,
+              %LLMError{message: "expected :max_retries to be an integer from 0 to 10, got: 11"}} =
+               Config.new(provider: :anthropic, model: "m", api_key: "k", max_retries: 11)
+
       assert {:error, %LLMError{message: "expected :provider to be one of" <> _}} =
                Config.new(provider: :claude, model: "m")
 
@@ -290,6 +294,18 @@ defmodule Beamlens.LLMTest do
       end)
 
       assert_receive {:result, {:ok, %Response{content: "answer"}}}, 3_000
+    end
+  end
+
+  describe "chat/3" do
+    test "gives up waiting after :timeout; the request goes on", %{server: server} do
+      LoopbackServer.enqueue(server, Map.put(LLMFixtures.text(:anthropic, "late"), :delay, 500))
+
+      assert {:error, %LLMError{reason: :timeout, message: "no reply within 100 ms"}} =
+               LLM.chat(config!(server), @request, timeout: 100)
+
+      # The reply still comes, as a stray message the caller may ignore.
+      assert_receive {ref, {:ok, %{"content" => "late"}}} when is_reference(ref), 2_000
     end
   end
 

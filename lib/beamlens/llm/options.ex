@@ -20,7 +20,7 @@ defmodule Beamlens.LLM.Options do
     {:timeout, :pos_integer, 60_000,
      "Milliseconds one HTTP attempt may take, from connecting to the last byte of the reply."},
     {:connect_timeout, :pos_integer, 10_000, "Milliseconds to establish a connection."},
-    {:max_retries, :non_neg_integer, 2,
+    {:max_retries, :retries, 2,
      "Retries after a timeout, a connection error or HTTP 408/409/429/5xx/529 (at most 10)."},
     {:base_backoff, :pos_integer, 500,
      "First wait before a retry, in ms; doubles per retry, with jitter."},
@@ -182,6 +182,8 @@ defmodule Beamlens.LLM.Options do
   defp check(:secret, _), do: {:error, "a non-empty string or {:system, \"ENV_VAR\"}"}
   defp check(:pos_integer, v) when is_integer(v) and v > 0, do: :ok
   defp check(:pos_integer, _), do: {:error, "a positive integer"}
+  defp check(:retries, v) when is_integer(v) and v in 0..10, do: :ok
+  defp check(:retries, _), do: {:error, "an integer from 0 to 10"}
   defp check(:non_neg_integer, v) when is_integer(v) and v >= 0, do: :ok
   defp check(:non_neg_integer, _), do: {:error, "a non-negative integer"}
 
