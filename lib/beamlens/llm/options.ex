@@ -12,7 +12,7 @@ defmodule Beamlens.LLM.Options do
   @common [
     {:provider, :provider, nil, "The provider: #{Enum.map_join(@providers, ", ", &inspect/1)}."},
     {:model, :string, nil,
-     "The model name (for `:bedrock` the model or inference-profile id, for `:azure_openai` it defaults `:deployment`)."},
+     "The model name (for `:bedrock` the model or inference-profile id, for `:azure_openai` the default `:deployment`)."},
     {:api_key, :secret, nil,
      "The API key, or `{:system, \"ENV_VAR\"}`. Defaults from the provider's environment variable (see below)."},
     {:base_url, :string, nil,
