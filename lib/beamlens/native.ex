@@ -68,5 +68,12 @@ defmodule Beamlens.Native do
   def lua_cancel(_run), do: err()
   def lua_status, do: err()
 
+  # nif_llm.rs
+  def llm_provider_new(_config), do: err()
+  def llm_chat(_providers, _request, _caller), do: err()
+  def llm_usage(_caller), do: err()
+  def llm_set_budget(_budget), do: err()
+  def llm_budget, do: err()
+
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -24,6 +24,42 @@ defmodule Beamlens.Telemetry do
         (the last three are absent when the run never started in Lua)
       * Metadata: the start metadata plus `result: :ok | :error` and
         `error: Beamlens.LuaError.kind() | nil`.
+
+  ## LLM requests
+
+  Emitted by `Beamlens.LLM` in the process that made the request. All
+  durations and times are in `:native` time units.
+
+    * `[:beamlens, :llm, :request, :start]` - a request was handed to the
+      native client.
+      * Measurements: `:monotonic_time`, `:system_time`.
+      * Metadata: `:provider` and `:model` (the first of the chain),
+        `:caller` (the `:caller` option), `:telemetry_span_context`.
+
+    * `[:beamlens, :llm, :request, :stop]` - the request succeeded.
+      * Measurements: `:duration`, `:monotonic_time`, `:input_tokens`,
+        `:output_tokens`, `:cache_read_tokens`, `:cache_write_tokens`,
+        `:total_tokens` (the sum of the four; `:input_tokens` excludes
+        cached input).
+      * Metadata: `:provider` and `:model` (who answered), `:caller`,
+        `:stop_reason`, `:attempts` (HTTP attempts over the chain),
+        `:fallback?` (a later provider of the chain answered),
+        `:telemetry_span_context`.
+
+    * `[:beamlens, :llm, :request, :exception]` - the request ended in an
+      error (after retries and fallbacks).
+      * Measurements: `:duration`, `:monotonic_time`.
+      * Metadata: `:provider` (the one that failed last), `:model`,
+        `:caller`, `:kind` (`:error`), `:reason` (the `Beamlens.LLMError`),
+        `:stacktrace` (`[]`), `:telemetry_span_context`.
+
+    * `[:beamlens, :llm, :budget_exceeded]` - a request was refused because
+      the hourly token budget is used up (`Beamlens.LLM.set_budget/1`).
+      No start event precedes it.
+      * Measurements: `:used` (tokens in the last 60 minutes), `:budget`.
+      * Metadata: `:provider`, `:model`, `:caller`.
+
+  No event carries an API key or other credential.
   """
 
   # `:telemetry` is a dependency of the host application (Phoenix, Ecto and

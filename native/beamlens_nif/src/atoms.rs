@@ -11,6 +11,7 @@ rustler::atoms! {
     bad_argument,
     shutdown,
     timeout,
+    llm,
     // runtime status keys
     worker_threads,
     jobs_in_flight,

@@ -36,6 +36,9 @@ pub enum Error {
     /// sandbox's own kind (`:syntax`, `:timeout`, `:memory_limit`, ...).
     #[error("{0}")]
     Lua(Box<crate::sandbox::Failure>),
+    /// An LLM request failed (see `llm::error`).
+    #[error("{0}")]
+    Llm(crate::llm::error::LlmError),
 }
 
 impl Error {
@@ -66,6 +69,7 @@ impl Error {
             Error::Timeout { .. } => atoms::timeout(),
             Error::Shutdown(_) => atoms::shutdown(),
             Error::Lua(failure) => crate::nif_lua::kind_atom(failure.kind),
+            Error::Llm(_) => atoms::llm(),
         }
     }
 
@@ -84,6 +88,7 @@ impl Error {
                 let map = put(map, "output", failure.output.encode(env));
                 crate::nif_lua::put_stats(env, map, &failure.stats)
             }
+            Error::Llm(error) => crate::nif_llm::error_details(env, error),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod compaction;
 pub mod convert;
 pub mod error;
 pub mod gate;
+pub mod llm;
 pub mod reply;
 pub mod runtime;
 pub mod sandbox;
@@ -17,6 +18,7 @@ pub mod sandbox;
 mod nif_compaction;
 mod nif_gate;
 mod nif_json;
+mod nif_llm;
 mod nif_lua;
 mod nif_runtime;
 

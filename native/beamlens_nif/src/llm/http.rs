@@ -1,0 +1,443 @@
+//! HTTP for the LLM client: one shared reqwest client (rustls with ring),
+//! per-attempt deadlines, body size caps, `Retry-After` and backoff.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::Client;
+
+use super::error::{clip, LlmError, Reason};
+
+/// A request as built by a provider, before it is sent.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub url: String,
+    /// Header names are lower case. Values of sensitive headers are marked
+    /// as such when sent (reqwest then hides them from its debug output).
+    pub headers: Vec<(String, String, Sensitive)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sensitive {
+    Yes,
+    No,
+}
+
+impl HttpRequest {
+    pub fn post_json(url: String, body: &serde_json::Value) -> Self {
+        HttpRequest {
+            url,
+            headers: vec![
+                (
+                    "content-type".into(),
+                    "application/json".into(),
+                    Sensitive::No,
+                ),
+                ("accept".into(), "application/json".into(), Sensitive::No),
+            ],
+            body: serde_json::to_vec(body).unwrap_or_default(),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>, sensitive: Sensitive) -> Self {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.into(), sensitive));
+        self
+    }
+
+    /// The body as JSON, for tests.
+    #[cfg(test)]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    #[cfg(test)]
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, v, _)| v.as_str())
+    }
+}
+
+/// A received response with its body read (up to the cap).
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Error bodies are only quoted in messages; this much is plenty.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Clients by connect timeout (reqwest sets it per client). A handful of
+/// distinct values exist in practice; the map is capped all the same.
+static CLIENTS: LazyLock<Mutex<HashMap<u64, Client>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+const MAX_CLIENTS: usize = 16;
+
+fn client(connect_timeout: Duration) -> Result<Client, LlmError> {
+    let key = connect_timeout.as_millis() as u64;
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(client) = clients.get(&key) {
+        return Ok(client.clone());
+    }
+    // reqwest is built without a crypto provider of its own; ring is
+    // installed as the process default once (a second install is a no-op).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("beamlens/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| LlmError::config(format!("could not build the HTTP client: {e}")))?;
+    if clients.len() >= MAX_CLIENTS {
+        clients.clear();
+    }
+    clients.insert(key, client.clone());
+    Ok(client)
+}
+
+/// Sends `request` and reads the response, all within `timeout`. Transport
+/// failures become `:connect`, `:timeout` or `:malformed_response` (a body
+/// cut short) errors, all retryable; a body over `max_body_bytes` is
+/// `:body_too_large`.
+pub async fn send(
+    request: &HttpRequest,
+    connect_timeout: Duration,
+    timeout: Duration,
+    max_body_bytes: usize,
+) -> Result<HttpResponse, LlmError> {
+    let client = client(connect_timeout)?;
+    let mut headers = HeaderMap::new();
+    for (name, value, sensitive) in &request.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| LlmError::config(format!("invalid header name {name:?}")))?;
+        let mut value = HeaderValue::from_str(value).map_err(|_| {
+            LlmError::config(format!(
+                "the value of header {name} is not a valid header value"
+            ))
+        })?;
+        value.set_sensitive(*sensitive == Sensitive::Yes);
+        headers.insert(name, value);
+    }
+    let builder = client
+        .post(&request.url)
+        .headers(headers)
+        .body(request.body.clone());
+
+    let attempt = async {
+        let response = builder.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let success = (200..300).contains(&status);
+        let cap = if success {
+            max_body_bytes
+        } else {
+            MAX_ERROR_BODY
+        };
+        if success {
+            if let Some(length) = response.content_length() {
+                if length > cap as u64 {
+                    return Err(too_large(cap).status(status));
+                }
+            }
+        }
+        let body = read_capped(response, cap, success).await?;
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    };
+
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(LlmError::new(
+            Reason::Timeout,
+            format!("no complete response within {} ms", timeout.as_millis()),
+        )
+        .retryable(true)),
+    }
+}
+
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+    fail_when_over: bool,
+) -> Result<Vec<u8>, LlmError> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > cap {
+                    if fail_when_over {
+                        return Err(too_large(cap));
+                    }
+                    let room = cap - body.len();
+                    body.extend_from_slice(&chunk[..room]);
+                    return Ok(body);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(LlmError::malformed(format!(
+                    "the response body was cut off after {} bytes ({})",
+                    body.len(),
+                    describe(e)
+                ))
+                .retryable(true))
+            }
+        }
+    }
+}
+
+fn too_large(cap: usize) -> LlmError {
+    LlmError::new(
+        Reason::BodyTooLarge,
+        format!("the response body is larger than the {cap}-byte limit (max_body_bytes)"),
+    )
+}
+
+fn transport_error(error: reqwest::Error) -> LlmError {
+    let reason = if error.is_timeout() {
+        Reason::Timeout
+    } else {
+        Reason::Connect
+    };
+    let what = if error.is_connect() {
+        "could not connect"
+    } else {
+        "the connection failed"
+    };
+    LlmError::new(reason, format!("{what}: {}", describe(error))).retryable(true)
+}
+
+/// The innermost cause of a reqwest error (such as "Connection refused"),
+/// never the URL.
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text = cause.to_string();
+        source = cause.source();
+    }
+    clip(&text, 200)
+}
+
+/// Classifies a non-2xx status. `detail` is the provider's own message
+/// (already redacted); `kind` is its error type or code when it has one.
+pub fn status_error(status: u16, detail: &str) -> LlmError {
+    let (reason, retryable, what) = match status {
+        401 => (
+            Reason::Unauthorized,
+            false,
+            "the provider rejected the credentials",
+        ),
+        403 => (Reason::Unauthorized, false, "the provider refused access"),
+        404 => (
+            Reason::NotFound,
+            false,
+            "not found (check the model name and base_url)",
+        ),
+        408 => (Reason::Timeout, true, "the provider timed out"),
+        409 => (Reason::Conflict, true, "conflict"),
+        429 => (Reason::RateLimited, true, "rate limited"),
+        503 | 529 => (Reason::Overloaded, true, "the provider is overloaded"),
+        500..=599 => (Reason::ServerError, true, "the provider failed"),
+        300..=399 => (
+            Reason::BadRequest,
+            false,
+            "unexpected redirect (check base_url)",
+        ),
+        _ => (
+            Reason::BadRequest,
+            false,
+            "the provider refused the request",
+        ),
+    };
+    let message = if detail.is_empty() {
+        format!("{what} (HTTP {status})")
+    } else {
+        format!("{what} (HTTP {status}): {detail}")
+    };
+    LlmError::new(reason, message)
+        .status(status)
+        .retryable(retryable)
+}
+
+/// Reads `retry-after-ms` (OpenAI, Azure) or `retry-after` (seconds or an
+/// HTTP date).
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
+        return Some(Duration::from_millis(ms as u64));
+    }
+    let value = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    }
+    let at = parse_http_date(value)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Parses an IMF-fixdate such as `Wed, 21 Oct 2015 07:28:00 GMT`.
+fn parse_http_date(value: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: u64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as u64
+        + 1;
+    let year: i64 = year.parse().ok()?;
+    let hms: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *s > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day)?;
+    let seconds = days.checked_mul(86_400)? + h * 3600 + m * 60 + s;
+    Some(UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u64, day: u64) -> Option<u64> {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = month as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    u64::try_from(era * 146_097 + doe - 719_468).ok()
+}
+
+/// Backoff before retry number `retry` (0 for the first retry): exponential
+/// from `base`, capped at `max`, with "equal jitter" (half fixed, half
+/// random) so that many watchers do not retry in lockstep.
+pub fn backoff(retry: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(retry.min(20)).unwrap_or(u32::MAX));
+    let capped = exp.min(max);
+    let half = capped / 2;
+    half + half.mul_f64(random_fraction())
+}
+
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_milliseconds_and_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 2015-10-21 07:27:50 GMT
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(2)));
+
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(10)));
+
+        headers.insert("retry-after-ms", HeaderValue::from_static("1500"));
+        assert_eq!(
+            retry_after(&headers, now),
+            Some(Duration::from_millis(1500))
+        );
+
+        let mut bad = HeaderMap::new();
+        bad.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&bad, now), None);
+        bad.insert("retry-after", HeaderValue::from_static("-3"));
+        assert_eq!(retry_after(&bad, now), None);
+    }
+
+    #[test]
+    fn http_dates_match_known_timestamps() {
+        assert_eq!(
+            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(UNIX_EPOCH)
+        );
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 PST"), None);
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_bounded_jitter() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_millis(1000);
+        for _ in 0..100 {
+            let first = backoff(0, base, max);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff(2, base, max);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let capped = backoff(30, base, max);
+            assert!(capped >= Duration::from_millis(500) && capped <= max);
+        }
+        let samples: std::collections::HashSet<Duration> =
+            (0..20).map(|_| backoff(3, base, max)).collect();
+        assert!(samples.len() > 1, "backoff has no jitter");
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let cases = [
+            (401, Reason::Unauthorized, false),
+            (403, Reason::Unauthorized, false),
+            (404, Reason::NotFound, false),
+            (400, Reason::BadRequest, false),
+            (422, Reason::BadRequest, false),
+            (408, Reason::Timeout, true),
+            (409, Reason::Conflict, true),
+            (429, Reason::RateLimited, true),
+            (500, Reason::ServerError, true),
+            (502, Reason::ServerError, true),
+            (503, Reason::Overloaded, true),
+            (529, Reason::Overloaded, true),
+        ];
+        for (status, reason, retryable) in cases {
+            let error = status_error(status, "detail");
+            assert_eq!(
+                (error.reason, error.retryable),
+                (reason, retryable),
+                "{status}"
+            );
+            assert_eq!(error.status, Some(status));
+            assert!(error.message.ends_with(&format!("(HTTP {status}): detail")));
+        }
+    }
+}

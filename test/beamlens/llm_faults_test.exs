@@ -1,0 +1,322 @@
+defmodule Beamlens.LLMFaultsTest do
+  # Faults against the loopback server; each must end in the expected result
+  # within its time bound.
+  use ExUnit.Case, async: true
+
+  alias Beamlens.{LLM, LLMError, LLMFixtures, LoopbackServer}
+  alias Beamlens.LLM.Config
+
+  @request %{messages: [%{role: :user, content: "Status?"}], max_tokens: 50}
+
+  setup do
+    %{server: start_supervised!(LoopbackServer)}
+  end
+
+  defp config!(provider \\ :anthropic, server, extra) do
+    {:ok, config} = Config.new(LLMFixtures.config(provider, server, extra))
+    config
+  end
+
+  defp timed(fun) do
+    started = System.monotonic_time(:millisecond)
+    result = fun.()
+    {result, System.monotonic_time(:millisecond) - started}
+  end
+
+  describe "retries" do
+    test "429 with Retry-After waits as asked, then succeeds", %{server: server} do
+      LoopbackServer.enqueue(server, [
+        LLMFixtures.error(:anthropic, :rate_limited, retry_after: 1),
+        LLMFixtures.text(:anthropic, "after the wait")
+      ])
+
+      config = config!(server, max_retries: 2)
+      {result, ms} = timed(fn -> LLM.chat(config, @request) end)
+
+      assert {:ok, %{content: "after the wait", attempts: 2}} = result
+      assert ms >= 1_000 and ms < 2_500, "took #{ms} ms"
+      assert length(LoopbackServer.requests(server)) == 2
+    end
+
+    test "retry-after-ms is honoured too", %{server: server} do
+      LoopbackServer.enqueue(server, [
+        %{LLMFixtures.error(:openai, :rate_limited) | headers: [{"retry-after-ms", "300"}]},
+        LLMFixtures.text(:openai, "ok")
+      ])
+
+      {result, ms} = timed(fn -> LLM.chat(config!(:openai, server, max_retries: 1), @request) end)
+      assert {:ok, %{attempts: 2}} = result
+      assert ms >= 300 and ms < 1_500, "took #{ms} ms"
+    end
+
+    test "a Retry-After beyond :max_retry_after is not waited for", %{server: server} do
+      LoopbackServer.enqueue(server, [
+        LLMFixtures.error(:anthropic, :rate_limited, retry_after: 120)
+      ])
+
+      config = config!(server, max_retries: 3, max_retry_after: 5_000)
+      {result, ms} = timed(fn -> LLM.chat(config, @request) end)
+
+      assert {:error,
+              %LLMError{
+                reason: :rate_limited,
+                retry_after: 120_000,
+                retryable?: true,
+                attempts: 1
+              }} = result
+
+      assert ms < 500, "took #{ms} ms"
+    end
+
+    test "500 then 529 then success, with exponential backoff", %{server: server} do
+      LoopbackServer.enqueue(server, [
+        LLMFixtures.error(:anthropic, :server_error),
+        LLMFixtures.error(:anthropic, :overloaded),
+        LLMFixtures.text(:anthropic, "third time")
+      ])
+
+      config = config!(server, max_retries: 2, base_backoff: 100, max_backoff: 1_000)
+      {result, ms} = timed(fn -> LLM.chat(config, @request) end)
+
+      assert {:ok, %{content: "third time", attempts: 3}} = result
+      # Waits of 50..100 ms, then 100..200 ms.
+      assert ms >= 150 and ms < 1_500, "took #{ms} ms"
+    end
+
+    test "retries stop after :max_retries", %{server: server} do
+      LoopbackServer.set_handler(server, fn _ -> LLMFixtures.error(:anthropic, :server_error) end)
+      {result, ms} = timed(fn -> LLM.chat(config!(server, max_retries: 2), @request) end)
+
+      assert {:error,
+              %LLMError{reason: :server_error, status: 500, attempts: 3, retryable?: true}} =
+               result
+
+      assert length(LoopbackServer.requests(server)) == 3
+      assert ms < 1_000
+    end
+
+    test "other 4xx are not retried", %{server: server} do
+      LoopbackServer.set_handler(server, fn _ -> LLMFixtures.error(:anthropic, :bad_request) end)
+
+      assert {:error, %LLMError{reason: :bad_request, attempts: 1}} =
+               LLM.chat(config!(server, max_retries: 3), @request)
+
+      LoopbackServer.set_handler(server, fn _ -> LLMFixtures.error(:anthropic, :unauthorized) end)
+
+      assert {:error, %LLMError{reason: :unauthorized, attempts: 1}} =
+               LLM.chat(config!(server, max_retries: 3), @request)
+
+      assert length(LoopbackServer.requests(server)) == 2
+    end
+
+    test "408 and 409 are retried", %{server: server} do
+      LoopbackServer.enqueue(server, [
+        %{status: 408, body: "timeout"},
+        %{status: 409, body: "conflict"},
+        LLMFixtures.text(:anthropic, "ok")
+      ])
+
+      assert {:ok, %{attempts: 3}} = LLM.chat(config!(server, max_retries: 2), @request)
+    end
+  end
+
+  describe "timeouts" do
+    test "a provider that does not answer times out within :timeout", %{server: server} do
+      LoopbackServer.enqueue(
+        server,
+        %{LLMFixtures.text(:anthropic, "too late") | status: 200} |> Map.put(:delay, 3_000)
+      )
+
+      {result, ms} = timed(fn -> LLM.chat(config!(server, timeout: 300), @request) end)
+
+      assert {:error, %LLMError{reason: :timeout, retryable?: true, status: nil, attempts: 1}} =
+               result
+
+      assert ms >= 300 and ms < 1_000, "took #{ms} ms"
+    end
+
+    test "timeouts are retried", %{server: server} do
+      LoopbackServer.enqueue(server, [
+        Map.put(LLMFixtures.text(:anthropic, "late"), :delay, 2_000),
+        LLMFixtures.text(:anthropic, "on time")
+      ])
+
+      {result, ms} =
+        timed(fn -> LLM.chat(config!(server, timeout: 300, max_retries: 1), @request) end)
+
+      assert {:ok, %{content: "on time", attempts: 2}} = result
+      assert ms >= 300 and ms < 1_200, "took #{ms} ms"
+    end
+
+    test "a body that trickles in slower than :timeout times out", %{server: server} do
+      reply =
+        Map.put(LLMFixtures.text(:anthropic, String.duplicate("x", 400)), :trickle, {20, 100})
+
+      LoopbackServer.enqueue(server, reply)
+      {result, ms} = timed(fn -> LLM.chat(config!(server, timeout: 500), @request) end)
+
+      assert {:error, %LLMError{reason: :timeout}} = result
+      assert ms >= 500 and ms < 1_200, "took #{ms} ms"
+    end
+
+    test "a slow but timely body is read whole", %{server: server} do
+      reply = Map.put(LLMFixtures.text(:anthropic, "slow and steady"), :trickle, {64, 20})
+      LoopbackServer.enqueue(server, reply)
+
+      assert {:ok, %{content: "slow and steady"}} =
+               LLM.chat(config!(server, timeout: 5_000), @request)
+    end
+  end
+
+  describe "connections" do
+    test "connection refused is a :connect error, retried, within its bound" do
+      {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+      {:ok, port} = :inet.port(socket)
+      :gen_tcp.close(socket)
+
+      config =
+        config!("http://127.0.0.1:#{port}", max_retries: 2, base_backoff: 20, max_backoff: 40)
+
+      {result, ms} = timed(fn -> LLM.chat(config, @request) end)
+
+      assert {:error, %LLMError{reason: :connect, attempts: 3, retryable?: true} = error} = result
+      assert error.message =~ "refused"
+      assert ms < 1_000, "took #{ms} ms"
+    end
+
+    test "https goes through rustls: a plain-HTTP server fails the handshake cleanly", %{
+      server: server
+    } do
+      LoopbackServer.set_handler(server, fn _ -> %{status: 400, body: "not TLS"} end)
+      url = String.replace(LoopbackServer.url(server), "http://", "https://")
+
+      assert {:error, %LLMError{reason: :connect, retryable?: true} = error} =
+               LLM.chat(config!(url, max_retries: 0), @request)
+
+      # The TLS client started a handshake the server could not answer.
+      assert error.message =~ ~r/tls handshake/i
+    end
+
+    test "a connection closed without an answer is retried", %{server: server} do
+      LoopbackServer.enqueue(server, [%{close: true}, LLMFixtures.text(:anthropic, "second try")])
+
+      assert {:ok, %{content: "second try", attempts: 2}} =
+               LLM.chat(config!(server, max_retries: 1), @request)
+    end
+
+    test "a cut-off body is :malformed_response and retryable", %{server: server} do
+      reply = Map.put(LLMFixtures.text(:anthropic, String.duplicate("y", 1_000)), :truncate, 300)
+      LoopbackServer.enqueue(server, reply)
+
+      assert {:error, %LLMError{reason: :malformed_response, retryable?: true} = error} =
+               LLM.chat(config!(server, max_retries: 0), @request)
+
+      assert error.message =~ "cut off"
+    end
+  end
+
+  describe "body size caps" do
+    test "a Content-Length over :max_body_bytes fails without reading the body", %{server: server} do
+      LoopbackServer.enqueue(server, LLMFixtures.text(:anthropic, String.duplicate("z", 50_000)))
+
+      assert {:error, %LLMError{reason: :body_too_large, retryable?: false} = error} =
+               LLM.chat(config!(server, max_body_bytes: 10_000), @request)
+
+      assert error.message =~ "10000-byte limit"
+    end
+
+    test "a body without Content-Length is cut at :max_body_bytes", %{server: server} do
+      huge = :binary.copy("0123456789", 2_000_000)
+      head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+      LoopbackServer.enqueue(server, %{raw: [head, huge]})
+
+      {result, ms} = timed(fn -> LLM.chat(config!(server, max_body_bytes: 100_000), @request) end)
+      assert {:error, %LLMError{reason: :body_too_large}} = result
+      assert ms < 2_000, "took #{ms} ms"
+    end
+  end
+
+  describe "fallback chain" do
+    test "the next provider answers when the first fails", %{server: server} do
+      backup = start_supervised!({LoopbackServer, id: :backup})
+      LoopbackServer.set_handler(server, fn _ -> LLMFixtures.error(:anthropic, :overloaded) end)
+      LoopbackServer.enqueue(backup, LLMFixtures.text(:openai, "from the backup"))
+
+      {:ok, config} =
+        Config.new([
+          LLMFixtures.config(:anthropic, server, max_retries: 1),
+          LLMFixtures.config(:openai, backup)
+        ])
+
+      assert {:ok, %{content: "from the backup", provider: :openai, attempts: 3}} =
+               LLM.chat(config, @request)
+
+      assert length(LoopbackServer.requests(server)) == 2
+      assert length(LoopbackServer.requests(backup)) == 1
+    end
+
+    test "when every provider fails the error names them all", %{server: server} do
+      backup = start_supervised!({LoopbackServer, id: :backup})
+      LoopbackServer.set_handler(server, fn _ -> LLMFixtures.error(:anthropic, :server_error) end)
+      LoopbackServer.set_handler(backup, fn _ -> LLMFixtures.error(:gemini, :rate_limited) end)
+
+      {:ok, config} =
+        Config.new([LLMFixtures.config(:anthropic, server), LLMFixtures.config(:gemini, backup)])
+
+      assert {:error, %LLMError{reason: :rate_limited, provider: :gemini, attempts: 2} = error} =
+               LLM.chat(config, @request)
+
+      assert error.message =~ "every provider failed"
+      assert error.message =~ "anthropic: the provider failed (HTTP 500)"
+    end
+  end
+
+  describe "circuit breaker" do
+    test "opens after repeated failures, skips the provider, and closes after a good probe", %{
+      server: server
+    } do
+      LoopbackServer.set_handler(server, fn _ -> LLMFixtures.error(:anthropic, :server_error) end)
+      config = config!(server, breaker_threshold: 2, breaker_cooldown: 400)
+
+      for _ <- 1..2,
+          do: assert({:error, %LLMError{reason: :server_error}} = LLM.chat(config, @request))
+
+      {result, ms} = timed(fn -> LLM.chat(config, @request) end)
+
+      assert {:error, %LLMError{reason: :circuit_open, provider: :anthropic, retryable?: true}} =
+               result
+
+      assert ms < 200
+      assert length(LoopbackServer.requests(server)) == 2
+
+      # A chain skips the open provider without waiting.
+      backup = start_supervised!({LoopbackServer, id: :backup})
+      LoopbackServer.enqueue(backup, LLMFixtures.text(:ollama, "local model"))
+
+      {:ok, chain} =
+        Config.new([
+          LLMFixtures.config(:anthropic, server, breaker_threshold: 2, breaker_cooldown: 400),
+          LLMFixtures.config(:ollama, backup)
+        ])
+
+      assert {:ok, %{provider: :ollama}} = LLM.chat(chain, @request)
+      assert length(LoopbackServer.requests(server)) == 2
+
+      # After the cooldown one probe goes through; its success closes it.
+      Process.sleep(450)
+      LoopbackServer.set_handler(server, fn _ -> LLMFixtures.text(:anthropic, "recovered") end)
+      assert {:ok, %{content: "recovered"}} = LLM.chat(config, @request)
+      assert {:ok, %{content: "recovered"}} = LLM.chat(config, @request)
+    end
+
+    test "client errors do not open the circuit", %{server: server} do
+      LoopbackServer.set_handler(server, fn _ -> LLMFixtures.error(:anthropic, :unauthorized) end)
+      config = config!(server, breaker_threshold: 1)
+
+      for _ <- 1..3,
+          do: assert({:error, %LLMError{reason: :unauthorized}} = LLM.chat(config, @request))
+
+      assert length(LoopbackServer.requests(server)) == 3
+    end
+  end
+end
