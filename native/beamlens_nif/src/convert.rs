@@ -48,13 +48,15 @@ impl Default for Limits {
 /// The walk is iterative (an explicit stack on the heap), so a deeply nested
 /// term cannot overflow the small C stack of a dirty scheduler.
 pub fn term_to_json(term: Term, what: &str, limits: Limits) -> Result<Value> {
+    // Children are pulled lazily, so the node limit stops a huge list or map
+    // after `max_nodes` elements instead of after collecting all of them.
+    enum Items<'a> {
+        List(rustler::ListIterator<'a>),
+        Tuple(std::vec::IntoIter<Term<'a>>),
+    }
     enum Frame<'a> {
-        Array(std::vec::IntoIter<Term<'a>>, Vec<Value>),
-        Object(
-            std::vec::IntoIter<(String, Term<'a>)>,
-            Map<String, Value>,
-            String,
-        ),
+        Array(Items<'a>, Vec<Value>),
+        Object(Box<rustler::MapIterator<'a>>, Map<String, Value>, String),
     }
 
     let mut nodes = 0;
@@ -83,30 +85,21 @@ pub fn term_to_json(term: Term, what: &str, limits: Limits) -> Result<Value> {
                         let iter: rustler::ListIterator = term
                             .decode()
                             .map_err(|_| Error::bad_argument(what, "contains an improper list"))?;
-                        let items: Vec<Term> = iter.collect();
-                        stack.push(Frame::Array(items.into_iter(), Vec::new()));
+                        stack.push(Frame::Array(Items::List(iter), Vec::new()));
                         None
                     }
                     TermType::Tuple => {
                         let items = rustler::types::tuple::get_tuple(term).map_err(|_| {
                             Error::bad_argument(what, "contains an unreadable tuple")
                         })?;
-                        stack.push(Frame::Array(items.into_iter(), Vec::new()));
+                        stack.push(Frame::Array(Items::Tuple(items.into_iter()), Vec::new()));
                         None
                     }
                     TermType::Map => {
                         let iter = rustler::MapIterator::new(term).ok_or_else(|| {
                             Error::bad_argument(what, "contains an unreadable map")
                         })?;
-                        let entries: Vec<(String, Term)> = iter
-                            .map(|(k, v)| (key_to_string(k), v))
-                            .filter(|(k, _)| k != "__struct__")
-                            .collect();
-                        stack.push(Frame::Object(
-                            entries.into_iter(),
-                            Map::new(),
-                            String::new(),
-                        ));
+                        stack.push(Frame::Object(Box::new(iter), Map::new(), String::new()));
                         None
                     }
                     _ => Some(scalar_to_json(term, what)?),
@@ -125,7 +118,11 @@ pub fn term_to_json(term: Term, what: &str, limits: Limits) -> Result<Value> {
                     if let Some(value) = produced.take() {
                         out.push(value);
                     }
-                    if let Some(child) = items.next() {
+                    let child = match items {
+                        Items::List(iter) => iter.next(),
+                        Items::Tuple(iter) => iter.next(),
+                    };
+                    if let Some(child) = child {
                         next = Some(child);
                         break;
                     }
@@ -134,7 +131,11 @@ pub fn term_to_json(term: Term, what: &str, limits: Limits) -> Result<Value> {
                     if let Some(value) = produced.take() {
                         out.insert(std::mem::take(pending_key), value);
                     }
-                    if let Some((key, child)) = entries.next() {
+                    let child = entries.find_map(|(key, child)| {
+                        let key = key_to_string(key);
+                        (key != "__struct__").then_some((key, child))
+                    });
+                    if let Some((key, child)) = child {
                         *pending_key = key;
                         next = Some(child);
                         break;
