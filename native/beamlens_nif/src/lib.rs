@@ -7,10 +7,12 @@
 
 pub mod atoms;
 pub mod convert;
+pub mod correlation;
 pub mod error;
 pub mod reply;
 pub mod runtime;
 
+mod nif_correlation;
 mod nif_runtime;
 
 rustler::init!("Elixir.Beamlens.Native", load = nif_runtime::on_load);

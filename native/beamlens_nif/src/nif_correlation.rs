@@ -1,0 +1,214 @@
+//! NIF adapters for the correlation engine (`correlation/`).
+//!
+//! An engine lives in a resource owned by one coordinator process. Every
+//! call that touches it runs on a dirty CPU scheduler: a batch of alerts is
+//! cheap (about a microsecond per alert) but nothing bounds how long the
+//! lock or a large batch might take on a loaded host.
+
+use std::sync::{Mutex, MutexGuard};
+
+use rustler::{Binary, Env, ListIterator, ResourceArc, Term};
+use serde_json::{json, Value};
+
+use crate::convert::{self, Json, Limits};
+use crate::correlation::engine::MAX_BATCH;
+use crate::correlation::rules::CAUSAL_RULES;
+use crate::correlation::{AlertInput, Config, Engine, Severity};
+use crate::error::{Error, Result};
+use crate::reply;
+
+/// A correlation engine owned by a coordinator.
+pub struct EngineResource {
+    engine: Mutex<Engine>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for EngineResource {}
+
+impl EngineResource {
+    /// Locks the engine. A panic while it was locked may have left it half
+    /// updated, so a poisoned engine is replaced by an empty one with the
+    /// same settings: correlation restarts, the VM and the coordinator carry
+    /// on.
+    fn lock(&self) -> MutexGuard<'_, Engine> {
+        match self.engine.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => {
+                let mut guard = poisoned.into_inner();
+                let config = guard.config();
+                if let Ok(fresh) = Engine::new(config) {
+                    *guard = fresh;
+                }
+                self.engine.clear_poison();
+                guard
+            }
+        }
+    }
+}
+
+/// `correlation_new(%{window_ms: n, order_tolerance_ms: n, max_members: n})`
+/// -> `{:ok, engine}`; missing keys take their defaults.
+#[rustler::nif]
+fn correlation_new<'a>(env: Env<'a>, options: Term<'a>) -> Term<'a> {
+    reply::guarded(env, || {
+        let options = convert::term_to_json(options, "options", Limits::default())?;
+        let defaults = Config::default();
+        let config = Config {
+            window_ms: int_option(&options, "window_ms", defaults.window_ms)?,
+            order_tolerance_ms: int_option(
+                &options,
+                "order_tolerance_ms",
+                defaults.order_tolerance_ms,
+            )?,
+            max_members: usize::try_from(int_option(
+                &options,
+                "max_members",
+                defaults.max_members as i64,
+            )?)
+            .map_err(|_| Error::bad_argument("max_members", "must be positive"))?,
+        };
+        let engine = Engine::new(config)?;
+        Ok(ResourceArc::new(EngineResource {
+            engine: Mutex::new(engine),
+        }))
+    })
+}
+
+fn int_option(options: &Value, key: &str, default: i64) -> Result<i64> {
+    match options.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(value) => value
+            .as_i64()
+            .ok_or_else(|| Error::bad_argument(key, format!("must be an integer, got {value}"))),
+    }
+}
+
+/// `correlation_ingest(engine, alerts, now_ms)` -> `{:ok, report}` where
+/// each alert is `{id, fingerprint, watcher, anomaly_type, node, severity,
+/// [{kind, id}], detected_at_ms}` (binaries, severity as `"warning"`...).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn correlation_ingest<'a>(
+    env: Env<'a>,
+    engine: ResourceArc<EngineResource>,
+    alerts: Term<'a>,
+    now_ms: i64,
+) -> Term<'a> {
+    reply::guarded(env, || {
+        let alerts = decode_alerts(alerts)?;
+        let report = engine.lock().ingest(alerts, now_ms);
+        to_json(&report)
+    })
+}
+
+/// `correlation_advance(engine, now_ms)` -> `{:ok, report}`: expiry only.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn correlation_advance(env: Env, engine: ResourceArc<EngineResource>, now_ms: i64) -> Term {
+    reply::guarded(env, || {
+        let report = engine.lock().advance(now_ms);
+        to_json(&report)
+    })
+}
+
+/// `correlation_stats(engine)` -> `{:ok, stats}`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn correlation_stats(env: Env, engine: ResourceArc<EngineResource>) -> Term {
+    reply::guarded(env, || to_json(&engine.lock().stats()))
+}
+
+/// `correlation_rules()` -> `{:ok, [rule]}`: the causal table.
+#[rustler::nif]
+fn correlation_rules(env: Env) -> Term {
+    reply::guarded(env, || {
+        Ok(Json(Value::Array(
+            CAUSAL_RULES
+                .iter()
+                .map(|rule| {
+                    json!({
+                        "name": rule.name,
+                        "lead": rule.lead,
+                        "lag": rule.lag,
+                        "min_lag_ms": rule.min_lag_ms,
+                        "max_lag_ms": rule.max_lag_ms,
+                        "mutual": rule.mutual,
+                        "mechanism": rule.mechanism,
+                        "look_at": rule.look_at,
+                    })
+                })
+                .collect(),
+        )))
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Json> {
+    serde_json::to_value(value)
+        .map(Json)
+        .map_err(|e| Error::Panic(format!("could not encode the correlation report: {e}")))
+}
+
+fn decode_alerts(term: Term) -> Result<Vec<AlertInput>> {
+    let items: ListIterator = term
+        .decode()
+        .map_err(|_| Error::bad_argument("alerts", "must be a list"))?;
+    let mut alerts = Vec::new();
+    for (i, item) in items.enumerate() {
+        if i >= MAX_BATCH {
+            return Err(Error::bad_argument(
+                "alerts",
+                format!("has more than {MAX_BATCH} alerts"),
+            ));
+        }
+        alerts.push(
+            decode_alert(item)
+                .map_err(|reason| Error::bad_argument(format!("alerts[{i}]"), reason))?,
+        );
+    }
+    Ok(alerts)
+}
+
+fn decode_alert(term: Term) -> std::result::Result<AlertInput, String> {
+    let fields =
+        rustler::types::tuple::get_tuple(term).map_err(|_| "must be a tuple".to_string())?;
+    let [id, fingerprint, watcher, anomaly_type, node, severity, entities, detected_at] =
+        fields.as_slice()
+    else {
+        return Err(format!(
+            "must be a tuple of 8 elements, got {}",
+            fields.len()
+        ));
+    };
+    let severity_text = text(*severity, "severity")?;
+    let severity = Severity::parse(&severity_text).ok_or_else(|| {
+        format!("severity must be info, warning or critical, got {severity_text:?}")
+    })?;
+    let entities: ListIterator = entities
+        .decode()
+        .map_err(|_| "entities must be a list".to_string())?;
+    let entities = entities
+        .map(|entity| {
+            let pair = rustler::types::tuple::get_tuple(entity)
+                .ok()
+                .filter(|pair| pair.len() == 2)
+                .ok_or_else(|| "each entity must be a {kind, id} tuple".to_string())?;
+            Ok((text(pair[0], "entity kind")?, text(pair[1], "entity id")?))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    Ok(AlertInput {
+        id: text(*id, "id")?,
+        fingerprint: text(*fingerprint, "fingerprint")?,
+        watcher: text(*watcher, "watcher")?,
+        anomaly_type: text(*anomaly_type, "anomaly_type")?,
+        node: text(*node, "node")?,
+        severity,
+        entities,
+        detected_at_ms: detected_at
+            .decode()
+            .map_err(|_| "detected_at_ms must be an integer".to_string())?,
+    })
+}
+
+fn text(term: Term, what: &str) -> std::result::Result<String, String> {
+    let binary: Binary = term
+        .decode()
+        .map_err(|_| format!("{what} must be a binary"))?;
+    Ok(String::from_utf8_lossy(binary.as_slice()).into_owned())
+}
