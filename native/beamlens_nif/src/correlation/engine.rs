@@ -273,11 +273,37 @@ pub(super) struct Group {
     link_index: IdMap<(MemberId, MemberId), usize>,
     pub links_dropped: u64,
     pub members_dropped: u64,
+    /// The most severe alert and the strongest link the group ever had.
+    /// Both only rise, like the member count, which makes the version.
+    pub severity_max: Option<Severity>,
+    pub kind_max: Option<Kind>,
     pub version: u64,
     reported_version: u64,
     dirty: bool,
     pub created_at: i64,
     pub merged_ids: Vec<Arc<str>>,
+}
+
+impl Group {
+    /// The version of the insight: it rises with every alert fingerprint that
+    /// joins, with the severity and with the strength of the correlation.
+    /// It depends only on what the group holds, not on how alerts were
+    /// batched, so every coordinator of a cluster numbers an insight alike
+    /// and a new leader neither repeats nor skips versions.
+    fn content_version(&self) -> u64 {
+        let members = self.members.len() as u64 + self.members_dropped;
+        let severity = match self.severity_max {
+            None | Some(Severity::Info) => 0,
+            Some(Severity::Warning) => 1,
+            Some(Severity::Critical) => 2,
+        };
+        let kind = match self.kind_max {
+            None | Some(Kind::Temporal) => 0,
+            Some(Kind::Symptomatic) => 1,
+            Some(Kind::Causal) => 2,
+        };
+        members.saturating_sub(1) + severity + kind
+    }
 }
 
 /// An insight as reported: the state of a group after a batch.
@@ -562,6 +588,7 @@ impl Engine {
             Group {
                 members: vec![member_id],
                 live: 1,
+                severity_max: Some(alert.severity),
                 ..Group::default()
             },
         );
@@ -594,6 +621,9 @@ impl Engine {
             }
         }
         if raised {
+            if let Some(g) = self.groups.get_mut(&group) {
+                g.severity_max = g.severity_max.max(Some(alert.severity));
+            }
             self.mark_dirty(group);
         }
     }
@@ -804,6 +834,8 @@ impl Engine {
                 survivor.merged_ids.push(id);
             }
         }
+        survivor.severity_max = survivor.severity_max.max(absorbed.severity_max);
+        survivor.kind_max = survivor.kind_max.max(absorbed.kind_max);
         survivor.members.extend(absorbed.members);
         survivor.live += absorbed.live;
         survivor.members_dropped += absorbed.members_dropped;
@@ -828,9 +860,10 @@ impl Engine {
         let Some(group) = self.groups.get_mut(&group_id) else {
             return;
         };
+        let kind = reason.kind();
         let existing = group.link_index.get(&(a, b)).copied();
         let changed = match existing {
-            Some(i) if reason.kind() > group.links[i].reason.kind() => {
+            Some(i) if kind > group.links[i].reason.kind() => {
                 group.links[i].reason = reason;
                 true
             }
@@ -846,6 +879,7 @@ impl Engine {
             }
         };
         if changed {
+            group.kind_max = group.kind_max.max(Some(kind));
             self.mark_dirty(group_id);
         }
     }
@@ -1025,7 +1059,8 @@ impl Engine {
                 continue;
             };
             group.dirty = false;
-            if group.members.len() < 2 {
+            let version = group.content_version();
+            if group.members.len() < 2 || version <= group.reported_version {
                 continue;
             }
             if group.insight_id.is_none() {
@@ -1033,8 +1068,8 @@ impl Engine {
                 group.insight_id = Some(id.into());
                 group.created_at = created_at;
             }
-            group.version += 1;
-            group.reported_version = group.version;
+            group.version = version;
+            group.reported_version = version;
             self.stats.insights_reported += 1;
             insights.push(summary::snapshot(
                 self,

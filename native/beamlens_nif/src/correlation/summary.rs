@@ -97,6 +97,7 @@ pub(super) fn snapshot(engine: &Engine, group: &Group, config: Config) -> Insigh
         .iter()
         .map(|f| f.kind)
         .max()
+        .max(group.kind_max)
         .unwrap_or(Kind::Temporal);
     let rendered: Vec<Finding> = findings
         .iter()
@@ -152,6 +153,7 @@ pub(super) fn snapshot(engine: &Engine, group: &Group, config: Config) -> Insigh
             .iter()
             .map(|(_, m)| m.severity)
             .max()
+            .max(group.severity_max)
             .unwrap_or(Severity::Info),
         members: ordered
             .iter()

@@ -62,7 +62,8 @@ mod temporal {
         );
         let insight = only(&reported);
         assert_eq!(insight.correlation_type, Kind::Temporal);
-        assert_eq!(insight.version, 1);
+        // One more alert than the first, plus warning (1) and temporal (0).
+        assert_eq!(insight.version, 2);
         assert_eq!(insight.alert_ids, ["a1", "a2"]);
         assert_eq!(insight.nodes, ["a@h"]);
         assert_eq!(insight.watchers, ["beam", "system"]);
@@ -306,7 +307,7 @@ mod causal {
         );
         assert_eq!(reported.len(), 2);
         let last = &reported[1];
-        assert_eq!(last.version, 2);
+        assert_eq!((reported[0].version, last.version), (4, 5));
         assert_eq!(last.id, reported[0].id);
         assert_eq!(last.correlation_type, Kind::Causal);
         assert_eq!(last.root_cause.as_ref().unwrap().alert_id, "p1");
@@ -477,7 +478,7 @@ mod symptomatic {
         assert_eq!(reported.len(), 2);
         let insight = &reported[1];
         assert_eq!(insight.id, reported[0].id);
-        assert_eq!(insight.version, 2);
+        assert_eq!(insight.version, reported[0].version + 1);
         assert_eq!(insight.correlation_type, Kind::Symptomatic);
         assert_eq!(insight.nodes, ["a@h", "b@h", "c@h"]);
         assert_eq!(insight.rules.len(), 1);
@@ -527,7 +528,7 @@ mod grouping {
                 alert("m1", "beam", "memory_growth", "a@h", T0 + 40 * S),
             ],
         );
-        let id = only(&first).id.clone();
+        let (id, version) = (only(&first).id.clone(), only(&first).version);
         let second = feed(
             &mut e,
             vec![alert(
@@ -540,7 +541,7 @@ mod grouping {
         );
         let updated = only(&second);
         assert_eq!(updated.id, id);
-        assert_eq!(updated.version, 2);
+        assert_eq!(updated.version, version + 1);
         assert_eq!(updated.alert_ids, ["e1", "m1", "o1"]);
         assert_eq!(updated.created_at_ms, T0 + 40 * S);
         assert_eq!(updated.updated_at_ms, T0 + 90 * S);
@@ -574,7 +575,7 @@ mod grouping {
         assert_eq!((stats.received, stats.duplicates, stats.folded), (4, 1, 1));
         let current = e.insights();
         let insight = only(&current);
-        assert_eq!(insight.version, 1);
+        assert_eq!(insight.version, 4);
         assert_eq!(insight.alert_count, 3);
         assert_eq!(insight.alert_ids, ["e1", "m1", "m2"]);
         assert_eq!(insight.members[1].occurrences, 2);
@@ -594,7 +595,7 @@ mod grouping {
         critical.severity = Severity::Critical;
         let report = e.ingest([critical], T0 + 50 * S);
         let insight = only(&report.insights);
-        assert_eq!(insight.version, 2);
+        assert_eq!(insight.version, 5);
         assert_eq!(insight.severity, Severity::Critical);
     }
 
@@ -615,6 +616,7 @@ mod grouping {
                 alert("c1", "logger", "connection_errors", "b@h", T0 + 50 * S),
             ],
         );
+        let version = only(&x).version;
         let (x, y) = (only(&x).id.clone(), only(&y).id.clone());
         assert_ne!(x, y);
         // memory_growth on b@h too: the same symptom on two nodes links them.
@@ -624,7 +626,7 @@ mod grouping {
         );
         let merged = only(&report.insights);
         assert_eq!(merged.id, x);
-        assert_eq!(merged.version, 2);
+        assert!(merged.version > version);
         assert_eq!(merged.merged_ids, std::slice::from_ref(&y));
         assert_eq!(merged.nodes, ["a@h", "b@h"]);
         assert_eq!(
@@ -636,6 +638,21 @@ mod grouping {
             }]
         );
         assert_eq!(e.stats().groups, 1);
+    }
+
+    #[test]
+    fn versions_do_not_depend_on_batching() {
+        let alerts = vec![
+            alert("p1", "beam", "process_leak", "a@h", T0),
+            alert("p2", "beam", "process_memory_growth", "a@h", T0 + 30 * S),
+            alert("m1", "beam", "memory_growth", "a@h", T0 + 60 * S),
+        ];
+        let mut one_by_one = engine();
+        let reported = feed(&mut one_by_one, alerts.clone());
+        let mut at_once = engine();
+        let report = at_once.ingest(alerts, T0 + 60 * S);
+        assert_eq!(reported.len(), 2);
+        assert_eq!(reported[1], report.insights[0]);
     }
 
     #[test]
