@@ -83,9 +83,10 @@ fn int_option(options: &Value, key: &str, default: i64) -> Result<i64> {
     }
 }
 
-/// `correlation_ingest(engine, alerts, now_ms)` -> `{:ok, report}` where
-/// each alert is `{id, fingerprint, watcher, anomaly_type, node, severity,
-/// [{kind, id}], detected_at_ms}` (binaries, severity as `"warning"`...).
+/// `correlation_ingest(engine, alerts, now_ms)` -> `{:ok, report}`, where
+/// `alerts` is a list of `%Beamlens.Alert{}` structs. Only code fields are
+/// read: `id`, `fingerprint`, `watcher`, `anomaly_type`, `node`, `severity`,
+/// `entities` and `detected_at`.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn correlation_ingest<'a>(
     env: Env<'a>,
@@ -165,22 +166,24 @@ fn decode_alerts(term: Term) -> Result<Vec<AlertInput>> {
     Ok(alerts)
 }
 
+/// Keys read from `%Beamlens.Alert{}` and `%DateTime{}` (fixed names).
+mod keys {
+    rustler::atoms! {
+        id, fingerprint, watcher, anomaly_type, node, severity, entities, detected_at,
+        year, month, day, hour, minute, second, microsecond, utc_offset, std_offset,
+    }
+}
+
 fn decode_alert(term: Term) -> std::result::Result<AlertInput, String> {
-    let fields =
-        rustler::types::tuple::get_tuple(term).map_err(|_| "must be a tuple".to_string())?;
-    let [id, fingerprint, watcher, anomaly_type, node, severity, entities, detected_at] =
-        fields.as_slice()
-    else {
-        return Err(format!(
-            "must be a tuple of 8 elements, got {}",
-            fields.len()
-        ));
+    let field = |key: rustler::Atom, name: &str| {
+        term.map_get(key)
+            .map_err(|_| format!("must be a %Beamlens.Alert{{}} with :{name}"))
     };
-    let severity_text = text(*severity, "severity")?;
+    let severity_text = name(field(keys::severity(), "severity")?, "severity")?;
     let severity = Severity::parse(&severity_text).ok_or_else(|| {
-        format!("severity must be info, warning or critical, got {severity_text:?}")
+        format!("severity must be :info, :warning or :critical, got {severity_text:?}")
     })?;
-    let entities: ListIterator = entities
+    let entities: ListIterator = field(keys::entities(), "entities")?
         .decode()
         .map_err(|_| "entities must be a list".to_string())?;
     let entities = entities
@@ -189,21 +192,69 @@ fn decode_alert(term: Term) -> std::result::Result<AlertInput, String> {
                 .ok()
                 .filter(|pair| pair.len() == 2)
                 .ok_or_else(|| "each entity must be a {kind, id} tuple".to_string())?;
-            Ok((text(pair[0], "entity kind")?, text(pair[1], "entity id")?))
+            Ok((name(pair[0], "entity kind")?, name(pair[1], "entity id")?))
         })
         .collect::<std::result::Result<Vec<_>, String>>()?;
     Ok(AlertInput {
-        id: text(*id, "id")?,
-        fingerprint: text(*fingerprint, "fingerprint")?,
-        watcher: text(*watcher, "watcher")?,
-        anomaly_type: text(*anomaly_type, "anomaly_type")?,
-        node: text(*node, "node")?,
+        id: text(field(keys::id(), "id")?, "id")?,
+        fingerprint: text(field(keys::fingerprint(), "fingerprint")?, "fingerprint")?,
+        watcher: name(field(keys::watcher(), "watcher")?, "watcher")?,
+        anomaly_type: text(field(keys::anomaly_type(), "anomaly_type")?, "anomaly_type")?,
+        node: name(field(keys::node(), "node")?, "node")?,
         severity,
         entities,
-        detected_at_ms: detected_at
-            .decode()
-            .map_err(|_| "detected_at_ms must be an integer".to_string())?,
+        detected_at_ms: unix_ms(field(keys::detected_at(), "detected_at")?)?,
     })
+}
+
+/// A binary, or the name of an atom (without `Elixir.`), or any other term
+/// printed (a pid named as an entity, say).
+fn name(term: Term, what: &str) -> std::result::Result<String, String> {
+    if term.is_binary() {
+        return text(term, what);
+    }
+    if term.is_atom() {
+        let name = term
+            .atom_to_string()
+            .map_err(|_| format!("{what} is an unreadable atom"))?;
+        return Ok(match name.strip_prefix("Elixir.") {
+            Some(rest) => rest.to_string(),
+            None => name,
+        });
+    }
+    Ok(format!("{term:?}"))
+}
+
+/// Unix milliseconds of a `%DateTime{}` in the ISO calendar.
+fn unix_ms(term: Term) -> std::result::Result<i64, String> {
+    let int = |key: rustler::Atom| -> std::result::Result<i64, String> {
+        term.map_get(key)
+            .and_then(|v| v.decode::<i64>())
+            .map_err(|_| "detected_at must be a DateTime".to_string())
+    };
+    let (micro, _precision): (i64, i64) = term
+        .map_get(keys::microsecond())
+        .and_then(|v| v.decode())
+        .map_err(|_| "detected_at must be a DateTime".to_string())?;
+    let days = days_from_civil(int(keys::year())?, int(keys::month())?, int(keys::day())?);
+    let seconds = days * 86_400
+        + int(keys::hour())? * 3_600
+        + int(keys::minute())? * 60
+        + int(keys::second())?
+        - int(keys::utc_offset())?
+        - int(keys::std_offset())?;
+    Ok(seconds * 1_000 + micro.div_euclid(1_000))
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 fn text(term: Term, what: &str) -> std::result::Result<String, String> {
@@ -211,4 +262,18 @@ fn text(term: Term, what: &str) -> std::result::Result<String, String> {
         .decode()
         .map_err(|_| format!("{what} must be a binary"))?;
     Ok(String::from_utf8_lossy(binary.as_slice()).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::days_from_civil;
+
+    #[test]
+    fn civil_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(1969, 12, 31), -1);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2024, 2, 29), 19_782);
+        assert_eq!(days_from_civil(1600, 1, 1), -135_140);
+    }
 }

@@ -205,6 +205,50 @@ pub(super) struct Member {
     slot: Cell<usize>,
 }
 
+/// The live members on one node, of one anomaly type, or naming one entity.
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Each member, and whether it names the entity only implicitly (for
+    /// nodes and types: always `false`).
+    members: Vec<(MemberId, bool)>,
+    /// How many of them each group holds. A repeat of an alert need not
+    /// look at a bucket whose members are all in its own group already.
+    groups: Vec<(GroupId, usize)>,
+}
+
+impl Bucket {
+    fn add(&mut self, member_id: MemberId, implicit: bool, group: GroupId) {
+        self.members.push((member_id, implicit));
+        self.count(group, 1);
+    }
+
+    fn remove(&mut self, member_id: MemberId, group: GroupId) {
+        if let Some(pos) = self.members.iter().position(|(id, _)| *id == member_id) {
+            self.members.swap_remove(pos);
+            self.count(group, -1);
+        }
+    }
+
+    fn count(&mut self, group: GroupId, delta: isize) {
+        match self.groups.iter().position(|(g, _)| *g == group) {
+            Some(i) => {
+                let n = self.groups[i].1.saturating_add_signed(delta);
+                if n == 0 {
+                    self.groups.swap_remove(i);
+                } else {
+                    self.groups[i].1 = n;
+                }
+            }
+            None if delta > 0 => self.groups.push((group, delta.unsigned_abs())),
+            None => {}
+        }
+    }
+
+    fn only_in(&self, group: GroupId) -> bool {
+        matches!(self.groups.as_slice(), [(g, _)] if *g == group)
+    }
+}
+
 /// A member that may be related to the one being linked.
 struct Candidate<'a> {
     id: MemberId,
@@ -379,11 +423,11 @@ pub struct Engine {
     pub(super) members: IdMap<MemberId, Member>,
     groups: IdMap<GroupId, Group>,
     by_fingerprint: HashMap<Arc<str>, MemberId>,
-    by_node: HashMap<Arc<str>, Vec<MemberId>>,
+    by_node: HashMap<Arc<str>, Bucket>,
     /// Live members naming each entity, with whether they name it only
     /// implicitly (a resource derived from the anomaly type).
-    by_tag: IdMap<EntityKey, Vec<(MemberId, bool)>>,
-    by_type: HashMap<Arc<str>, Vec<MemberId>>,
+    by_tag: IdMap<EntityKey, Bucket>,
+    by_type: HashMap<Arc<str>, Bucket>,
     expiry: BinaryHeap<Reverse<(i64, MemberId)>>,
     live_count: usize,
     retained: VecDeque<MemberId>,
@@ -615,8 +659,8 @@ impl Engine {
         for (key, is_new) in changed {
             let entry = self.by_tag.entry(key).or_default();
             if is_new {
-                entry.push((member_id, false));
-            } else if let Some(slot) = entry.iter_mut().find(|(id, _)| *id == member_id) {
+                entry.add(member_id, false, group);
+            } else if let Some(slot) = entry.members.iter_mut().find(|(id, _)| *id == member_id) {
                 slot.1 = false;
             }
         }
@@ -632,16 +676,17 @@ impl Engine {
         self.by_node
             .entry(member.node.clone())
             .or_default()
-            .push(member_id);
+            .add(member_id, false, member.group);
         self.by_type
             .entry(member.anomaly_type.clone())
             .or_default()
-            .push(member_id);
+            .add(member_id, false, member.group);
         for tag in &member.tags {
-            self.by_tag
-                .entry(tag.key.clone())
-                .or_default()
-                .push((member_id, tag.implicit));
+            self.by_tag.entry(tag.key.clone()).or_default().add(
+                member_id,
+                tag.implicit,
+                member.group,
+            );
         }
     }
 
@@ -649,15 +694,15 @@ impl Engine {
         let Some(member) = self.members.get(&member_id) else {
             return;
         };
-        remove_from(&mut self.by_node, &member.node, member_id);
-        remove_from(&mut self.by_type, &member.anomaly_type, member_id);
+        remove_from(&mut self.by_node, &member.node, member_id, member.group);
+        remove_from(
+            &mut self.by_type,
+            &member.anomaly_type,
+            member_id,
+            member.group,
+        );
         for tag in &member.tags {
-            if let Some(ids) = self.by_tag.get_mut(&tag.key) {
-                ids.retain(|(id, _)| *id != member_id);
-                if ids.is_empty() {
-                    self.by_tag.remove(&tag.key);
-                }
-            }
+            remove_from(&mut self.by_tag, &tag.key, member_id, member.group);
         }
         if self.by_fingerprint.get(&member.fingerprint) == Some(&member_id) {
             self.by_fingerprint.remove(&member.fingerprint);
@@ -667,7 +712,9 @@ impl Engine {
     /// Live members that might be related to `member_id`: the same node
     /// (causal, temporal), the same anomaly type elsewhere, or a shared
     /// entity, each once, with the entity it shares (explicit ones first).
-    fn candidates(&self, member_id: MemberId) -> Vec<Candidate<'_>> {
+    /// With `outside_only`, entities named only within its own group are
+    /// skipped (their members could only be filtered out later).
+    fn candidates(&self, member_id: MemberId, outside_only: bool) -> Vec<Candidate<'_>> {
         let generation = self.generation.get() + 1;
         self.generation.set(generation);
         let member = &self.members[&member_id];
@@ -676,16 +723,20 @@ impl Engine {
         let members = &self.members;
         let mut visit =
             |other: MemberId, shared| visit(members, &mut out, generation, other, shared);
+        let wanted = |bucket: &&Bucket| !outside_only || !bucket.only_in(member.group);
         for tag in &member.tags {
-            for &(other, other_implicit) in self.by_tag.get(&tag.key).into_iter().flatten() {
-                visit(other, Some((&tag.key, tag.implicit && other_implicit)));
+            if let Some(bucket) = self.by_tag.get(&tag.key).filter(wanted) {
+                for &(other, other_implicit) in &bucket.members {
+                    visit(other, Some((&tag.key, tag.implicit && other_implicit)));
+                }
             }
         }
-        for other in self.by_node.get(&member.node).into_iter().flatten() {
-            visit(*other, None);
-        }
-        for other in self.by_type.get(&member.anomaly_type).into_iter().flatten() {
-            visit(*other, None);
+        let by_node = self.by_node.get(&member.node);
+        let by_type = self.by_type.get(&member.anomaly_type);
+        for bucket in by_node.into_iter().chain(by_type).filter(wanted) {
+            for &(other, _) in &bucket.members {
+                visit(other, None);
+            }
         }
         out
     }
@@ -695,7 +746,7 @@ impl Engine {
     fn link(&mut self, member_id: MemberId, outside_only: bool) {
         let group = self.members[&member_id].group;
         let reasons: Vec<(MemberId, Reason)> = self
-            .candidates(member_id)
+            .candidates(member_id, outside_only)
             .into_iter()
             .filter(|c| !outside_only || self.members[&c.id].group != group)
             .filter_map(|c| Some((c.id, self.classify(member_id, c.id, c.shared)?)))
@@ -808,6 +859,19 @@ impl Engine {
         for member_id in &absorbed.members {
             if let Some(member) = self.members.get_mut(member_id) {
                 member.group = keep;
+                if member.live {
+                    let moved = |bucket: Option<&mut Bucket>| {
+                        if let Some(bucket) = bucket {
+                            bucket.count(gone, -1);
+                            bucket.count(keep, 1);
+                        }
+                    };
+                    for tag in &member.tags {
+                        moved(self.by_tag.get_mut(&tag.key));
+                    }
+                    moved(self.by_node.get_mut(&member.node));
+                    moved(self.by_type.get_mut(&member.anomaly_type));
+                }
             }
         }
         for pending in &mut self.retired {
@@ -1212,16 +1276,15 @@ fn intern<V>(index: &HashMap<Arc<str>, V>, text: &str) -> Arc<str> {
         .map_or_else(|| text.into(), |(key, _)| key.clone())
 }
 
-fn remove_from<K: std::hash::Hash + Eq>(
-    index: &mut HashMap<K, Vec<MemberId>>,
+fn remove_from<K: std::hash::Hash + Eq, S: std::hash::BuildHasher>(
+    index: &mut HashMap<K, Bucket, S>,
     key: &K,
     member_id: MemberId,
+    group: GroupId,
 ) {
-    if let Some(ids) = index.get_mut(key) {
-        if let Some(pos) = ids.iter().position(|id| *id == member_id) {
-            ids.swap_remove(pos);
-        }
-        if ids.is_empty() {
+    if let Some(bucket) = index.get_mut(key) {
+        bucket.remove(member_id, group);
+        if bucket.members.is_empty() {
             index.remove(key);
         }
     }
