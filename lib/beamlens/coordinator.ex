@@ -431,7 +431,17 @@ defmodule Beamlens.Coordinator do
     %{state | alerts: alerts}
   end
 
-  defp apply_report(%{insights: insights, retired: retired}, state) do
+  defp apply_report(%{insights: insights, retired: retired} = report, state) do
+    case report do
+      %{rejected: [_ | _] = rejected} ->
+        Logger.warning(
+          "Beamlens.Coordinator skipped alerts it could not read: #{Enum.join(rejected, "; ")}"
+        )
+
+      _ ->
+        :ok
+    end
+
     state = Enum.reduce(retired, state, &retire/2)
 
     Enum.reduce(insights, state, fn snapshot, state ->

@@ -10,7 +10,7 @@ defmodule Beamlens.CoordinatorClusterTest do
     # Names chosen so that the first sorts lowest: it is the leader.
     {peer_a, a} = start_peer(:"coord_a_#{suffix}")
     {_peer_b, b} = start_peer(:"coord_b_#{suffix}")
-    opts = [name: :"coordinator_#{suffix}", pg_scope: :"pg_#{suffix}"]
+    opts = [name: :"coordinator_#{suffix}", pg_scope: :"pg_#{suffix}", leader_warmup_ms: 0]
 
     for node <- [a, b], do: start_remote_coordinator(node, opts, self())
 
@@ -19,7 +19,14 @@ defmodule Beamlens.CoordinatorClusterTest do
       wait_until(fn -> match?({:ok, %{members: 2, leader: ^a}}, stats_on(node, opts[:name])) end)
     end
 
-    Map.merge(context, %{a: a, b: b, peer_a: peer_a, name: opts[:name]})
+    Map.merge(context, %{
+      a: a,
+      b: b,
+      peer_a: peer_a,
+      name: opts[:name],
+      opts: opts,
+      suffix: suffix
+    })
   end
 
   defp report_on(node, name, alert) do
@@ -73,7 +80,7 @@ defmodule Beamlens.CoordinatorClusterTest do
 
     :ok = :peer.stop(peer_a)
 
-    assert_receive {:coordinator_event, :leader_changed, %{members: 1},
+    assert_receive {:coordinator_event, :leader_changed, _,
                     %{leader: ^b, previous: ^a, from: ^b}},
                    5_000
 
@@ -109,5 +116,19 @@ defmodule Beamlens.CoordinatorClusterTest do
 
     assert Enum.sort(insight.alert_ids) == Enum.sort([lonely.id, later.id])
     assert insight.nodes == Enum.sort([a, b])
+  end
+
+  test "a newcomer leads only after its warm-up, so that it knows the alerts in play", ctx do
+    %{a: a, b: b, name: name} = ctx
+    # Its name sorts before a's.
+    {_peer, zero} = start_peer(:"coord_0_#{ctx.suffix}")
+    start_remote_coordinator(zero, Keyword.put(ctx.opts, :leader_warmup_ms, 2_000), self())
+
+    wait_until(fn -> match?({:ok, %{members: 3, leader: ^a}}, stats_on(zero, name)) end)
+    assert {:ok, %{leader: ^a, leader?: true}} = stats_on(a, name)
+
+    for node <- [zero, a, b] do
+      wait_until(fn -> match?({:ok, %{leader: ^zero}}, stats_on(node, name)) end, 250)
+    end
   end
 end

@@ -76,7 +76,9 @@ defmodule Beamlens.CoordinatorTest do
       assert [%{kind: :temporal, rule: "time_window", lag_ms: lag}] = insight.rules
       assert_in_delta lag, 20_000, 50
       assert insight.produced_by == node()
-      assert %DateTime{} = insight.created_at
+      # Detection times cross the boundary to the millisecond.
+      assert insight.created_at == DateTime.truncate(disk.detected_at, :millisecond)
+      assert insight.updated_at == insight.created_at
       assert measurements.alert_count == 2
       assert measurements.version == insight.version
     end
@@ -433,6 +435,27 @@ defmodule Beamlens.CoordinatorTest do
       assert_receive {:coordinator_event, :insight_produced, _, %{insight: insight}}
       assert length(insight.alert_ids) == 2
     end
+  end
+
+  test "the engine skips what is not an alert and keeps the rest" do
+    {:ok, engine} =
+      Beamlens.Coordinator.Engine.new(window_ms: 60_000, order_tolerance_ms: 0, max_alerts: 10)
+
+    good = [alert("run_queue_high", ago_ms: 1_000), alert("disk_usage_high")]
+    broken = %{hd(good) | id: "broken", severity: :urgent}
+    now = System.system_time(:millisecond)
+
+    assert {:ok, %{insights: [insight], rejected: [reason, junk]}} =
+             Beamlens.Coordinator.Engine.ingest(engine, [broken, :junk | good], now)
+
+    assert reason =~ "alerts[0] severity must be :info, :warning or :critical"
+    assert junk =~ "alerts[1] must be a %Beamlens.Alert{}"
+    assert insight["alert_ids"] == Enum.map(good, & &1.id)
+
+    assert {:error, %Beamlens.Error{kind: :bad_argument, message: message}} =
+             Beamlens.Coordinator.Engine.ingest(engine, :not_a_list, now)
+
+    assert message =~ "alerts: must be a list"
   end
 
   test "causal_rules/0 lists the causal table" do

@@ -8,7 +8,7 @@ defmodule Beamlens.Coordinator.Engine do
   alias Beamlens.{Alert, Error, Native, Runtime}
 
   @type t :: reference()
-  @type report :: %{insights: [map()], retired: [map()]}
+  @type report :: %{insights: [map()], retired: [map()], rejected: [String.t()]}
 
   @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
   def new(opts) do
@@ -74,8 +74,8 @@ defmodule Beamlens.Coordinator.Engine do
     end
   end
 
-  defp report({:ok, %{"insights" => insights, "retired" => retired}}) do
-    {:ok, %{insights: insights, retired: retired}}
+  defp report({:ok, %{"insights" => insights, "retired" => retired} = report}) do
+    {:ok, %{insights: insights, retired: retired, rejected: Map.get(report, "rejected", [])}}
   end
 
   defp report(other), do: Error.wrap(other)

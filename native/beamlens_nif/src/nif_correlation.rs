@@ -86,7 +86,9 @@ fn int_option(options: &Value, key: &str, default: i64) -> Result<i64> {
 /// `correlation_ingest(engine, alerts, now_ms)` -> `{:ok, report}`, where
 /// `alerts` is a list of `%Beamlens.Alert{}` structs. Only code fields are
 /// read: `id`, `fingerprint`, `watcher`, `anomaly_type`, `node`, `severity`,
-/// `entities` and `detected_at`.
+/// `entities` and `detected_at`. An element that is not such an alert is
+/// skipped, and why is listed under `"rejected"` (at most
+/// [`MAX_REJECTIONS`] reasons), so one bad alert never costs the batch.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn correlation_ingest<'a>(
     env: Env<'a>,
@@ -95,9 +97,13 @@ fn correlation_ingest<'a>(
     now_ms: i64,
 ) -> Term<'a> {
     reply::guarded(env, || {
-        let alerts = decode_alerts(alerts)?;
+        let (alerts, rejected) = decode_alerts(alerts)?;
         let report = engine.lock().ingest(alerts, now_ms);
-        to_json(&report)
+        let mut json = to_json(&report)?;
+        if let Value::Object(map) = &mut json.0 {
+            map.insert("rejected".into(), json!(rejected));
+        }
+        Ok(json)
     })
 }
 
@@ -146,11 +152,15 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Json> {
         .map_err(|e| Error::Panic(format!("could not encode the correlation report: {e}")))
 }
 
-fn decode_alerts(term: Term) -> Result<Vec<AlertInput>> {
+/// Reasons for skipped alerts reported per batch.
+const MAX_REJECTIONS: usize = 10;
+
+fn decode_alerts(term: Term) -> Result<(Vec<AlertInput>, Vec<String>)> {
     let items: ListIterator = term
         .decode()
         .map_err(|_| Error::bad_argument("alerts", "must be a list"))?;
     let mut alerts = Vec::new();
+    let mut rejected = Vec::new();
     for (i, item) in items.enumerate() {
         if i >= MAX_BATCH {
             return Err(Error::bad_argument(
@@ -158,12 +168,15 @@ fn decode_alerts(term: Term) -> Result<Vec<AlertInput>> {
                 format!("has more than {MAX_BATCH} alerts"),
             ));
         }
-        alerts.push(
-            decode_alert(item)
-                .map_err(|reason| Error::bad_argument(format!("alerts[{i}]"), reason))?,
-        );
+        match decode_alert(item) {
+            Ok(alert) => alerts.push(alert),
+            Err(reason) if rejected.len() < MAX_REJECTIONS => {
+                rejected.push(format!("alerts[{i}] {reason}"));
+            }
+            Err(_) => {}
+        }
     }
-    Ok(alerts)
+    Ok((alerts, rejected))
 }
 
 /// Keys read from `%Beamlens.Alert{}` and `%DateTime{}` (fixed names).
