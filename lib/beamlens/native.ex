@@ -75,5 +75,12 @@ defmodule Beamlens.Native do
   def llm_set_budget(_budget), do: err()
   def llm_budget, do: err()
 
+  # nif_correlation.rs
+  def correlation_new(_options), do: err()
+  def correlation_ingest(_engine, _alerts, _now_ms), do: err()
+  def correlation_advance(_engine, _now_ms), do: err()
+  def correlation_stats(_engine), do: err()
+  def correlation_rules, do: err()
+
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

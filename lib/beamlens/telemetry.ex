@@ -60,6 +60,41 @@ defmodule Beamlens.Telemetry do
       * Metadata: `:provider`, `:model`, `:caller`.
 
   No event carries an API key or other credential.
+
+  ## Coordinator
+
+  Emitted by `Beamlens.Coordinator`. Insight events come only from the
+  cluster's leader coordinator.
+
+    * `[:beamlens, :coordinator, :insight_produced]` - a group of related
+      alerts became an insight.
+      Measurements: `:system_time`, `:version`, `:alert_count`, `:confidence`.
+      Metadata: `:insight` (`Beamlens.Insight`).
+
+    * `[:beamlens, :coordinator, :insight_updated]` - more alerts joined an
+      insight, its severity rose, its correlation became stronger, or other
+      insights were merged into it (listed in `insight.merged_ids`). Same id,
+      higher `insight.version`.
+      Measurements and metadata: as for `:insight_produced`.
+
+    * `[:beamlens, :coordinator, :alert_dropped]` - `report_alert/2` dropped
+      an alert because the coordinator was not running or its mailbox was
+      full. Emitted in the process that reported the alert.
+      Measurements: `:count` (1).
+      Metadata: `:alert`, `:reason` (`:not_running` or `:overloaded`),
+      `:coordinator` (the server it was sent to).
+
+    * `[:beamlens, :coordinator, :leader_changed]` - a coordinator's view of
+      which coordinator leads the cluster changed (emitted on every node,
+      also when a coordinator starts).
+      Measurements: `:members` (coordinators in the group).
+      Metadata: `:coordinator` (its name), `:leader` (node of the leader),
+      `:previous` (node of the previous leader, or `nil`).
+
+    * `[:beamlens, :coordinator, :summary_failed]` - the summarizer failed,
+      raised or timed out; the insight went out with its deterministic text.
+      Measurements: `:count` (1).
+      Metadata: `:insight`, `:reason`.
   """
 
   # `:telemetry` is a dependency of the host application (Phoenix, Ecto and

@@ -8,6 +8,7 @@
 pub mod atoms;
 pub mod compaction;
 pub mod convert;
+pub mod correlation;
 pub mod error;
 pub mod gate;
 pub mod llm;
@@ -16,6 +17,7 @@ pub mod runtime;
 pub mod sandbox;
 
 mod nif_compaction;
+mod nif_correlation;
 mod nif_gate;
 mod nif_json;
 mod nif_llm;
