@@ -63,7 +63,15 @@ defmodule Beamlens do
   @spec start_link(keyword()) :: Supervisor.on_start()
   def start_link(opts) do
     opts = Options.validate!(opts)
-    Supervisor.start_link(__MODULE__, opts, name: opts[:name])
+
+    if Beamlens.Runtime.loaded?() do
+      Supervisor.start_link(__MODULE__, opts, name: opts[:name])
+    else
+      # Never fail the host's boot because of BeamLens.
+      {:error, error} = Beamlens.Runtime.status()
+      Logger.error("BeamLens is not starting: #{Exception.message(error)}")
+      :ignore
+    end
   end
 
   @doc """
@@ -102,10 +110,16 @@ defmodule Beamlens do
     llm_config = llm_config(opts[:provider])
     if llm_config, do: Beamlens.LLM.set_budget(opts[:token_budget])
 
+    {coordinator_children, coordinator} = coordinator(instance, opts[:coordinator], llm_config)
+
     watchers =
       Enum.map(opts[:watchers], fn watcher ->
         {Beamlens.Watcher,
-         Keyword.merge(watcher, instance: instance, coordinator: nil, llm_config: llm_config)}
+         Keyword.merge(watcher,
+           instance: instance,
+           coordinator: coordinator,
+           llm_config: llm_config
+         )}
       end)
 
     log_store =
@@ -119,6 +133,7 @@ defmodule Beamlens do
         {Task.Supervisor, name: Module.concat(instance, TaskSupervisor)}
       ] ++
         log_store ++
+        coordinator_children ++
         [
           %{
             id: :watchers,
@@ -130,6 +145,36 @@ defmodule Beamlens do
         ]
 
     Supervisor.init(children, strategy: :one_for_one, max_restarts: 5, max_seconds: 60)
+  end
+
+  defp coordinator(_instance, false, _llm_config), do: {[], nil}
+
+  defp coordinator(instance, opts, llm_config) do
+    name = Keyword.get(opts, :name, Module.concat(instance, Coordinator))
+    scope = Keyword.get(opts, :pg_scope, :beamlens_pg)
+
+    summarizer =
+      if llm_config,
+        do: [summarizer: {Beamlens.Coordinator.LLMSummarizer, llm_config: llm_config}],
+        else: []
+
+    coordinator_opts = Keyword.merge(summarizer, Keyword.merge(opts, name: name, pg_scope: scope))
+
+    children = [
+      %{id: {:pg, scope}, start: {__MODULE__, :start_pg, [scope]}},
+      {Beamlens.Coordinator, coordinator_opts}
+    ]
+
+    {children, {Beamlens.Coordinator, name}}
+  end
+
+  @doc false
+  # One :pg scope per node, shared by every BeamLens instance.
+  def start_pg(scope) do
+    case :pg.start_link(scope) do
+      {:error, {:already_started, _}} -> :ignore
+      other -> other
+    end
   end
 
   # The model configuration, or nil for rules-only mode. A configuration

@@ -7,7 +7,8 @@ defmodule Beamlens.Compaction do
   @doc """
   Returns `{:ok, nil}` when the conversation fits in `max_tokens`, or
   `{:ok, plan}` with `:cut`, `:tokens_before`, `:tokens_kept`,
-  `:transcript` and `:instructions`.
+  `:transcript`, `:instructions` and `:needs_user_turn` (the kept part
+  opens with an assistant turn; put a user turn in front).
   """
   def plan(messages, max_tokens, keep_last, fixed_tokens, reported_tokens) do
     case Native.compaction_plan(
@@ -27,6 +28,7 @@ defmodule Beamlens.Compaction do
            tokens_before: plan["tokens_before"],
            tokens_kept: plan["tokens_kept"],
            transcript: plan["transcript"],
+           needs_user_turn: plan["needs_user_turn"],
            instructions: plan["instructions"]
          }}
 

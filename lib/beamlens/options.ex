@@ -185,6 +185,11 @@ defmodule Beamlens.Options do
 
     validate_value!(:provider, opts[:provider], :provider, "BeamLens option")
 
+    with coordinator when is_list(coordinator) <- opts[:coordinator],
+         {:error, error} <- Beamlens.Coordinator.Options.validate(coordinator) do
+      raise ArgumentError, "invalid :coordinator options: " <> Exception.message(error)
+    end
+
     defaults = Keyword.take(opts, @watcher_defaults_keys)
     watchers = Enum.map(opts[:watchers], &normalize_watcher!(&1, defaults))
 

@@ -24,9 +24,11 @@ defmodule Beamlens.Watcher do
   @max_snapshots 10
   @max_open_alerts 64
   @max_corrections 3
+  @max_guarded 256
   @max_tokens_per_turn 1_024
   @routine_every_ticks 5
   @budget_pause_ms 300_000
+  @continue "(Earlier turns are summarised in the system prompt. Continue this check.)"
 
   defstruct [
     :name,
@@ -356,7 +358,7 @@ defmodule Beamlens.Watcher do
       now < state.sleep_until ->
         nil
 
-      state.status != :healthy and (since_last == nil or since_last >= @routine_every_ticks) ->
+      follow_up?(state) and (since_last == nil or since_last >= @routine_every_ticks) ->
         "state is #{state.status}"
 
       heartbeat_due?(state, now) ->
@@ -365,6 +367,13 @@ defmodule Beamlens.Watcher do
       true ->
         nil
     end
+  end
+
+  # Routine follow-ups while something is wrong, or while the model said it
+  # is observing. The gate's own "observing" (an anomaly not yet sustained)
+  # waits for the gate to decide.
+  defp follow_up?(state) do
+    state.status in [:warning, :critical] or state.model_status == :observing
   end
 
   defp heartbeat_due?(state, now) do
@@ -396,12 +405,13 @@ defmodule Beamlens.Watcher do
       iteration: 0,
       awaiting: nil,
       queue: [],
-      guard: MapSet.new(),
+      guard: {MapSet.new(), :queue.new()},
       corrections: 0,
       fired_types: MapSet.new(),
       gate_groups: Map.new(groups, fn {type, fs} -> {type, {fs, snapshot_id}} end),
       ended: nil,
       started_at: System.monotonic_time(:millisecond),
+      requests: 0,
       tokens: 0
     }
 
@@ -442,6 +452,7 @@ defmodule Beamlens.Watcher do
     case LLM.chat_async(state.llm, request, caller: {:watcher, state.name}) do
       {:ok, pending} ->
         state = update_in(state.stats.llm_requests, &(&1 + 1))
+        state = update_in(state.wake.requests, &(&1 + 1))
         put_in(state.wake.awaiting, {:llm, pending})
 
       {:error, error} ->
@@ -543,7 +554,7 @@ defmodule Beamlens.Watcher do
     key = Agent.call_key(call)
 
     cond do
-      MapSet.member?(state.wake.guard, key) ->
+      MapSet.member?(elem(state.wake.guard, 0), key) ->
         state = update_in(state.wake.corrections, &(&1 + 1))
         state = update_in(state.stats.corrections, &(&1 + 1))
 
@@ -558,7 +569,7 @@ defmodule Beamlens.Watcher do
           else: next_tool(state)
 
       true ->
-        state = update_in(state.wake.guard, &MapSet.put(&1, key))
+        state = update_in(state.wake.guard, &remember_call(&1, key))
 
         ctx = %{
           anomaly_types: anomaly_types(state),
@@ -579,6 +590,18 @@ defmodule Beamlens.Watcher do
               do: finish_check(state, :too_many_corrections),
               else: next_tool(state)
         end
+    end
+  end
+
+  # The repeated-call guard remembers the last @max_guarded calls of a check.
+  defp remember_call({set, order}, key) do
+    {set, order} = {MapSet.put(set, key), :queue.in(key, order)}
+
+    if MapSet.size(set) > @max_guarded do
+      {{:value, oldest}, order} = :queue.out(order)
+      {MapSet.delete(set, oldest), order}
+    else
+      {set, order}
     end
   end
 
@@ -671,7 +694,7 @@ defmodule Beamlens.Watcher do
       [:watcher, :check],
       %{
         duration: System.monotonic_time(:millisecond) - wake.started_at,
-        iterations: wake.iteration + 1,
+        iterations: wake.requests,
         tokens: wake.tokens,
         corrections: wake.corrections
       },
@@ -732,6 +755,13 @@ defmodule Beamlens.Watcher do
       end
 
     conversation = Enum.drop(state.conversation, cut)
+
+    conversation =
+      case conversation do
+        [%{role: :user} | _] -> conversation
+        _ -> [%{role: :user, content: @continue} | conversation]
+      end
+
     state = %{state | conversation: conversation, reported_tokens: 0}
     state = update_in(state.stats.compactions, &(&1 + 1))
 

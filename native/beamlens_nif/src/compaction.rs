@@ -60,6 +60,9 @@ pub struct Plan {
     pub tokens_kept: usize,
     /// The older messages rendered as text for the summariser.
     pub transcript: String,
+    /// The kept part starts with an assistant turn: providers that need a
+    /// conversation to open with a user turn need one put in front.
+    pub needs_user_turn: bool,
 }
 
 /// Estimated tokens of one message.
@@ -98,6 +101,7 @@ pub fn plan(
         tokens_before,
         tokens_kept,
         transcript: render(&messages[..cut], max_tokens * CHARS_PER_TOKEN / 2),
+        needs_user_turn: !is_user_turn(&messages[cut]),
     })
 }
 
@@ -107,26 +111,27 @@ pub fn truncate(messages: &[Message], keep_last: usize) -> Option<usize> {
     cut_point(messages, keep_last)
 }
 
-/// Index of the first kept message: at most `keep_last` messages are kept,
-/// and the kept part starts with a user turn that is not a tool result.
+/// Index of the first kept message: at most `keep_last` messages are kept
+/// (more when needed), and the kept part never starts with a tool result,
+/// whose tool call would be summarised away. It starts with a user turn when
+/// one is close enough; otherwise with an assistant turn, and the caller
+/// puts a short user turn in front (see [`Plan::needs_user_turn`]).
 fn cut_point(messages: &[Message], keep_last: usize) -> Option<usize> {
     if messages.len() <= keep_last.max(1) {
         return None;
     }
-    let mut cut = messages.len() - keep_last.max(1);
-    // Keeping more is safe; move earlier to a user turn.
-    while cut > 0 && !is_user_turn(&messages[cut]) {
-        cut -= 1;
-    }
-    if cut > 0 {
+    let tail = messages.len() - keep_last.max(1);
+    // A user turn within a few messages of the tail keeps turns whole.
+    let window = tail.saturating_sub(keep_last.max(1) * 2);
+    if let Some(cut) = (window..=tail)
+        .rev()
+        .find(|&i| i > 0 && is_user_turn(&messages[i]))
+    {
         return Some(cut);
     }
-    // No user turn before the kept tail: move later instead, keeping fewer.
-    let mut cut = messages.len() - keep_last.max(1);
-    while cut < messages.len() && !is_user_turn(&messages[cut]) {
-        cut += 1;
-    }
-    (cut > 0 && cut < messages.len()).then_some(cut)
+    // Otherwise any message that is not a tool result.
+    let cut = (1..=tail).rev().find(|&i| messages[i].role != "tool")?;
+    Some(cut)
 }
 
 fn is_user_turn(message: &Message) -> bool {
@@ -256,8 +261,25 @@ mod tests {
     }
 
     #[test]
-    fn a_conversation_without_user_turns_is_left_alone() {
-        let messages = vec![call("a"), msg("tool", "r"), msg("assistant", "x")];
+    fn a_long_single_check_is_cut_at_an_assistant_turn() {
+        // One user turn, then many tool calls and results.
+        let mut messages = vec![msg("user", "check")];
+        for _ in 0..50 {
+            messages.push(call("execute_lua"));
+            messages.push(Message {
+                name: Some("execute_lua".into()),
+                ..msg("tool", &"r".repeat(200))
+            });
+        }
+        let plan = plan(&messages, 1_000, 4, 0, 0).expect("over budget");
+        assert_eq!(messages[plan.cut].role, "assistant");
+        assert!(plan.needs_user_turn);
+        assert!(messages.len() - plan.cut >= 4);
+    }
+
+    #[test]
+    fn nothing_but_tool_results_cannot_be_cut() {
+        let messages = vec![msg("tool", "a"), msg("tool", "b"), msg("tool", "c")];
         assert_eq!(truncate(&messages, 1), None);
         assert_eq!(plan(&messages, 1, 1, 0, 0), None);
     }

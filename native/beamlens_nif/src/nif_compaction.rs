@@ -43,6 +43,7 @@ fn compaction_plan<'a>(
                 "tokens_before": plan.tokens_before,
                 "tokens_kept": plan.tokens_kept,
                 "transcript": plan.transcript,
+                "needs_user_turn": plan.needs_user_turn,
                 "instructions": compaction::INSTRUCTIONS,
             }),
         }))
