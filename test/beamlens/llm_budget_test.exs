@@ -9,6 +9,8 @@ defmodule Beamlens.LLMBudgetTest do
 
   setup context do
     handler_id = "#{inspect(__MODULE__)}-#{context.test}"
+    # The budget is node-wide; an earlier test's BeamLens may have set one.
+    LLM.set_budget(:infinity)
 
     on_exit(fn ->
       :telemetry.detach(handler_id)

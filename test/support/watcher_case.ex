@@ -23,7 +23,12 @@ defmodule Beamlens.WatcherCase do
   setup context do
     handler = "beamlens-test-#{inspect(context.module)}-#{context.test}"
     :ok = :telemetry.attach_many(handler, @events, &__MODULE__.forward/4, self())
-    on_exit(fn -> :telemetry.detach(handler) end)
+    # BeamLens sets the node-wide token budget when it starts with a model.
+    on_exit(fn ->
+      :telemetry.detach(handler)
+      Beamlens.LLM.set_budget(:infinity)
+    end)
+
     %{instance: Module.concat(BeamlensTest, "I#{System.unique_integer([:positive])}")}
   end
 
