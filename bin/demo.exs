@@ -35,9 +35,29 @@ defmodule Demo do
     if entities != "", do: IO.puts("           entities:    #{entities}")
   end
 
-  def handle([:beamlens, :coordinator, :insight_produced], _m, %{insight: i}, _) do
-    puts("  INSIGHT [#{i.correlation_type}] #{i.summary}")
-    if i.root_cause_hypothesis, do: IO.puts("           root cause:  #{i.root_cause_hypothesis}")
+  def handle([:beamlens, :coordinator, event], _m, %{insight: i}, _)
+      when event in [:insight_produced, :insight_updated] do
+    verb = if event == :insight_produced, do: "INSIGHT", else: "insight+"
+    watchers = Enum.join(i.watchers, ", ")
+    puts("  #{verb} [#{i.correlation_type}, #{i.alert_count} alerts from #{watchers}] (#{i.summary_source})")
+    IO.puts("           summary:     #{i.summary}")
+    if i.root_cause_hypothesis, do: IO.puts("           root cause:  #{String.slice(i.root_cause_hypothesis, 0, 400)}")
+  end
+
+  def handle([:beamlens, :watcher, :tool_call], _m, meta, _) do
+    args =
+      case meta.arguments do
+        %{"code" => code} -> "\n" <> (code |> String.split("\n") |> Enum.map_join("\n", &("             | " <> &1)))
+        other -> " " <> inspect(other, limit: 6, printable_limit: 120)
+      end
+
+    puts("  model  #{pad(meta.watcher)} #{meta.tool}#{args}")
+    result = meta.result |> String.replace(~r/\s+/, " ") |> String.slice(0, 160)
+    IO.puts("           -> #{if meta.error?, do: "error: ", else: ""}#{result}")
+  end
+
+  def handle([:beamlens, :watcher, :check], m, meta, _) do
+    puts("  check  #{pad(meta.watcher)} #{meta.outcome} after #{m.iterations} model turns, #{m.tokens} tokens, #{m.duration} ms")
   end
 
   def handle(_event, _m, _meta, _), do: :ok
@@ -112,17 +132,33 @@ faults = [
 events = [
   [:beamlens, :watcher, :state_changed],
   [:beamlens, :watcher, :alert_fired],
-  [:beamlens, :coordinator, :insight_produced]
+  [:beamlens, :watcher, :tool_call],
+  [:beamlens, :watcher, :check],
+  [:beamlens, :coordinator, :insight_produced],
+  [:beamlens, :coordinator, :insight_updated]
 ]
 
 :ok = :telemetry.attach_many("beamlens-demo", events, &Demo.handle/4, nil)
 
-provider = Beamlens.Demo.provider_from_env()
+provider =
+  cond do
+    System.get_env("ANTHROPIC_API_KEY") not in [nil, ""] -> [provider: :anthropic]
+    System.get_env("OPENAI_API_KEY") not in [nil, ""] -> [provider: :openai, model: "gpt-4o-mini"]
+    System.get_env("GOOGLE_API_KEY") not in [nil, ""] -> [provider: :gemini, model: "gemini-2.5-flash"]
+    true -> :none
+  end
+
+describe =
+  case provider do
+    :none -> "none: rules-only mode (set ANTHROPIC_API_KEY to let a model investigate)"
+    opts -> "#{opts[:provider]} #{opts[:model] || "(default model)"}, key from the environment"
+  end
+
 interval = 500
 
 IO.puts("""
 BeamLens #{Beamlens.version()} demo
-  model:    #{Beamlens.Demo.describe_provider(provider)}
+  model:    #{describe}
   watchers: beam, ets, gc, logger, ports, sup, system (a snapshot every #{interval} ms, 8 to learn baselines)
 """)
 
@@ -131,7 +167,9 @@ BeamLens #{Beamlens.version()} demo
     watchers: [:beam, :ets, :gc, :logger, :ports, :sup, :system],
     interval: interval,
     warmup: 8,
-    provider: provider
+    provider: provider,
+    # Faults follow each other every 8 s here; a short window keeps them apart.
+    coordinator: [window_ms: 4_000]
   )
 
 Demo.puts("learning baselines of a healthy app...")
@@ -154,5 +192,10 @@ for w <- Beamlens.watchers() do
   IO.puts("           #{String.pad_trailing(to_string(w.name), 7)} #{w.state}  (#{w.alerts_fired} alerts, #{w.ticks} snapshots, #{w.skipped_ticks} skipped)")
 end
 
-{:ok, status} = Beamlens.Runtime.status()
-IO.puts("           native runtime: #{status.jobs_started} jobs, #{status.jobs_in_flight} in flight")
+insights = Beamlens.Coordinator.insights()
+IO.puts("           insights: #{length(insights)} (#{insights |> Enum.frequencies_by(& &1.correlation_type) |> Enum.map_join(", ", fn {t, n} -> "#{n} #{t}" end)})")
+
+if provider != :none do
+  usage = Beamlens.LLM.usage()
+  IO.puts("           model usage: #{inspect(usage)}")
+end

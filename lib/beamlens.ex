@@ -191,6 +191,7 @@ defmodule Beamlens do
         name when is_atom(name) -> [provider: name]
         opts -> opts
       end)
+      |> Enum.map(&default_model/1)
 
     config = if match?([_], chain), do: hd(chain), else: chain
 
@@ -206,6 +207,16 @@ defmodule Beamlens do
 
         nil
     end
+  end
+
+  # The quick start only sets ANTHROPIC_API_KEY: give Anthropic a default
+  # model (small and fast; checks are frequent). Other providers name theirs.
+  @default_anthropic_model "claude-haiku-4-5"
+
+  defp default_model(opts) do
+    if opts[:provider] == :anthropic,
+      do: Keyword.put_new(opts, :model, @default_anthropic_model),
+      else: opts
   end
 
   defp log_domains, do: [Beamlens.Domain.Logger, Beamlens.Domain.Sup, Beamlens.Domain.Exception]

@@ -6,7 +6,57 @@ defmodule Beamlens.Telemetry do
   or `:telemetry.attach_many/4`; handlers run in the emitting BeamLens
   process, so keep them fast.
 
-  The events are listed here as the subsystems that emit them are added.
+  ## Watchers
+
+  Emitted by each watcher process. Metadata always has `:watcher` (its name).
+
+    * `[:beamlens, :watcher, :alert_fired]` - an alert went out.
+      * Measurements: `:system_time`.
+      * Metadata: `:alert` (`Beamlens.Alert`; `alert.source` is `:gate` or `:llm`).
+
+    * `[:beamlens, :watcher, :alert_folded]` - a repeat of an open alert
+      (same fingerprint, within `:alert_cooldown`) was folded into it
+      instead of firing again.
+      * Measurements: `:occurrences` (of the open alert, now).
+      * Metadata: `:alert` (the open alert, with the new count).
+
+    * `[:beamlens, :watcher, :state_changed]` - the watcher's state changed.
+      * Measurements: `:system_time`.
+      * Metadata: `:from`, `:to` (`:healthy | :observing | :warning |
+        :critical`), `:reason` (a sentence).
+
+    * `[:beamlens, :watcher, :snapshot_failed]` - a snapshot raised, exited
+      or timed out; the watcher carries on.
+      * Measurements: `:count` (1).
+      * Metadata: `:error` (a message).
+
+    * `[:beamlens, :watcher, :check]` - a model check (one wake-up) ended.
+      * Measurements: `:duration` (ms), `:iterations` (model requests),
+        `:tokens` (input + output), `:corrections` (invalid, unknown or
+        repeated tool calls answered with a correction).
+      * Metadata: `:reason` (why it woke: `"gate findings"`, `"heartbeat"`,
+        ...), `:outcome` (`:done`, `:wait`, `:iteration_cap`,
+        `:too_many_corrections`, or `:llm_<reason>` when the model request
+        failed), `:gate_alerts` (gate alerts fired at its end for anomalies
+        the model did not report).
+
+    * `[:beamlens, :watcher, :tool_call]` - the model called a tool and got
+      its result.
+      * Measurements: `:count` (1).
+      * Metadata: `:tool`, `:arguments` (as the model sent them; `nil` when
+        unparsable), `:result` (the first 500 characters the model got
+        back), `:error?`.
+
+  ## Compaction
+
+    * `[:beamlens, :compaction, :start]` - a watcher's conversation is over
+      its `:compaction_max_tokens` and is being summarised.
+      * Measurements: `:tokens` (estimated). Metadata: `:watcher`.
+
+    * `[:beamlens, :compaction, :stop]` - older messages were replaced by a
+      summary (or dropped when summarising failed).
+      * Measurements: `:tokens_before`, `:tokens_after`, `:messages_removed`.
+      * Metadata: `:watcher`, `:method` (`:summary` or `:truncate`).
 
   ## Lua sandbox
 

@@ -40,7 +40,7 @@ defmodule Beamlens.Domain.Logger do
   def metrics(s) do
     modules =
       s.top_modules
-      |> Enum.filter(&(&1.errors > 0))
+      |> Enum.filter(&(&1.errors > 0 and &1.module not in ["unknown", "other"]))
       |> Enum.take(3)
       |> Enum.map(&{"module", &1.module})
 
