@@ -1,0 +1,134 @@
+defmodule Beamlens.CoordinatorE2ETest do
+  # Real watchers, real faults in this VM, the real coordinator started by
+  # the Beamlens supervisor: each correlation type from injected faults.
+  use Beamlens.WatcherCase, async: false
+
+  @moduletag timeout: 120_000
+
+  setup context do
+    events = [
+      [:beamlens, :coordinator, :insight_produced],
+      [:beamlens, :coordinator, :insight_updated]
+    ]
+
+    id = "e2e-#{inspect(context.test)}"
+    :ok = :telemetry.attach_many(id, events, &Beamlens.WatcherCase.forward/4, self())
+    on_exit(fn -> :telemetry.detach(id) end)
+    :ok
+  end
+
+  defp start(instance, watchers, window_ms) do
+    start_beamlens(instance,
+      watchers: watchers,
+      warmup: 5,
+      coordinator: [window_ms: window_ms, leader_warmup_ms: 0]
+    )
+
+    for w <- watchers, do: await_ticks(instance, w, 8)
+  end
+
+  # The latest version of the insight whose alerts include all `types`.
+  defp await_insight(types, timeout) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_await_insight(MapSet.new(types), deadline)
+  end
+
+  defp do_await_insight(types, deadline) do
+    remaining = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {:telemetry, [:beamlens, :coordinator, _], _, %{insight: insight}} ->
+        if MapSet.subset?(types, MapSet.new(insight.anomaly_types)),
+          do: insight,
+          else: do_await_insight(types, deadline)
+    after
+      remaining -> flunk("no insight grouped #{inspect(MapSet.to_list(types))}")
+    end
+  end
+
+  defp spawn_owner(fun) do
+    parent = self()
+
+    pid =
+      spawn(fn ->
+        state = fun.()
+        send(parent, {:owner_ready, self()})
+        receive do: (:stop -> state)
+      end)
+
+    receive do: ({:owner_ready, ^pid} -> :ok)
+    on_exit(fn -> Process.exit(pid, :kill) end)
+    pid
+  end
+
+  test "causal: ETS growth drives total memory", %{instance: instance} do
+    start(instance, [:ets, :beam], 30_000)
+
+    # ~1M small tuples: no large binaries, so only ETS and total memory move.
+    spawn_owner(fn ->
+      table = :ets.new(:e2e_cache, [:public, :named_table])
+      for i <- 1..1_000_000, do: :ets.insert(table, {i, i * 2, :cached})
+      table
+    end)
+
+    insight = await_insight(["ets_memory_growth", "memory_growth"], 15_000)
+    assert insight.correlation_type == :causal
+    assert insight.root_cause_hypothesis =~ "ets_memory_growth"
+    assert insight.summary =~ "ets_growth_drives_memory"
+    assert insight.nodes == [node()]
+    assert Enum.sort(insight.watchers) == [:beam, :ets]
+  end
+
+  test "symptomatic: one process leaks sockets and piles up messages", %{instance: instance} do
+    start(instance, [:ports, :beam], 30_000)
+
+    culprit =
+      spawn_owner(fn ->
+        for _ <- 1..300, do: :gen_udp.open(0)
+      end)
+
+    for i <- 1..20_000, do: send(culprit, {:request, i})
+
+    insight = await_insight(["port_leak", "mailbox_buildup"], 15_000)
+    assert insight.correlation_type == :symptomatic
+    assert insight.summary =~ inspect(culprit)
+    assert Enum.sort(insight.watchers) == [:beam, :ports]
+  end
+
+  test "temporal: unrelated faults at the same moment", %{instance: instance} do
+    start(instance, [:beam, :logger], 30_000)
+
+    base = System.unique_integer([:positive])
+    for i <- 1..15_000, do: _ = String.to_atom("e2e_atom_#{base}_#{i}")
+
+    require Logger
+    for i <- 1..80, do: Logger.error("invoice #{i} rejected by the tax rules")
+
+    insight = await_insight(["atom_growth", "error_log_burst"], 15_000)
+    assert insight.correlation_type == :temporal
+    assert insight.summary =~ "temporal"
+  end
+
+  test "alerts far apart in time stay separate", %{instance: instance} do
+    start(instance, [:ets, :ports], 1_000)
+
+    spawn_owner(fn ->
+      table = :ets.new(:e2e_separate, [:public, :named_table])
+      for i <- 1..300_000, do: :ets.insert(table, {i, "session-#{i}"})
+      table
+    end)
+
+    assert_alert(:ets, "ets_memory_growth", 10_000)
+    Process.sleep(3_000)
+    spawn_owner(fn -> for _ <- 1..300, do: :gen_udp.open(0) end)
+    assert_alert(:ports, "port_leak", 10_000)
+    Process.sleep(1_500)
+
+    insights = Beamlens.Coordinator.insights(Module.concat(instance, Coordinator))
+
+    for insight <- insights do
+      refute :ets in insight.watchers and :ports in insight.watchers,
+             "unrelated alerts were grouped: #{insight.summary}"
+    end
+  end
+end
