@@ -137,6 +137,8 @@ defmodule Beamlens.CoordinatorCase do
     :ok = :erpc.call(node, :code, :add_paths, [:code.get_path()])
     {:ok, _} = :erpc.call(node, :application, :ensure_all_started, [:elixir])
     {:ok, _} = :erpc.call(node, :application, :ensure_all_started, [:logger])
+    # The real telemetry library needs its application; the stand-in does not.
+    _ = :erpc.call(node, :application, :ensure_all_started, [:telemetry])
     :ok = :erpc.call(node, Logger, :configure, [[level: :warning]])
 
     ExUnit.Callbacks.on_exit(fn ->

@@ -94,8 +94,12 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
       # The build may have created Cargo.lock; record the state it built.
       File.write!(fingerprint_path(root), fingerprint(crate_dir, profile))
       # Mix only links _build/<env>/lib/beamlens/priv when priv/ existed when
-      # the build structure was made; it may have been created just now.
-      Mix.Project.build_structure()
+      # the build structure was made; it may have been created just now. The
+      # link points at the current directory's priv/, so only do this from
+      # the project's own root.
+      if Mix.Project.project_file() && Path.dirname(Mix.Project.project_file()) == root do
+        Mix.Project.build_structure()
+      end
       {:ok, diagnostics}
     else
       message = "cargo succeeded but #{built} is missing"
