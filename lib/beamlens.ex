@@ -99,6 +99,7 @@ defmodule Beamlens do
   @impl true
   def init(opts) do
     instance = opts[:name]
+    if Keyword.has_key?(opts, :redact), do: Beamlens.Redactor.configure!(opts[:redact])
     llm_config = llm_config(opts[:provider])
     if llm_config, do: Beamlens.LLM.set_budget(opts[:token_budget])
 
