@@ -114,12 +114,18 @@ defmodule Beamlens do
         do: [Beamlens.LogStore],
         else: []
 
+    exception_store =
+      if Enum.any?(opts[:watchers], &(&1[:domain_module] == Beamlens.Domain.Exception)),
+        do: [Beamlens.Domain.Exception.ExceptionStore],
+        else: []
+
     children =
       [
         {Registry, keys: :unique, name: Module.concat(instance, Registry)},
         {Task.Supervisor, name: Module.concat(instance, TaskSupervisor)}
       ] ++
         log_store ++
+        exception_store ++
         [
           %{
             id: :watchers,
