@@ -163,6 +163,34 @@ defmodule Beamlens.EctoCase do
 
   defp native(ms), do: System.convert_time_unit(round(ms * 1_000), :microsecond, :native)
 
+  @doc """
+  Starts a process under the test supervisor that emits a query for `repo`
+  every `:every` ms (default 5) with the options of `emit_query/2`; change
+  them with `set_load/2`.
+  """
+  def start_load(repo \\ Repo, opts \\ []) do
+    ExUnit.Callbacks.start_supervised!(%{
+      id: {:ecto_load, repo},
+      start: {Task, :start_link, [fn -> load(repo, opts) end]}
+    })
+  end
+
+  @doc "Changes the queries a load process emits."
+  def set_load(pid, opts), do: send(pid, {:set, opts})
+
+  defp load(repo, opts) do
+    opts =
+      receive do
+        {:set, new} -> new
+      after
+        0 -> opts
+      end
+
+    emit_query(repo, opts)
+    Process.sleep(Keyword.get(opts, :every, 5))
+    load(repo, opts)
+  end
+
   @doc "Starts the registry and the telemetry store of `repo` under the test supervisor."
   def start_store(opts \\ []) do
     ExUnit.Callbacks.start_supervised!(
