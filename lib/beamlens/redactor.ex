@@ -415,7 +415,7 @@ defmodule Beamlens.Redactor do
       # Credentials in URLs: scheme://user:password@host.
       {~r{\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@"'<>]*:)[^\s@/"'<>]+@}, "\\1#{@mask}@"},
       # Authorization headers, whatever the scheme.
-      {~r/\b((?:proxy-)?authorization(?:["']?\s*(?:=>|[:=])|["']\s*,)\s*["']?)((?:basic|bearer|digest|token|negotiate)\s+)?(?!\[REDACTED)[^\s"',;}\[\]]+/i,
+      {~r/\b((?:proxy-)?authorization(?:["']?\s*(?:=>|[:=])|["']\s*,)\s*["']?)((?:basic|bearer|digest|token|negotiate)\s+)?+(?!\[REDACTED)[^\s"',;}\[\]]+/i,
        "\\1\\2#{@mask}"},
       # Bearer tokens anywhere.
       {~r/\b(bearer)\s+[A-Za-z0-9\-._~+\/]{8,}=*/i, "\\1 #{@mask}"},

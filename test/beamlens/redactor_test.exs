@@ -2,7 +2,8 @@ defmodule Beamlens.RedactorTest do
   # configure!/1 changes the VM-wide redactor: run alone.
   use ExUnit.Case, async: false
 
-  alias Beamlens.Redactor
+  alias Beamlens.{LLMFixtures, LoopbackServer, Redactor}
+  alias Beamlens.Domain.Exception.ExceptionStore
   alias Beamlens.Watcher.Agent
 
   doctest Beamlens.Redactor
@@ -64,6 +65,13 @@ defmodule Beamlens.RedactorTest do
         redacted = Redactor.redact(unquote(text))
         refute redacted =~ unquote(secret), redacted
         assert redacted =~ ~r/\[(REDACTED|EMAIL|CARD|REDACTED PRIVATE KEY)\]/
+      end
+    end
+
+    test "are idempotent: redacted text stays as it is" do
+      for {_name, text, _secret} <- @corpus do
+        once = Redactor.redact(text)
+        assert Redactor.redact(once) == once
       end
     end
 
@@ -296,4 +304,217 @@ defmodule Beamlens.RedactorTest do
       assert [_ | _] = Beamlens.LogStore.search("[EMAIL]", 5)
     end
   end
+
+  describe "end to end" do
+    @describetag timeout: 60_000
+
+    # Secrets planted where the watchers look: logs, exceptions (message
+    # and stack trace arguments), SQL text, parameters and database errors,
+    # a registered process name, and Lua output.
+    @secrets [
+      "alice.smith@example.com",
+      "correct-horse-battery-staple",
+      "sk-ant-api03-R2D2c3poBB8x_Yq9-ZmW4kLpNvT7sQe1HjUa6Cf0Xd5",
+      "8f14e45fceea167a5a36dedd4bea2543",
+      "4111 1111 1111 1111",
+      "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+      "S3cr3t-pg-pass",
+      "bob.jones@example.org",
+      "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+      "param-secret-9931",
+      "carol.white@example.net",
+      "AKIAIOSFODNN7EXAMPLE",
+      "5555555555554444"
+    ]
+
+    defmodule Charger do
+      use GenServer
+      def init(state), do: {:ok, state}
+
+      def handle_cast(:charge, state) do
+        raise "charge failed for card 4111 1111 1111 1111 of alice.smith@example.com"
+        {:noreply, state}
+      end
+    end
+
+    setup do
+      server = start_supervised!(LoopbackServer)
+      LoopbackServer.set_handler(server, &scripted_model/1)
+      %{server: server}
+    end
+
+    test "no planted secret reaches the provider", %{server: server} do
+      require Logger
+      import Beamlens.EctoCase
+
+      start_store(window_ms: 1_000, slots: 5)
+
+      mailer = spawn_link(fn -> Process.sleep(:infinity) end)
+      Process.register(mailer, :"mailer_carol.white@example.net")
+      :persistent_term.put({__MODULE__, :mailer}, inspect(mailer))
+
+      instance = Module.concat(__MODULE__, "E2E#{System.unique_integer([:positive])}")
+
+      Beamlens.WatcherCase.start_beamlens(instance,
+        watchers: [
+          :logger,
+          :exception,
+          :beam,
+          [name: :ecto, domain_module: Beamlens.EctoCase.Domain]
+        ],
+        provider: LLMFixtures.config(:anthropic, server),
+        llm: :always,
+        interval: 100
+      )
+
+      Logger.error(
+        "login failed for alice.smith@example.com password=correct-horse-battery-staple " <>
+          "key sk-ant-api03-R2D2c3poBB8x_Yq9-ZmW4kLpNvT7sQe1HjUa6Cf0Xd5"
+      )
+
+      Logger.error("upstream 401 with Authorization: Bearer 8f14e45fceea167a5a36dedd4bea2543")
+
+      {:ok, charger} = GenServer.start(Charger, %{})
+      GenServer.cast(charger, :charge)
+
+      ExceptionStore.report_event(%{
+        kind: :error,
+        level: :error,
+        reason: %RuntimeError{
+          message:
+            "session eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c rejected"
+        },
+        stacktrace: [
+          {MyApp.Repo, :connect, ["ecto://app:S3cr3t-pg-pass@db.internal/app_prod"],
+           [file: ~c"lib/repo.ex", line: 3]}
+        ],
+        datetime: DateTime.utc_now(),
+        metadata: %{}
+      })
+
+      emit_query(Beamlens.EctoCase.Repo,
+        query: 300,
+        sql: "SELECT * FROM tokens WHERE value = 'ghp_16C7e42F292c6912E7710c838347Ae178B4a'",
+        params: ["param-secret-9931"]
+      )
+
+      emit_query(Beamlens.EctoCase.Repo,
+        result: %Beamlens.EctoCase.DBError{
+          message:
+            "ERROR 23505 (unique_violation) Key (email)=(bob.jones@example.org) already exists."
+        },
+        params: ["param-secret-9931"]
+      )
+
+      # Investigations that started after everything was planted.
+      planted = length(LoopbackServer.requests(server))
+      requests = await_investigations(server, ~w(logger exception beam ecto), planted)
+      bodies = Enum.map_join(requests, "\n", & &1.body)
+
+      decoded =
+        inspect(Enum.map(requests, & &1.json), limit: :infinity, printable_limit: :infinity)
+
+      for secret <- @secrets do
+        refute bodies =~ secret, "#{secret} reached the provider"
+        refute decoded =~ secret, "#{secret} reached the provider"
+      end
+
+      # The planted data did reach the model, scrubbed.
+      for seen <- [
+            "login failed for [EMAIL] password=[REDACTED]",
+            "Authorization: Bearer [REDACTED]",
+            "charge failed for card [CARD] of [EMAIL]",
+            "session [REDACTED] rejected",
+            "MyApp.Repo.connect(<binary, ",
+            "SELECT * FROM tokens WHERE value = ?",
+            "Key (email)=([EMAIL]) already exists.",
+            "[EMAIL]",
+            "printed:"
+          ] do
+        assert decoded =~ seen, "expected #{inspect(seen)} in a request"
+      end
+    end
+  end
+
+  # A model that investigates every check with its domain's functions, then
+  # finishes.
+  def scripted_model(%{json: %{"system" => system, "messages" => messages}}) do
+    last = List.last(messages)
+
+    answered? =
+      is_list(last["content"]) and Enum.any?(last["content"], &(&1["type"] == "tool_result"))
+
+    case Regex.run(~r/watching the (\w+) domain/, system) do
+      [_, domain] when not answered? ->
+        LLMFixtures.tool_calls(:anthropic, [
+          {"execute_lua", %{"code" => lua(domain)}},
+          {"take_snapshot", %{}}
+        ])
+
+      _ ->
+        LLMFixtures.tool_calls(:anthropic, [{"done", %{}}])
+    end
+  end
+
+  def scripted_model(_request), do: LLMFixtures.text(:anthropic, "summary")
+
+  defp lua("logger"),
+    do: ~S|print(logger.recent(10, "all")[1].message) return logger.search("failed", 5)|
+
+  defp lua("exception") do
+    ~S"""
+    local groups = exception.top_groups(5)
+    local details = {}
+    for i, g in ipairs(groups) do details[i] = exception.group(g.id) end
+    return {groups = groups, details = details, recent = exception.recent(10)}
+    """
+  end
+
+  defp lua("ecto"), do: ~S[return {slow = ecto.slow_queries(5), errors = ecto.errors(5)}]
+
+  defp lua("beam") do
+    pid = :persistent_term.get({__MODULE__, :mailer}, "#PID<0.0.0>")
+
+    ~s[print("AKIA" .. "IOSFODNN7EXAMPLE") ] <>
+      ~s[return {mailer = beam.process_info("#{pid}"), card = "5555" .. "5555" .. "5555" .. "4444"}]
+  end
+
+  defp lua(_), do: "return 1"
+
+  # Waits until the model has seen the results of an investigation in each
+  # domain, in a request after the first `skip` ones; returns all requests.
+  defp await_investigations(server, domains, skip, timeout \\ 20_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    Stream.repeatedly(fn ->
+      requests = LoopbackServer.requests(server)
+
+      done =
+        for %{json: %{"system" => system, "messages" => messages}} <- Enum.drop(requests, skip),
+            tool_result?(List.last(messages)),
+            [_, domain] <- [Regex.run(~r/watching the (\w+) domain/, system)],
+            into: MapSet.new(),
+            do: domain
+
+      cond do
+        MapSet.subset?(MapSet.new(domains), done) ->
+          {:ok, requests}
+
+        System.monotonic_time(:millisecond) > deadline ->
+          flunk("investigated only #{inspect(MapSet.to_list(done))}")
+
+        true ->
+          Process.sleep(50) && nil
+      end
+    end)
+    |> Enum.find_value(fn
+      {:ok, requests} -> requests
+      nil -> nil
+    end)
+  end
+
+  defp tool_result?(%{"content" => content}) when is_list(content),
+    do: Enum.any?(content, &(&1["type"] == "tool_result"))
+
+  defp tool_result?(_), do: false
 end
