@@ -61,7 +61,15 @@ defmodule Beamlens.Redactor do
 
   require Logger
 
-  defstruct defaults: true, rules: [], keys: nil, function: nil, extra: %{}
+  defstruct defaults: true,
+            rules: [],
+            anchors: nil,
+            card: nil,
+            custom: [],
+            keys: nil,
+            key_anchors: nil,
+            function: nil,
+            extra: %{}
 
   @type t :: %__MODULE__{}
 
@@ -84,6 +92,12 @@ defmodule Beamlens.Redactor do
                    secret_key_base userinfo authorization auth)
 
   @card_prefixes ~c"23456"
+
+  # Literal text that every built-in rule needs, besides the secret key words
+  # (which the key=value, Authorization and cookie rules need) and the card
+  # rule (digits).
+  @anchors ~w(@ eyJ -----BEGIN sk- sk_ pk_ rk_ AKIA ASIA AGPA AIDA AROA AIPA ANPA ANVA ABIA ACCA
+              ghp_ gho_ ghu_ ghs_ ghr_ github_pat_ glpat- xox AIza SG. earer EARER)
 
   @doc """
   Builds a redactor from options (see the module docs).
@@ -109,12 +123,11 @@ defmodule Beamlens.Redactor do
   """
   @spec configure!([option()]) :: :ok
   def configure!(opts) do
-    redactor = build!(opts)
-
-    # An equal value is not written again: persistent_term updates are
+    # The same options are not written again: persistent_term updates are
     # global, so restarts with the same options must not cost anything.
-    if :persistent_term.get(@key, nil) != redactor do
-      :persistent_term.put(@key, redactor)
+    case :persistent_term.get(@key, nil) do
+      {^opts, _redactor} -> :ok
+      _ -> :persistent_term.put(@key, {opts, build!(opts)})
     end
 
     :ok
@@ -128,8 +141,10 @@ defmodule Beamlens.Redactor do
   def current do
     case :persistent_term.get(@key, nil) do
       nil ->
+        opts = Application.get_env(:beamlens, :redact, [])
+
         redactor =
-          case new(Application.get_env(:beamlens, :redact, [])) do
+          case new(opts) do
             {:ok, redactor} ->
               redactor
 
@@ -141,10 +156,10 @@ defmodule Beamlens.Redactor do
               build!([])
           end
 
-        :persistent_term.put(@key, redactor)
+        :persistent_term.put(@key, {opts, redactor})
         redactor
 
-      redactor ->
+      {_opts, redactor} ->
         redactor
     end
   end
@@ -237,24 +252,44 @@ defmodule Beamlens.Redactor do
 
   defp mask(value, ctx, depth), do: walk(value, ctx, depth + 1)
 
-  defp secret_key?(key, %{redactor: %{keys: keys}})
-       when is_atom(key) and key not in [nil, true, false],
-       do: keys != nil and Regex.match?(keys, Atom.to_string(key))
+  defp secret_key?(key, ctx) when is_atom(key) and key not in [nil, true, false],
+    do: secret_key?(Atom.to_string(key), ctx)
 
-  defp secret_key?(key, %{redactor: %{keys: keys}}) when is_binary(key) and byte_size(key) <= 64,
-    do: keys != nil and Regex.match?(keys, key)
+  # A cheap scan for the key words first; the regex only when one is there.
+  defp secret_key?(key, %{redactor: %{keys: %Regex{} = keys, key_anchors: anchors}})
+       when is_binary(key) and byte_size(key) <= 64,
+       do: :binary.match(key, anchors) != :nomatch and Regex.match?(keys, key)
 
   defp secret_key?(_key, _ctx), do: false
 
   ## Text
 
-  # No default rule can match fewer than 5 bytes.
-  defp text(text, %{redactor: %{function: nil}}) when byte_size(text) < 5, do: text
-
   defp text(text, %{redactor: redactor} = ctx) do
     text
-    |> apply_rules(redactor.rules, ctx)
+    |> apply_rules(rules_for(text, redactor), ctx)
+    |> apply_rules(redactor.custom, ctx)
     |> apply_function(redactor.function)
+  end
+
+  # Most strings (names, pids, function names, numbers) can hold no secret:
+  # every built-in rule needs one of a few literal anchors (`@`, `:`, `=`,
+  # `eyJ`, `sk-`, `AKIA`, a secret key word...), found with one
+  # `:binary.match/2` scan, or, for card numbers, a run of 13 digits. Only
+  # then do the rules run.
+  defp rules_for(text, _redactor) when byte_size(text) < 5, do: []
+  defp rules_for(_text, %{anchors: nil}), do: []
+
+  defp rules_for(text, redactor) do
+    cond do
+      :binary.match(text, redactor.anchors) != :nomatch ->
+        redactor.rules
+
+      redactor.card != nil and Regex.match?(elem(redactor.card, 0), text) ->
+        [elem(redactor.card, 1)]
+
+      true ->
+        []
+    end
   end
 
   defp apply_rules(text, rules, ctx) do
@@ -365,13 +400,36 @@ defmodule Beamlens.Redactor do
         {regex, replacement} -> {regex, replacement}
       end)
 
+    rules = if(defaults, do: default_rules(words), else: key_value_rules(words))
+    key_anchors = word_anchors(words)
+    anchors = if defaults, do: @anchors ++ key_anchors, else: key_anchors
+
     %__MODULE__{
       defaults: defaults,
-      rules: if(defaults, do: default_rules(words), else: key_value_rules(words)) ++ custom,
+      rules: rules,
+      anchors: if(rules != [], do: :binary.compile_pattern(anchors)),
+      card: if(defaults, do: {~r/\d(?:[ -]?\d){12}/, List.last(rules)}),
+      custom: custom,
       keys: key_regex(words),
+      key_anchors: if(key_anchors != [], do: :binary.compile_pattern(key_anchors)),
       function: function,
       extra: %{patterns: length(patterns), keys: length(keys)}
     }
+  end
+
+  # A word as it may be written: api_key, api-key, apikey, Api-Key, ApiKey,
+  # in lower case, capitalised or upper case.
+  defp word_anchors(words) do
+    words
+    |> Enum.flat_map(fn word ->
+      parts = String.split(word, ["_", "-"])
+
+      for separator <- ["_", "-", ""],
+          title? <- [false, true],
+          do: Enum.map_join(parts, separator, &if(title?, do: String.capitalize(&1), else: &1))
+    end)
+    |> Enum.flat_map(&[&1, String.capitalize(&1), String.upcase(&1)])
+    |> Enum.uniq()
   end
 
   defp pattern?(%Regex{}), do: true

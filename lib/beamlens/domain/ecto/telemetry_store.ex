@@ -467,6 +467,7 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
         store: store,
         handler_id: handler_id,
         groups: %{},
+        normalized: %{},
         seq: 0,
         max_groups: opts[:max_groups],
         prepared: -1
@@ -553,7 +554,7 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
   end
 
   defp add_record(state, record) do
-    sql = normalize_sql(record.sql, state.store.max_sql_bytes)
+    {sql, state} = normalized(state, record.sql)
     key = :erlang.phash2({sql, record.source})
 
     group =
@@ -602,6 +603,23 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
       end
 
     %{state | groups: Map.put(groups, key, group), seq: seq}
+  end
+
+  # Applications run the same few SQL texts again and again: normalising
+  # and redacting each text once keeps the store fast in a burst of slow
+  # queries. At most 500 texts are remembered.
+  defp normalized(state, sql) do
+    key = :erlang.phash2(sql)
+
+    case state.normalized do
+      %{^key => {^sql, normal}} ->
+        {normal, state}
+
+      cache ->
+        normal = normalize_sql(sql, state.store.max_sql_bytes)
+        cache = if map_size(cache) >= 500, do: %{}, else: cache
+        {normal, %{state | normalized: Map.put(cache, key, {sql, normal})}}
+    end
   end
 
   defp present_group(group) do

@@ -140,7 +140,7 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
         exception: exception,
         message: message(kind, exception, reason),
         frames: frames(stacktrace),
-        module: app_module(stacktrace),
+        modules: stack_modules(stacktrace),
         pid: tower_pid(event),
         terminal: otp_report?(Map.get(event, :log_event)),
         at: tower_time(Map.get(event, :datetime))
@@ -165,7 +165,7 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
       exception: exception,
       message: message(kind, exception, reason),
       frames: frames(stacktrace),
-      module: app_module(stacktrace),
+      modules: stack_modules(stacktrace),
       pid: pid,
       terminal: terminal?,
       at: if(is_integer(time_us), do: div(time_us, 1_000), else: now_ms())
@@ -267,6 +267,7 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
        known: MapSet.new(),
        recent: [],
        seq: 0,
+       app_modules: %{},
        buckets: %{},
        seen_pids: %{}
      }}
@@ -389,6 +390,8 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
       counter = if entry.kind == :message, do: @messages, else: @recorded
       :counters.add(c, counter, 1)
 
+      {module, state} = app_module(entry.modules, state)
+      entry = Map.put(entry, :module, module)
       message = entry.message |> Redactor.redact() |> String.slice(0, 500)
       normalized = normalize(message)
       top = entry.frames |> Enum.take(3) |> Enum.map(&{&1.module, &1.function, &1.arity})
@@ -485,6 +488,51 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
 
         %{state | groups: Map.put(groups, hash, group), known: known, seq: state.seq + 1}
     end
+  end
+
+  @system_apps [
+    :elixir,
+    :stdlib,
+    :kernel,
+    :erts,
+    :logger,
+    :compiler,
+    :crypto,
+    :ssl,
+    :inets,
+    :eex,
+    :mix
+  ]
+
+  # The first module of the stack trace that belongs to the application
+  # rather than to Erlang/OTP or Elixir: where the failure is likely rooted.
+  # Looking a module's application up takes microseconds, so answers are
+  # remembered (up to 2,000 modules).
+  defp app_module(modules, state) do
+    Enum.reduce_while(modules, {nil, state}, fn module, {nil, state} ->
+      {app?, state} =
+        case state.app_modules do
+          %{^module => app?} ->
+            {app?, state}
+
+          known ->
+            app? = app_module?(module)
+            known = if map_size(known) >= 2_000, do: %{}, else: known
+            {app?, %{state | app_modules: Map.put(known, module, app?)}}
+        end
+
+      if app?, do: {:halt, {Beamlens.Domain.id(module), state}}, else: {:cont, {nil, state}}
+    end)
+  end
+
+  defp app_module?(module) do
+    case :application.get_application(module) do
+      {:ok, app} -> app not in @system_apps
+      # :erlang and other preloaded modules belong to no application.
+      :undefined -> :code.is_loaded(module) != {:file, :preloaded}
+    end
+  rescue
+    _ -> false
   end
 
   defp evict(groups, max) when map_size(groups) < max, do: groups
@@ -643,42 +691,8 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
     _ -> []
   end
 
-  @system_apps [
-    :elixir,
-    :stdlib,
-    :kernel,
-    :erts,
-    :logger,
-    :compiler,
-    :crypto,
-    :ssl,
-    :inets,
-    :eex,
-    :mix
-  ]
-
-  # The first module of the stack trace that belongs to the application
-  # rather than to Erlang/OTP or Elixir: where the failure is likely rooted.
-  defp app_module(stacktrace) do
-    Enum.find_value(stacktrace, fn
-      {module, _, _, _} when is_atom(module) ->
-        case :application.get_application(module) do
-          {:ok, app} when app in @system_apps ->
-            nil
-
-          {:ok, _app} ->
-            Beamlens.Domain.id(module)
-
-          # :erlang and other preloaded modules belong to no application.
-          :undefined ->
-            if :code.is_loaded(module) != {:file, :preloaded}, do: Beamlens.Domain.id(module)
-        end
-
-      _ ->
-        nil
-    end)
-  rescue
-    _ -> nil
+  defp stack_modules(stacktrace) do
+    for {module, _, _, _} when is_atom(module) <- Enum.take(stacktrace, @max_frames), do: module
   end
 
   defp function_name(name) when is_atom(name), do: Atom.to_string(name)
