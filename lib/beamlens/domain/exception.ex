@@ -43,7 +43,11 @@ defmodule Beamlens.Domain.Exception do
       raise "the exception store is not running (BeamLens starts it with the :exception watcher)"
     end
 
-    stats = ExceptionStore.stats()
+    stats =
+      case ExceptionStore.stats() do
+        %{recorded: _} = stats -> stats
+        _ -> raise "the exception store did not answer within 5 s"
+      end
 
     %{
       exceptions_total: stats.recorded,
