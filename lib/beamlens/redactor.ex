@@ -41,8 +41,9 @@ defmodule Beamlens.Redactor do
     * `:patterns` - extra regexes, replaced by `"[REDACTED]"`, or
       `{regex, replacement}` pairs (the replacement may use `\\\\1`...).
       They run after the defaults.
-    * `:keys` - extra key names (strings or atoms, case-insensitive) whose
-      values are secret, in data and in `key=value` text.
+    * `:keys` - extra key names (strings or atoms) whose values are secret,
+      in data (any letter case) and in `key=value` text (written in lower,
+      upper or title case: `iban`, `IBAN`, `Iban`).
     * `:function` - a function `String.t() -> String.t()` applied last to
       every string. If it raises, the string is replaced by
       `"[REDACTION FAILED]"`: redaction fails closed.
@@ -255,10 +256,13 @@ defmodule Beamlens.Redactor do
   defp secret_key?(key, ctx) when is_atom(key) and key not in [nil, true, false],
     do: secret_key?(Atom.to_string(key), ctx)
 
-  # A cheap scan for the key words first; the regex only when one is there.
+  # A cheap scan for the key words first (keys are short: lower-casing
+  # them costs little); the regex only when one is there.
   defp secret_key?(key, %{redactor: %{keys: %Regex{} = keys, key_anchors: anchors}})
        when is_binary(key) and byte_size(key) <= 64,
-       do: :binary.match(key, anchors) != :nomatch and Regex.match?(keys, key)
+       do:
+         :binary.match(String.downcase(key, :ascii), anchors) != :nomatch and
+           Regex.match?(keys, key)
 
   defp secret_key?(_key, _ctx), do: false
 
@@ -272,10 +276,10 @@ defmodule Beamlens.Redactor do
   end
 
   # Most strings (names, pids, function names, numbers) can hold no secret:
-  # every built-in rule needs one of a few literal anchors (`@`, `:`, `=`,
-  # `eyJ`, `sk-`, `AKIA`, a secret key word...), found with one
-  # `:binary.match/2` scan, or, for card numbers, a run of 13 digits. Only
-  # then do the rules run.
+  # every built-in rule needs one of a few literal anchors (`@`, `eyJ`,
+  # `sk-`, `AKIA`, a secret key word in its usual spellings...), found with
+  # one `:binary.match/2` scan, or, for card numbers, a run of 13 digits.
+  # Only then do the rules run.
   defp rules_for(text, _redactor) when byte_size(text) < 5, do: []
   defp rules_for(_text, %{anchors: nil}), do: []
 
@@ -411,13 +415,26 @@ defmodule Beamlens.Redactor do
       card: if(defaults, do: {~r/\d(?:[ -]?\d){12}/, List.last(rules)}),
       custom: custom,
       keys: key_regex(words),
-      key_anchors: if(key_anchors != [], do: :binary.compile_pattern(key_anchors)),
+      key_anchors: if(words != [], do: :binary.compile_pattern(lowercase_anchors(words))),
       function: function,
       extra: %{patterns: length(patterns), keys: length(keys)}
     }
   end
 
-  # A word as it may be written: api_key, api-key, apikey, Api-Key, ApiKey,
+  defp lowercase_anchors(words) do
+    words
+    |> Enum.flat_map(
+      &[
+        &1,
+        String.replace(&1, "_", "-"),
+        String.replace(&1, "-", "_"),
+        String.replace(&1, ~r/[_-]/, "")
+      ]
+    )
+    |> Enum.uniq()
+  end
+
+  # A word as it may be written in text: api_key, api-key, apikey, Api-Key, ApiKey,
   # in lower case, capitalised or upper case.
   defp word_anchors(words) do
     words

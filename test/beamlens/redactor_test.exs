@@ -142,6 +142,13 @@ defmodule Beamlens.RedactorTest do
                :tokens => 5,
                :enabled => true
              }
+
+      assert Redactor.redact(%{"PassWord" => "x", "X-Api-Key" => "y", "Set-Cookie" => "z"}) ==
+               %{
+                 "PassWord" => "[REDACTED]",
+                 "X-Api-Key" => "[REDACTED]",
+                 "Set-Cookie" => "[REDACTED]"
+               }
     end
 
     test "atoms holding a secret become redacted strings; other terms pass" do
