@@ -107,6 +107,7 @@ defmodule Beamlens do
   @impl true
   def init(opts) do
     instance = opts[:name]
+    if Keyword.has_key?(opts, :redact), do: Beamlens.Redactor.configure!(opts[:redact])
     llm_config = llm_config(opts[:provider])
     if llm_config, do: Beamlens.LLM.set_budget(opts[:token_budget])
 
@@ -127,12 +128,18 @@ defmodule Beamlens do
         do: [Beamlens.LogStore],
         else: []
 
+    exception_store =
+      if Enum.any?(opts[:watchers], &(&1[:domain_module] == Beamlens.Domain.Exception)),
+        do: [Beamlens.Domain.Exception.ExceptionStore],
+        else: []
+
     children =
       [
         {Registry, keys: :unique, name: Module.concat(instance, Registry)},
         {Task.Supervisor, name: Module.concat(instance, TaskSupervisor)}
       ] ++
         log_store ++
+        exception_store ++
         coordinator_children ++
         [
           %{

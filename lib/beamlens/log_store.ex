@@ -65,8 +65,9 @@ defmodule Beamlens.LogStore do
   end
 
   @doc """
-  The most recent stored events, newest first. `level` is `:error` (errors
-  and worse), `:warning` (warnings and worse) or `:all`.
+  The most recent stored events, newest first, messages redacted (see
+  `Beamlens.Redactor`). `level` is `:error` (errors and worse), `:warning`
+  (warnings and worse) or `:all`.
   """
   def recent(n, level \\ :warning) do
     case state() do
@@ -82,6 +83,7 @@ defmodule Beamlens.LogStore do
         |> Enum.filter(&(&1.level in keep))
         |> Enum.sort_by(& &1.seq, :desc)
         |> take(n)
+        |> Enum.map(&Map.update!(&1, :message, fn text -> Beamlens.Redactor.redact(text) end))
     end
   end
 

@@ -123,6 +123,13 @@ defmodule Beamlens.Options do
                  "Most LLM tokens (input + output) per hour across all watchers and the " <>
                    "coordinator. When spent, watchers fall back to rules-only until the hour turns."
              ],
+             redact: [
+               type: :redact,
+               doc:
+                 "How text is scrubbed before it can reach the model: `:patterns`, `:keys`, " <>
+                   "`:function`, `:defaults` (see `Beamlens.Redactor`). Defaults to " <>
+                   "`config :beamlens, :redact`, then the built-in rules."
+             ],
              coordinator: [
                type: {:or, [:keyword, {:in, [false]}]},
                default: [],
@@ -302,6 +309,7 @@ defmodule Beamlens.Options do
   defp valid?(v, {:in, values}), do: v in values
   defp valid?(v, {:or, types}), do: Enum.any?(types, &valid?(v, &1))
   defp valid?(v, :watchers), do: is_list(v)
+  defp valid?(v, :redact), do: match?({:ok, _}, Beamlens.Redactor.new(v))
 
   defp valid?(v, :provider) do
     is_atom(v) or Keyword.keyword?(v) or
@@ -314,6 +322,12 @@ defmodule Beamlens.Options do
   defp describe(:non_neg_integer), do: "a non-negative integer"
   defp describe(:keyword), do: "a keyword list"
   defp describe(:watchers), do: "a list of watcher names or keyword lists"
+
+  defp describe(:redact),
+    do:
+      "a keyword list with :patterns (regexes), :keys, :function (arity 1) and " <>
+        ":defaults (boolean); see Beamlens.Redactor"
+
   defp describe(:provider), do: "a provider name, a keyword list or a list of them"
   defp describe({:in, values}), do: "one of " <> Enum.map_join(values, ", ", &inspect/1)
   defp describe({:or, types}), do: Enum.map_join(types, " or ", &describe/1)

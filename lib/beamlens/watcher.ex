@@ -249,7 +249,9 @@ defmodule Beamlens.Watcher do
   end
 
   defp snapshot_done(state, {:tool, call}, {:error, message}) do
-    state |> tool_result(call, "Snapshot failed: #{message}", true) |> next_tool()
+    state
+    |> tool_result(call, "Snapshot failed: #{Beamlens.Redactor.redact(message)}", true)
+    |> next_tool()
   end
 
   defp snapshot_failed(state, message) do

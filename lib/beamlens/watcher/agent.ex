@@ -6,7 +6,7 @@ defmodule Beamlens.Watcher.Agent do
   # process does the I/O.
   @moduledoc false
 
-  alias Beamlens.{Domain, Native}
+  alias Beamlens.{Domain, Native, Redactor}
 
   @states ~w(healthy observing warning critical)
   @severities ~w(info warning critical)
@@ -171,7 +171,8 @@ defmodule Beamlens.Watcher.Agent do
     printed =
       if output in [nil, ""],
         do: "",
-        else: "\nprinted:\n<data>\n#{String.slice(output, 0, 1_000)}\n</data>"
+        else:
+          "\nprinted:\n<data>\n#{output |> Redactor.redact() |> String.slice(0, 1_000)}\n</data>"
 
     {"Result:\n<data>\n#{encode(value, @max_result_bytes)}\n</data>#{printed}", false}
   end
@@ -180,12 +181,13 @@ defmodule Beamlens.Watcher.Agent do
     do: {"Result:\n<data>\n#{encode(value, @max_result_bytes)}\n</data>", false}
 
   def lua_result({:error, error}) do
-    {"Lua error: #{Exception.message(error)}\nFix the script and try again, or move on.", true}
+    {"Lua error: #{Redactor.redact(Exception.message(error))}\nFix the script and try again, or move on.",
+     true}
   end
 
-  @doc "JSON text of a term, bounded."
+  @doc "JSON text of a term, redacted (see `Beamlens.Redactor`) and bounded."
   def encode(term, max_bytes) do
-    case Native.json_encode(term, max_bytes) do
+    case Native.json_encode(Redactor.redact(term), max_bytes) do
       {:ok, json} -> json
       {:error, {_kind, message, _}} -> "(unencodable: #{message})"
     end
