@@ -100,6 +100,7 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
       if Mix.Project.project_file() && Path.dirname(Mix.Project.project_file()) == root do
         Mix.Project.build_structure()
       end
+
       {:ok, diagnostics}
     else
       message = "cargo succeeded but #{built} is missing"

@@ -430,7 +430,11 @@ fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> J
     judgement.above_clear |= value >= clear_level;
 
     if value >= level {
-        let critical_level = (median.abs() * (1.0 + sample.critical_rel)).max(level);
+        // Critical needs `critical_rel` above the baseline, and at least twice
+        // the warning margin: with a baseline near zero, crossing the warning
+        // level alone must not make it critical.
+        let critical_level =
+            (median.abs() * (1.0 + sample.critical_rel)).max(median + 2.0 * (level - median));
         let severity = if value >= critical_level {
             Severity::Critical
         } else {
@@ -603,6 +607,24 @@ mod tests {
         assert_eq!(v.findings[0].status, "ongoing");
         let v = feed(&mut gate, &[limit("atoms", 0.40, 0.5, 0.8)], &mut t);
         assert_eq!(v.cleared.len(), 1);
+    }
+
+    #[test]
+    fn near_zero_baselines_are_not_critical_at_the_warning_level() {
+        let mut gate = Gate::new(config());
+        let mut t = 0;
+        let sample = |v| Sample {
+            min_abs: 10.0,
+            ..level("queue_ms", v)
+        };
+        for _ in 0..10 {
+            feed(&mut gate, &[sample(0.0)], &mut t);
+        }
+        feed(&mut gate, &[sample(12.0)], &mut t);
+        let v = feed(&mut gate, &[sample(12.0)], &mut t);
+        assert_eq!(v.findings[0].severity, Severity::Warning);
+        let v = feed(&mut gate, &[sample(25.0)], &mut t);
+        assert_eq!(v.findings[0].severity, Severity::Critical);
     }
 
     #[test]
