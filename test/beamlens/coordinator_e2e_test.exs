@@ -71,7 +71,7 @@ defmodule Beamlens.CoordinatorE2ETest do
       table
     end)
 
-    insight = await_insight(["ets_memory_growth", "memory_growth"], 15_000)
+    insight = await_insight(["ets_memory_growth", "memory_growth"], 30_000)
     assert insight.correlation_type == :causal
     assert insight.root_cause_hypothesis =~ "ets_memory_growth"
     assert insight.summary =~ "ets_growth_drives_memory"
@@ -130,5 +130,83 @@ defmodule Beamlens.CoordinatorE2ETest do
       refute :ets in insight.watchers and :ports in insight.watchers,
              "unrelated alerts were grouped: #{insight.summary}"
     end
+  end
+end
+
+defmodule Beamlens.CoordinatorLLMTest do
+  use Beamlens.WatcherCase, async: false
+
+  alias Beamlens.{LLMFixtures, LoopbackServer}
+
+  @moduletag timeout: 60_000
+
+  test "with a model, the insight's summary and hypothesis are the model's", %{instance: instance} do
+    server = start_supervised!(LoopbackServer)
+    parent = self()
+
+    LoopbackServer.set_handler(server, fn request ->
+      case request.json["tools"] do
+        [%{"name" => "write_insight"}] ->
+          send(parent, {:summarizer_prompt, request.json})
+
+          LLMFixtures.tool_calls(:anthropic, [
+            {"write_insight",
+             %{
+               "summary" =>
+                 "The sessions cache grows without eviction and drags total memory up.",
+               "hypothesis" =>
+                 "Missing TTL on the e2e_llm_cache table; check its owner's insert path."
+             }}
+          ])
+
+        _ ->
+          # Watchers: end every check at once, so the gate's alerts fire.
+          LLMFixtures.tool_calls(:anthropic, [{"done", %{}}])
+      end
+    end)
+
+    events = [
+      [:beamlens, :coordinator, :insight_produced],
+      [:beamlens, :coordinator, :insight_updated]
+    ]
+
+    :ok = :telemetry.attach_many("coord-llm", events, &Beamlens.WatcherCase.forward/4, self())
+    on_exit(fn -> :telemetry.detach("coord-llm") end)
+
+    start_beamlens(instance,
+      watchers: [:ports, :beam],
+      warmup: 5,
+      provider: LLMFixtures.config(:anthropic, server),
+      token_budget: :infinity,
+      coordinator: [window_ms: 30_000, leader_warmup_ms: 0]
+    )
+
+    for w <- [:ports, :beam], do: await_ticks(instance, w, 8)
+
+    # One process leaks sockets and piles up messages: a symptomatic pair.
+    owner =
+      spawn(fn ->
+        for _ <- 1..300, do: :gen_udp.open(0)
+        Process.sleep(:infinity)
+      end)
+
+    on_exit(fn -> Process.exit(owner, :kill) end)
+    for i <- 1..20_000, do: send(owner, {:request, i})
+
+    assert_receive {:telemetry, [:beamlens, :coordinator, _], _,
+                    %{insight: %{summary_source: :summarizer} = insight}},
+                   30_000
+
+    assert insight.summary ==
+             "The sessions cache grows without eviction and drags total memory up."
+
+    assert insight.root_cause_hypothesis =~ "Missing TTL"
+    assert_received {:summarizer_prompt, json}
+    assert json["tool_choice"] == %{"type" => "tool", "name" => "write_insight"}
+    [%{"content" => [%{"text" => prompt}]}] = json["messages"]
+    assert prompt =~ "Correlation: symptomatic"
+    assert prompt =~ "port_leak"
+    assert prompt =~ inspect(owner)
+    assert prompt =~ "<data>"
   end
 end

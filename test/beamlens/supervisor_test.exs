@@ -54,3 +54,29 @@ defmodule Beamlens.SupervisorTest do
     assert Agent.get(worker, & &1) == :host_state
   end
 end
+
+defmodule Beamlens.SupervisorProviderTest do
+  use Beamlens.WatcherCase, async: false
+  import ExUnit.CaptureLog
+
+  test "without a key, the default provider logs one clear error and watchers run rules-only",
+       %{instance: instance} do
+    previous = System.get_env("ANTHROPIC_API_KEY")
+    System.delete_env("ANTHROPIC_API_KEY")
+    on_exit(fn -> if previous, do: System.put_env("ANTHROPIC_API_KEY", previous) end)
+
+    log =
+      capture_log(fn ->
+        start_beamlens(instance, watchers: [:beam, :ets], provider: :anthropic)
+        await_ticks(instance, :beam, 3)
+      end)
+
+    assert [_one] = Regex.scan(~r/BeamLens: no usable model/, log)
+    assert log =~ "ANTHROPIC_API_KEY"
+    assert log =~ "rules-only"
+
+    for info <- Beamlens.watchers(instance) do
+      assert info.mode == :rules_only
+    end
+  end
+end
