@@ -355,54 +355,30 @@ defmodule Beamlens.LuaTest do
   end
 
   test "no BeamLens NIF holds a scheduler while scripts and callbacks run" do
-    previous = :erlang.system_monitor(self(), [{:long_schedule, 2}])
+    callbacks = %{"list" => fn -> Enum.to_list(1..50_000) end}
 
-    try do
-      callbacks = %{"list" => fn -> Enum.to_list(1..50_000) end}
+    {_, culprits} =
+      Beamlens.SchedulerMonitor.long_schedules_in_nifs(fn ->
+        tasks =
+          for _ <- 1..4 do
+            Task.async(fn ->
+              Lua.eval(
+                "local s = 0 for i = 1, 2e6 do s = s + i end local l = list() return #l + s",
+                callbacks,
+                max_instructions: 100_000_000
+              )
+            end)
+          end
 
-      tasks =
-        for _ <- 1..4 do
-          Task.async(fn ->
-            Lua.eval(
-              "local s = 0 for i = 1, 2e6 do s = s + i end local l = list() return #l + s",
-              callbacks,
-              max_instructions: 100_000_000
-            )
-          end)
-        end
+        for task <- tasks, do: assert({:ok, _} = Task.await(task, 10_000))
+      end)
 
-      for task <- tasks, do: assert({:ok, _} = Task.await(task, 10_000))
-      Process.sleep(20)
-
-      culprits =
-        collect_monitor_events([])
-        |> Enum.filter(fn info ->
-          Enum.any?(info, fn
-            {key, {Beamlens.Native, _, _}} when key in [:in, :out] -> true
-            _ -> false
-          end)
-        end)
-
-      assert culprits == []
-    after
-      case previous do
-        {pid, options} -> :erlang.system_monitor(pid, options)
-        :undefined -> :erlang.system_monitor(:undefined)
-      end
-    end
+    assert culprits == [], "long schedules in BeamLens NIFs: #{inspect(culprits)}"
   end
 
   @doc false
   def forward_event(event, measurements, metadata, test) do
     send(test, {:event, event, measurements, metadata})
-  end
-
-  defp collect_monitor_events(acc) do
-    receive do
-      {:monitor, _who, :long_schedule, info} -> collect_monitor_events([info | acc])
-    after
-      0 -> acc
-    end
   end
 
   defp eventually(fun, attempts \\ 100) do

@@ -2,7 +2,7 @@ defmodule Beamlens.RuntimeTest do
   # The system monitor is node-wide and the busy test fills every job slot.
   use ExUnit.Case, async: false
 
-  alias Beamlens.{Error, Native, Runtime}
+  alias Beamlens.{Error, Native, Runtime, SchedulerMonitor}
 
   test "status/0 reports the configured runtime" do
     assert {:ok, status} = Runtime.status()
@@ -158,18 +158,20 @@ defmodule Beamlens.RuntimeTest do
     test "the dirty CPU example hashes large binaries off the normal schedulers" do
       data = :binary.copy(<<"0123456789abcdef">>, 4 * 1024 * 1024)
 
-      monitor_long_schedules(fn ->
-        assert {:ok, hash} = Native.dirty_checksum(data)
-        assert is_integer(hash)
-      end)
-      |> assert_no_beamlens_events()
+      {_, culprits} =
+        SchedulerMonitor.long_schedules_in_nifs(fn ->
+          assert {:ok, hash} = Native.dirty_checksum(data)
+          assert is_integer(hash)
+        end)
+
+      assert culprits == [], "long schedules in BeamLens NIFs: #{inspect(culprits)}"
 
       assert Native.dirty_checksum("foobar") == {:ok, 0x85944171F73967E8}
     end
 
     test "1,000 jobs in flight cause no long schedule in a BeamLens NIF" do
-      events =
-        monitor_long_schedules(fn ->
+      {_, culprits} =
+        SchedulerMonitor.long_schedules_in_nifs(fn ->
           tasks =
             for _ <- 1..4 do
               Task.async(fn ->
@@ -181,7 +183,7 @@ defmodule Beamlens.RuntimeTest do
           for task <- tasks, do: assert(map_size(Task.await(task)) == 250)
         end)
 
-      assert_no_beamlens_events(events)
+      assert culprits == [], "long schedules in BeamLens NIFs: #{inspect(culprits)}"
     end
   end
 
@@ -205,39 +207,5 @@ defmodule Beamlens.RuntimeTest do
         timeout -> flunk("#{MapSet.size(pending)} jobs never replied")
       end
     end
-  end
-
-  defp monitor_long_schedules(fun) do
-    previous = :erlang.system_monitor(self(), [{:long_schedule, 2}])
-
-    try do
-      fun.()
-      Process.sleep(20)
-      collect_monitor_events([])
-    after
-      case previous do
-        {pid, options} -> :erlang.system_monitor(pid, options)
-        :undefined -> :erlang.system_monitor(:undefined)
-      end
-    end
-  end
-
-  defp collect_monitor_events(acc) do
-    receive do
-      {:monitor, _who, :long_schedule, info} -> collect_monitor_events([info | acc])
-    after
-      0 -> acc
-    end
-  end
-
-  defp assert_no_beamlens_events(events) do
-    culprits =
-      for info <- events,
-          {key, {module, _fun, _arity}} <- info,
-          key in [:in, :out],
-          module == Beamlens.Native,
-          do: info
-
-    assert culprits == [], "long schedules in BeamLens NIFs: #{inspect(culprits)}"
   end
 end
