@@ -44,6 +44,10 @@ defmodule Demo do
     if i.root_cause_hypothesis, do: IO.puts("           root cause:  #{String.slice(i.root_cause_hypothesis, 0, 400)}")
   end
 
+  def handle([:beamlens, :watcher, :alert_folded], m, %{alert: a}, _) do
+    puts("  repeat #{pad(a.watcher)} #{a.anomaly_type} folded into the open alert (#{m.occurrences} occurrences)")
+  end
+
   def handle([:beamlens, :watcher, :tool_call], _m, meta, _) do
     args =
       case meta.arguments do
@@ -132,6 +136,7 @@ faults = [
 events = [
   [:beamlens, :watcher, :state_changed],
   [:beamlens, :watcher, :alert_fired],
+  [:beamlens, :watcher, :alert_folded],
   [:beamlens, :watcher, :tool_call],
   [:beamlens, :watcher, :check],
   [:beamlens, :coordinator, :insight_produced],

@@ -236,7 +236,8 @@ defmodule Beamlens.Domain.Beam do
     do: "More work is runnable than the schedulers can run: CPU saturation or a burst of work."
 
   def hypothesis("scheduler_utilization_high"),
-    do: "The VM is using nearly all scheduler time; latency will rise."
+    do:
+      "The VM uses far more scheduler time than usual (a busy loop, a burst of work or heavy GC); near saturation, latency rises."
 
   def hypothesis("mailbox_buildup"),
     do:

@@ -56,7 +56,8 @@ defmodule Beamlens.Domain.Ets do
         }
       end)
 
-    top_entities = s.largest |> Enum.take(3) |> Enum.map(&{"ets_table", &1.name})
+    # The largest table is the likely culprit of total growth.
+    top_entities = s.largest |> Enum.take(1) |> Enum.map(&{"ets_table", &1.name})
 
     [
       %{
