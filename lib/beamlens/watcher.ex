@@ -664,6 +664,14 @@ defmodule Beamlens.Watcher do
   end
 
   defp tool_result(state, call, text, error?) do
+    Telemetry.execute([:watcher, :tool_call], %{count: 1}, %{
+      watcher: state.name,
+      tool: call.name,
+      arguments: call.arguments,
+      result: String.slice(text, 0, 500),
+      error?: error?
+    })
+
     message = %{
       role: :tool,
       tool_call_id: call.id,
