@@ -602,6 +602,7 @@ defmodule Beamlens.Watcher do
           active_types: active_types(state),
           reported_types: state.wake.fired_types,
           investigated?: state.wake.investigated?,
+          found?: map_size(state.wake.gate_groups) > 0,
           snapshot_ids: Enum.map(state.snapshots, &elem(&1, 0)),
           interval: state.opts[:interval]
         }

@@ -323,12 +323,19 @@ defmodule Beamlens.Watcher.Agent do
   # An alert of a type the gate measures must be about something the gate
   # found or sees firing or pending: its numbers are the ground truth for its
   # own metrics (a small model otherwise reports "table count 32 of 8192").
-  # Problems the metrics do not cover go in as "other", after an
-  # investigation in the same check produced something to report.
+  # Problems the metrics do not cover go in as "other", in a check where the
+  # gate found something and after an investigation produced evidence. A
+  # concern without either is a state (set_state), not an alert: a healthy
+  # run gets no alert from a model that imagines one.
   defp reportable(type, ctx) do
     cond do
       MapSet.member?(ctx.reported_types, type) ->
         {:error, "You already reported #{type} in this check. Call done if you are finished."}
+
+      type == "other" and not ctx.found? ->
+        {:error,
+         "The gate found nothing in this check, so there is no alert to fire. If you think " <>
+           "something is wrong, call set_state with observing or warning and say why; otherwise call done."}
 
       type == "other" and not ctx.investigated? ->
         {:error,
