@@ -104,7 +104,7 @@ defmodule Beamlens.RealModel do
         inject: &leak_processes/0,
         heal: &stop_holder/1,
         expected_types: ["process_leak", "process_count_high", "process_memory_growth"],
-        cause_words: ["leak", "sleep"]
+        cause_words: ["sleep"]
       },
       %{
         name: "error_log_burst",
@@ -270,7 +270,8 @@ defmodule Beamlens.RealModel do
       `:checks`, `:turns`, `:ms_per_check`, `:max_turns`.
     * `:model_alerts` - the model's alerts of an expected type;
       `:right_type?` - there is one; `:names_cause?` - its text also names
-      the culprit (the `user_sessions` table, a leak, the payment gateway).
+      the culprit (the `user_sessions` table, the sleeping workers, the
+      payment gateway).
   """
   @spec facts(map(), scenario()) :: map()
   def facts(run, scenario) do
