@@ -4,6 +4,9 @@
 #
 #   bin/demo                 rules-only, or the provider configured by env
 #   ANTHROPIC_API_KEY=... bin/demo
+#   bin/demo --local-model   a small open model on loopback: three watchers
+#                            (beam, ets, logger) and three faults, each given
+#                            time for the model's investigation
 
 unless Code.ensure_loaded?(:telemetry) do
   # Offline there is no telemetry library; use the test suite's stand-in.
@@ -60,6 +63,11 @@ defmodule Demo do
     IO.puts("           -> #{if meta.error?, do: "error: ", else: ""}#{result}")
   end
 
+  def handle([:beamlens, :llm, :request, :stop], m, %{caller: {:watcher, name}}, _) do
+    ms = System.convert_time_unit(m.duration, :native, :millisecond)
+    puts("  turn   #{pad(name)} model answered in #{ms} ms (#{m.input_tokens} tokens in, #{m.output_tokens} out)")
+  end
+
   def handle([:beamlens, :watcher, :check], m, meta, _) do
     puts("  check  #{pad(meta.watcher)} #{meta.outcome} after #{m.iterations} model turns, #{m.tokens} tokens, #{m.duration} ms")
   end
@@ -85,11 +93,11 @@ defmodule Demo.SampleApp do
 end
 
 faults = [
-  {"ETS cache growth: 400k entries into :demo_cache",
+  {:ets, "ETS cache growth: 400k entries into :demo_cache",
    fn ->
      for i <- 1..400_000, do: :ets.insert(:demo_cache, {i, "user-#{i}", %{cart: Enum.to_list(1..5)}})
    end, fn -> :ets.delete_all_objects(:demo_cache) end},
-  {"Process leak: 8,000 workers that never exit",
+  {:beam, "Process leak: 8,000 workers that never exit",
    fn ->
      for _ <- 1..8_000 do
        DynamicSupervisor.start_child(Demo.Workers, {Task, fn -> Process.sleep(:infinity) end})
@@ -98,13 +106,13 @@ faults = [
    fn ->
      for {_, pid, _, _} <- DynamicSupervisor.which_children(Demo.Workers), do: DynamicSupervisor.terminate_child(Demo.Workers, pid)
    end},
-  {"Mailbox build-up: a consumer that stopped receiving gets 50k messages",
+  {:beam, "Mailbox build-up: a consumer that stopped receiving gets 50k messages",
    fn ->
      pid = spawn(fn -> Process.sleep(:infinity) end)
      Process.register(pid, Demo.StuckConsumer)
      for i <- 1..50_000, do: send(pid, {:event, i})
    end, fn -> Process.exit(Process.whereis(Demo.StuckConsumer), :kill) end},
-  {"Error-log burst: the payment gateway starts failing",
+  {:logger, "Error-log burst: the payment gateway starts failing",
    fn ->
      require Logger
      for i <- 1..150 do
@@ -112,18 +120,18 @@ faults = [
        Process.sleep(10)
      end
    end, fn -> :ok end},
-  {"Restart storm: a child that crashes at start-up",
+  {:sup, "Restart storm: a child that crashes at start-up",
    fn ->
      child = %{id: :flaky, start: {Task, :start_link, [fn -> Process.sleep(20); exit(:database_unreachable) end]}, restart: :permanent}
      {:ok, _} = Supervisor.start_link([child], strategy: :one_for_one, max_restarts: 10_000, max_seconds: 1, name: Demo.FlakySup)
      Process.sleep(2_000)
    end, fn -> Supervisor.stop(Demo.FlakySup) end},
-  {"Socket leak: 400 UDP sockets opened and never closed",
+  {:ports, "Socket leak: 400 UDP sockets opened and never closed",
    fn ->
      pid = spawn(fn -> for(_ <- 1..400, do: :gen_udp.open(0)); Process.sleep(:infinity) end)
      Process.register(pid, Demo.SocketLeaker)
    end, fn -> Process.exit(Process.whereis(Demo.SocketLeaker), :kill) end},
-  {"GC pressure: a process churning short-lived data",
+  {:gc, "GC pressure: a process churning short-lived data",
    fn ->
      pid = spawn(fn -> Stream.repeatedly(fn -> Enum.map(1..5_000, &{&1, &1}) end) |> Stream.run() end)
      Process.register(pid, Demo.Churner)
@@ -139,14 +147,20 @@ events = [
   [:beamlens, :watcher, :alert_folded],
   [:beamlens, :watcher, :tool_call],
   [:beamlens, :watcher, :check],
+  [:beamlens, :llm, :request, :stop],
   [:beamlens, :coordinator, :insight_produced],
   [:beamlens, :coordinator, :insight_updated]
 ]
 
 :ok = :telemetry.attach_many("beamlens-demo", events, &Demo.handle/4, nil)
 
+local_url = System.get_env("BEAMLENS_DEMO_MODEL_URL")
+local? = local_url not in [nil, ""]
+
 provider =
   cond do
+    # A turn of a 0.5B model on two cores takes seconds to a minute.
+    local? -> [provider: :openai_compatible, model: "qwen2.5-coder-0.5b", base_url: local_url, timeout: 240_000]
     System.get_env("ANTHROPIC_API_KEY") not in [nil, ""] -> [provider: :anthropic]
     System.get_env("OPENAI_API_KEY") not in [nil, ""] -> [provider: :openai, model: "gpt-4o-mini"]
     System.get_env("GOOGLE_API_KEY") not in [nil, ""] -> [provider: :gemini, model: "gemini-2.5-flash"]
@@ -155,24 +169,30 @@ provider =
 
 describe =
   case provider do
-    :none -> "none: rules-only mode (set ANTHROPIC_API_KEY to let a model investigate)"
+    :none -> "none: rules-only mode (set ANTHROPIC_API_KEY, or use --local-model, to let a model investigate)"
+    _ when local? -> "Qwen2.5-Coder-0.5B on #{local_url} (local, slow: each model turn takes seconds)"
     opts -> "#{opts[:provider]} #{opts[:model] || "(default model)"}, key from the environment"
   end
 
-interval = 500
+interval = if local?, do: 1_000, else: 500
+watchers = if local?, do: [:beam, :ets, :logger], else: [:beam, :ets, :gc, :logger, :ports, :sup, :system]
+faults = if local?, do: Enum.filter(faults, fn {w, title, _, _} -> w in watchers and not (title =~ "Mailbox") end), else: faults
 
 IO.puts("""
 BeamLens #{Beamlens.version()} demo
   model:    #{describe}
-  watchers: beam, ets, gc, logger, ports, sup, system (a snapshot every #{interval} ms, 8 to learn baselines)
+  watchers: #{Enum.join(watchers, ", ")} (a snapshot every #{interval} ms, 8 to learn baselines)
 """)
 
 {:ok, _} =
   Beamlens.start_link(
-    watchers: [:beam, :ets, :gc, :logger, :ports, :sup, :system],
+    watchers: watchers,
     interval: interval,
     warmup: 8,
     provider: provider,
+    # A local model costs nothing per token; its context is 8,192 tokens.
+    token_budget: if(local?, do: :infinity, else: 250_000),
+    compaction_max_tokens: if(local?, do: 5_000, else: 50_000),
     # Faults follow each other every 8 s here; a short window keeps them apart.
     coordinator: [window_ms: 4_000]
   )
@@ -180,11 +200,32 @@ BeamLens #{Beamlens.version()} demo
 Demo.puts("learning baselines of a healthy app...")
 Process.sleep(6_000)
 
-for {title, inject, heal} <- faults do
+# With a local model, a fault stays until its watcher's model check is over
+# (at most 3 minutes; 20 s if none starts), so the investigation sees it.
+await_check = fn watcher ->
+  started = System.monotonic_time(:millisecond)
+  deadline = started + 180_000
+
+  Stream.repeatedly(fn ->
+    Process.sleep(500)
+    Enum.find(Beamlens.watchers(), &(&1.name == watcher))
+  end)
+  |> Enum.reduce_while(:waiting, fn info, phase ->
+    cond do
+      System.monotonic_time(:millisecond) > deadline -> {:halt, :timeout}
+      info.checking? -> {:cont, :checking}
+      phase == :checking -> {:halt, :done}
+      System.monotonic_time(:millisecond) - started > 20_000 -> {:halt, :no_check}
+      true -> {:cont, phase}
+    end
+  end)
+end
+
+for {watcher, title, inject, heal} <- faults do
   IO.puts("")
   Demo.puts("FAULT  #{title}")
   inject.()
-  Process.sleep(5_000)
+  if local?, do: await_check.(watcher), else: Process.sleep(5_000)
   heal.()
   Demo.puts("healed")
   Process.sleep(3_000)

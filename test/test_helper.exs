@@ -18,4 +18,11 @@ exclude =
     [:real_model, :distributed]
   end
 
+# The :real_model group needs a model server: BEAMLENS_REAL_MODEL_URL, set
+# by `bin/test --real-model`.
+exclude =
+  if System.get_env("BEAMLENS_REAL_MODEL_URL") in [nil, ""],
+    do: exclude,
+    else: exclude -- [:real_model]
+
 ExUnit.start(capture_log: true, exclude: exclude)

@@ -33,7 +33,8 @@ defmodule Beamlens.Telemetry do
     * `[:beamlens, :watcher, :check]` - a model check (one wake-up) ended.
       * Measurements: `:duration` (ms), `:iterations` (model requests),
         `:tokens` (input + output), `:corrections` (invalid, unknown or
-        repeated tool calls answered with a correction).
+        repeated tool calls, replies without one, and alerts the gate's
+        measurements contradict, each answered with a correction).
       * Metadata: `:reason` (why it woke: `"gate findings"`, `"heartbeat"`,
         ...), `:outcome` (`:done`, `:wait`, `:iteration_cap`,
         `:too_many_corrections`, or `:llm_<reason>` when the model request
@@ -43,9 +44,10 @@ defmodule Beamlens.Telemetry do
     * `[:beamlens, :watcher, :tool_call]` - the model called a tool and got
       its result.
       * Measurements: `:count` (1).
-      * Metadata: `:tool`, `:arguments` (as the model sent them; `nil` when
-        unparsable), `:result` (the first 500 characters the model got
-        back), `:error?`.
+      * Metadata: `:tool`, `:arguments` (as the model sent them, or as
+        recovered from its text; `nil` when unparsable), `:result` (the
+        first 500 characters the model got back), `:error?` (the call was
+        refused with a correction, or its Lua script failed).
 
   ## Compaction
 

@@ -210,8 +210,9 @@ defmodule Beamlens.Watcher do
 
   # Lua results.
   def handle_info({ref, result}, %{wake: %{awaiting: {:lua, ref, call}}} = state) do
-    {text, error?} = Agent.lua_result(result)
+    {text, error?} = Agent.lua_result(result, state.domain)
     state = put_in(state.wake.awaiting, nil)
+    state = if error?, do: state, else: put_in(state.wake.investigated?, true)
     {:noreply, state |> tool_result(call, text, error?) |> next_tool()}
   end
 
@@ -391,15 +392,16 @@ defmodule Beamlens.Watcher do
     message = %{
       role: :user,
       content:
-        Agent.check_message(
-          snapshot_id,
-          snapshot,
-          reason,
-          state.status,
-          findings,
-          state.metrics,
-          state.domain
-        )
+        Agent.check_message(%{
+          snapshot_id: snapshot_id,
+          snapshot: snapshot,
+          reason: reason,
+          status: state.status,
+          findings: findings,
+          metrics: state.metrics,
+          domain: state.domain,
+          reported: open_alert_types(state)
+        })
     }
 
     wake = %{
@@ -409,6 +411,10 @@ defmodule Beamlens.Watcher do
       queue: [],
       guard: {MapSet.new(), :queue.new()},
       corrections: 0,
+      force: nil,
+      report_asked?: false,
+      spent: MapSet.new(),
+      investigated?: false,
       fired_types: MapSet.new(),
       gate_groups: Map.new(groups, fn {type, fs} -> {type, {fs, snapshot_id}} end),
       ended: nil,
@@ -421,6 +427,17 @@ defmodule Beamlens.Watcher do
 
     %{state | wake: wake, conversation: state.conversation ++ [message], stats: stats}
     |> request_model()
+  end
+
+  # Anomaly types with an open alert (fired within the cooldown), so that
+  # follow-up checks do not report them again.
+  defp open_alert_types(state) do
+    now = System.monotonic_time(:millisecond)
+
+    for {_, %{alert: alert, fired_at: at}} <- state.open_alerts,
+        now - at < state.opts[:alert_cooldown],
+        uniq: true,
+        do: alert.anomaly_type
   end
 
   defp request_model(state) do
@@ -446,13 +463,19 @@ defmodule Beamlens.Watcher do
     request = %{
       system: system_prompt(state),
       messages: state.conversation,
-      tools: Agent.tools(anomaly_types(state), state.opts[:interval]),
+      tools:
+        Agent.tools(
+          anomaly_types(state),
+          state.opts[:interval],
+          state.wake.spent |> MapSet.delete(state.wake.force) |> MapSet.to_list()
+        ),
       max_tokens: @max_tokens_per_turn,
-      tool_choice: :required
+      tool_choice: if(state.wake.force, do: {:tool, state.wake.force}, else: :required)
     }
 
     case LLM.chat_async(state.llm, request, caller: {:watcher, state.name}) do
       {:ok, pending} ->
+        state = put_in(state.wake.force, nil)
         state = update_in(state.stats.llm_requests, &(&1 + 1))
         state = update_in(state.wake.requests, &(&1 + 1))
         put_in(state.wake.awaiting, {:llm, pending})
@@ -556,9 +579,12 @@ defmodule Beamlens.Watcher do
     key = Agent.call_key(call)
 
     cond do
-      MapSet.member?(elem(state.wake.guard, 0), key) ->
+      # done and wait end the check: repeating them cannot loop.
+      call.name not in ["done", "wait"] and MapSet.member?(elem(state.wake.guard, 0), key) ->
         state = update_in(state.wake.corrections, &(&1 + 1))
         state = update_in(state.stats.corrections, &(&1 + 1))
+        # A model that repeats a call will likely repeat it again: stop offering that tool.
+        state = update_in(state.wake.spent, &MapSet.put(&1, call.name))
 
         text =
           "You already made this exact #{call.name} call in this check. Use its result above, " <>
@@ -575,6 +601,10 @@ defmodule Beamlens.Watcher do
 
         ctx = %{
           anomaly_types: anomaly_types(state),
+          active_types: active_types(state),
+          reported_types: state.wake.fired_types,
+          investigated?: state.wake.investigated?,
+          found?: map_size(state.wake.gate_groups) > 0,
           snapshot_ids: Enum.map(state.snapshots, &elem(&1, 0)),
           interval: state.opts[:interval]
         }
@@ -593,6 +623,14 @@ defmodule Beamlens.Watcher do
               else: next_tool(state)
         end
     end
+  end
+
+  # Anomaly types the gate found in this check or sees firing or pending now
+  # (a burst of log errors may be over by the time the model reports it).
+  defp active_types(state) do
+    firing = Enum.map(state.firing, fn {_, finding} -> anomaly_type(state, finding) end)
+    pending = Enum.map(state.pending, &get_in(state.metrics, [&1, :anomaly_type]))
+    MapSet.new(Map.keys(state.wake.gate_groups) ++ firing ++ pending)
   end
 
   # The repeated-call guard remembers the last @max_guarded calls of a check.
@@ -617,6 +655,8 @@ defmodule Beamlens.Watcher do
       )
       |> next_tool()
     else
+      # It takes no arguments: any further call would be a repeat.
+      state = update_in(state.wake.spent, &MapSet.put(&1, "take_snapshot"))
       start_snapshot(state, {:tool, call})
     end
   end
@@ -631,7 +671,7 @@ defmodule Beamlens.Watcher do
 
       {:error, error} ->
         state
-        |> tool_result(call, elem(Agent.lua_result({:error, error}), 0), true)
+        |> tool_result(call, elem(Agent.lua_result({:error, error}, state.domain), 0), true)
         |> next_tool()
     end
   end
@@ -648,15 +688,52 @@ defmodule Beamlens.Watcher do
     state |> tool_result(call, text, false) |> next_tool()
   end
 
-  defp perform(state, call, {:wait, ms}) do
+  defp perform(state, call, :done), do: end_or_report(state, call, :done)
+  defp perform(state, call, {:wait, _} = action), do: end_or_report(state, call, action)
+
+  defp end_or_report(state, call, action) do
+    case unreported(state) do
+      [_ | _] = types when not state.wake.report_asked? -> ask_for_report(state, call, types)
+      _ -> end_check(state, call, action)
+    end
+  end
+
+  defp end_check(state, call, {:wait, ms}) do
     state = %{state | sleep_until: clock(state) + ms}
     state = put_in(state.wake.ended, :wait)
     state |> tool_result(call, "OK, next routine check in #{ms} ms.", false) |> next_tool()
   end
 
-  defp perform(state, call, :done) do
+  defp end_check(state, call, :done) do
     state = put_in(state.wake.ended, :done)
     state |> tool_result(call, "OK.", false) |> next_tool()
+  end
+
+  # Anomaly types the gate found in this check that the model did not report.
+  defp unreported(state) do
+    state.wake.gate_groups
+    |> Map.keys()
+    |> Enum.reject(&MapSet.member?(state.wake.fired_types, &1))
+    |> Enum.sort()
+  end
+
+  # The model wants to end the check without reporting what the gate found:
+  # once per check, ask it to write the alert (forced with tool_choice where
+  # the provider supports it). If it still does not, the gate's alert fires.
+  defp ask_for_report(state, call, types) do
+    found =
+      Enum.map_join(types, "; ", fn type ->
+        {[finding | _], _} = state.wake.gate_groups[type]
+        "#{summarize(state.domain, finding, state.metrics[finding.name])} (anomaly_type #{type})"
+      end)
+
+    text =
+      "Not finished: the gate found #{found}. Call fire_alert for it now: summary = what is wrong, " <>
+        "observation = the numbers you saw, hypothesis = the likely cause. Then call done."
+
+    state = put_in(state.wake.report_asked?, true)
+    state = put_in(state.wake.force, "fire_alert")
+    state |> tool_result(call, text, false) |> next_tool()
   end
 
   @doc false
@@ -666,6 +743,14 @@ defmodule Beamlens.Watcher do
   end
 
   defp tool_result(state, call, text, error?) do
+    Telemetry.execute([:watcher, :tool_call], %{count: 1}, %{
+      watcher: state.name,
+      tool: call.name,
+      arguments: call.arguments,
+      result: String.slice(text, 0, 500),
+      error?: error?
+    })
+
     message = %{
       role: :tool,
       tool_call_id: call.id,
@@ -819,8 +904,9 @@ defmodule Beamlens.Watcher do
 
     text =
       if state.alerts_fired > before,
-        do: "Alert #{alert.id} fired.",
-        else: "Already reported as alert #{alert.id} (repeat folded into it)."
+        do: "Alert #{alert.id} fired. Call done if you are finished.",
+        else:
+          "Already reported as alert #{alert.id} (repeat folded into it). Call done if you are finished."
 
     {state, text}
   end

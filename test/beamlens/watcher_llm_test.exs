@@ -80,11 +80,11 @@ defmodule Beamlens.WatcherLLMTest do
     # The check: a system prompt naming the Lua functions, data in <data> tags, six tools, a forced tool call.
     assert first.json["system"] =~ "ets.tables(n, by)"
     assert [%{"role" => "user", "content" => [%{"text" => check}]}] = first.json["messages"]
-    assert check =~ "Gate findings:\n- [critical, new] ETS memory at"
+    assert check =~ "Gate findings:\n- ets_memory_growth (critical, new): ETS memory at"
     assert check =~ "<data>"
 
     assert Enum.map(first.json["tools"], & &1["name"]) ==
-             ~w(take_snapshot execute_lua set_state fire_alert wait done)
+             ~w(execute_lua fire_alert set_state done wait take_snapshot)
 
     assert first.json["tool_choice"] == %{"type" => "any"}
     # The Lua result came back as a tool result.
@@ -110,6 +110,8 @@ defmodule Beamlens.WatcherLLMTest do
       [{"execute_lua", %{"script" => "return 1"}}],
       [{"execute_lua", %{"code" => "return 1 +"}}],
       [{"execute_lua", %{"code" => "return 1 +"}}],
+      [{"done", %{}}],
+      # Asked once to report the gate's finding, it ends the check anyway.
       [{"done", %{}}]
     ])
 
@@ -119,19 +121,23 @@ defmodule Beamlens.WatcherLLMTest do
                     %{outcome: :done}},
                    10_000
 
+    last = List.last(LoopbackServer.requests(server))
+    # The report was asked for with a forced tool call.
+    assert last.json["tool_choice"] == %{"type" => "tool", "name" => "fire_alert"}
+
     results =
-      server
-      |> LoopbackServer.requests()
-      |> List.last()
+      last
       |> get_in([Access.key(:json), "messages"])
       |> Enum.flat_map(fn m -> if is_list(m["content"]), do: m["content"], else: [] end)
       |> Enum.filter(&(&1["type"] == "tool_result"))
 
-    assert [unknown, missing, syntax, repeated] = Enum.map(results, & &1["content"])
+    assert [unknown, missing, syntax, repeated, report] = Enum.map(results, & &1["content"])
     assert unknown =~ ~s(unknown tool "reboot_the_server")
     assert missing =~ ~s(execute_lua needs {"code")
     assert syntax =~ "Lua error: line 1"
     assert repeated =~ "You already made this exact execute_lua call"
+    assert report =~ "Not finished: the gate found ETS memory at"
+    assert report =~ "(anomaly_type ets_memory_growth). Call fire_alert"
     assert Enum.all?(Enum.take(results, 4), &(&1["is_error"] in [true, nil]))
 
     # Safety does not depend on the model: it fired nothing, the gate did.

@@ -20,6 +20,7 @@ pub mod gemini;
 pub mod http;
 pub mod ollama;
 pub mod openai;
+pub mod recover;
 pub mod types;
 mod wire;
 
@@ -65,7 +66,13 @@ pub fn interpret(
             ProviderKind::Gemini => gemini::parse(&response.body),
         };
         return turn
-            .map(|turn| turn.finish(request, kind, &config.model))
+            .map(|mut turn| {
+                // Small local models often write their tool calls as text.
+                if matches!(kind, ProviderKind::OpenAiCompatible | ProviderKind::Ollama) {
+                    recover::recover(&mut turn, request);
+                }
+                turn.finish(request, kind, &config.model)
+            })
             .map_err(|e| e.status(response.status));
     }
     let secrets = config.secrets();

@@ -5,8 +5,9 @@
 //!
 //! Tool calls come back as `choices[0].message.tool_calls` with their
 //! arguments as a JSON *string*; [`parse_message`] keeps them raw so that
-//! [`Turn::finish`](super::types::Turn::finish) (and, later, the recovery of
-//! tool calls written as text by small local models) can work on them.
+//! [`Turn::finish`](super::types::Turn::finish) and, for compatible servers,
+//! [`recover`](super::recover) (tool calls small local models write as text)
+//! can work on them.
 
 use serde_json::{json, Map, Value};
 

@@ -246,9 +246,9 @@ pub struct RawToolCall {
     pub signature: Option<String>,
 }
 
-/// A parsed provider reply before its tool calls were checked. Recovering
-/// tool calls that small local models write into their text (issue 8) fits
-/// between parsing and [`Turn::finish`].
+/// A parsed provider reply before its tool calls were checked. For local
+/// model servers, [`recover`](super::recover) runs between parsing and
+/// [`Turn::finish`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Turn {
     pub text: String,
