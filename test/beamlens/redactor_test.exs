@@ -286,13 +286,13 @@ defmodule Beamlens.RedactorTest do
           result: :full
         )
 
-      {text, false} = Agent.lua_result({:ok, result})
+      {text, false} = Agent.lua_result({:ok, result}, Beamlens.Domain.Beam)
       assert text =~ "[REDACTED]" and text =~ "[EMAIL]"
       refute text =~ "sk-ant-api03"
       refute text =~ "bob@example.com"
 
       {:error, error} = Beamlens.Lua.eval(~S[error("token=" .. "abcdef0123")])
-      {text, true} = Agent.lua_result({:error, error})
+      {text, true} = Agent.lua_result({:error, error}, Beamlens.Domain.Beam)
       assert text =~ "token=[REDACTED]"
       refute text =~ "abcdef0123"
     end
