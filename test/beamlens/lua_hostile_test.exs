@@ -3,6 +3,7 @@ defmodule Beamlens.LuaHostileTest do
   # with the expected outcome within its limits; afterwards the VM, the
   # native runtime and the process table must be as before.
   use ExUnit.Case, async: false
+  import Beamlens.Eventually
 
   alias Beamlens.{Lua, LuaError, Native}
 
@@ -224,14 +225,6 @@ defmodule Beamlens.LuaHostileTest do
       assert is_binary(message) and message != ""
       refute message =~ "#Reference<"
       refute message =~ "stack traceback"
-    end
-  end
-
-  defp eventually(fun, attempts \\ 50) do
-    cond do
-      fun.() -> true
-      attempts == 0 -> false
-      true -> Process.sleep(20) && eventually(fun, attempts - 1)
     end
   end
 end

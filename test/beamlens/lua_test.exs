@@ -1,6 +1,7 @@
 defmodule Beamlens.LuaTest do
   # Some tests fill every Lua slot or watch node-wide scheduler events.
   use ExUnit.Case, async: false
+  import Beamlens.Eventually
 
   alias Beamlens.{Lua, LuaError, Native}
   alias Beamlens.Lua.Result
@@ -289,7 +290,7 @@ defmodule Beamlens.LuaTest do
       assert_receive :started
       assert {1, _} = Native.lua_status()
       Process.exit(caller, :kill)
-      assert eventually(fn -> match?({0, _}, Native.lua_status()) end)
+      assert eventually(fn -> match?({0, _}, Native.lua_status()) end, 100)
     end
 
     test "more runs than Lua slots are refused with :busy, not queued" do
@@ -316,7 +317,7 @@ defmodule Beamlens.LuaTest do
       assert message =~ "try again"
 
       Enum.each(holders, &Process.exit(&1, :kill))
-      assert eventually(fn -> match?({0, _}, Native.lua_status()) end)
+      assert eventually(fn -> match?({0, _}, Native.lua_status()) end, 100)
       assert {:ok, 1} = Lua.eval("return 1")
     end
   end
@@ -382,13 +383,5 @@ defmodule Beamlens.LuaTest do
   @doc false
   def forward_event(event, measurements, metadata, test) do
     send(test, {:event, event, measurements, metadata})
-  end
-
-  defp eventually(fun, attempts \\ 100) do
-    cond do
-      fun.() -> true
-      attempts == 0 -> false
-      true -> Process.sleep(20) && eventually(fun, attempts - 1)
-    end
   end
 end

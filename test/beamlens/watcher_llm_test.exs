@@ -9,12 +9,7 @@ defmodule Beamlens.WatcherLLMTest do
   @moduletag timeout: 120_000
 
   setup do
-    server = start_supervised!(LoopbackServer)
-    events = [[:beamlens, :watcher, :check], [:beamlens, :compaction, :stop]]
-    handler = "watcher-llm-#{System.unique_integer()}"
-    :ok = :telemetry.attach_many(handler, events, &Beamlens.WatcherCase.forward/4, self())
-    on_exit(fn -> :telemetry.detach(handler) end)
-    %{server: server}
+    %{server: start_provider([[:beamlens, :watcher, :check], [:beamlens, :compaction, :stop]])}
   end
 
   defp provider(server, extra \\ []), do: LLMFixtures.config(:anthropic, server, extra)

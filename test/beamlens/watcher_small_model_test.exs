@@ -10,12 +10,7 @@ defmodule Beamlens.WatcherSmallModelTest do
   @moduletag timeout: 120_000
 
   setup do
-    server = start_supervised!(LoopbackServer)
-    events = [[:beamlens, :watcher, :check], [:beamlens, :watcher, :tool_call]]
-    handler = "watcher-small-#{System.unique_integer()}"
-    :ok = :telemetry.attach_many(handler, events, &Beamlens.WatcherCase.forward/4, self())
-    on_exit(fn -> :telemetry.detach(handler) end)
-    %{server: server}
+    %{server: start_provider([[:beamlens, :watcher, :check], [:beamlens, :watcher, :tool_call]])}
   end
 
   defp grow_ets(name, n) do

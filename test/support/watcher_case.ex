@@ -48,6 +48,19 @@ defmodule Beamlens.WatcherCase do
     instance
   end
 
+  @doc """
+  Starts a scripted provider (`Beamlens.LoopbackServer`) under the test
+  supervisor and forwards the extra telemetry `events` to the test process
+  as `{:telemetry, event, measurements, metadata}`. Returns the server.
+  """
+  def start_provider(events) do
+    server = ExUnit.Callbacks.start_supervised!(Beamlens.LoopbackServer)
+    handler = "beamlens-provider-#{System.unique_integer([:positive])}"
+    :ok = :telemetry.attach_many(handler, events, &__MODULE__.forward/4, self())
+    ExUnit.Callbacks.on_exit(fn -> :telemetry.detach(handler) end)
+    server
+  end
+
   @doc "Waits until `watcher` has taken `n` snapshots."
   def await_ticks(instance, watcher, n, timeout \\ 5_000) do
     deadline = System.monotonic_time(:millisecond) + timeout

@@ -1,5 +1,6 @@
 defmodule Beamlens.Domain.BeamTest do
   use ExUnit.Case, async: false
+  import Beamlens.Eventually
 
   alias Beamlens.Domain.Beam
 
@@ -25,14 +26,6 @@ defmodule Beamlens.Domain.BeamTest do
     _ = Beam.snapshot()
     assert %{total: _} = Beam.scheduler_utilization(20)
     assert eventually(fn -> :erlang.statistics(:scheduler_wall_time) == :undefined end)
-  end
-
-  defp eventually(fun, attempts \\ 50) do
-    cond do
-      fun.() -> true
-      attempts == 0 -> false
-      true -> Process.sleep(20) && eventually(fun, attempts - 1)
-    end
   end
 
   test "top processes never expose messages, and rank by the requested key" do
