@@ -235,7 +235,7 @@ fn describe(error: reqwest::Error) -> String {
 }
 
 /// Classifies a non-2xx status. `detail` is the provider's own message
-/// (already redacted); `kind` is its error type or code when it has one.
+/// (already redacted).
 pub fn status_error(status: u16, detail: &str) -> LlmError {
     let (reason, retryable, what) = match status {
         401 => (
@@ -265,6 +265,20 @@ pub fn status_error(status: u16, detail: &str) -> LlmError {
             "the provider refused the request",
         ),
     };
+    kind_error(status, reason, retryable, what, detail)
+}
+
+/// An error whose kind the provider named in its body or headers (Bedrock's
+/// `ModelNotReadyException`, Gemini's `API_KEY_INVALID`...), which may say
+/// something other than the status alone: `what` describes that kind, so
+/// the message never contradicts the reason.
+pub fn kind_error(
+    status: u16,
+    reason: Reason,
+    retryable: bool,
+    what: &str,
+    detail: &str,
+) -> LlmError {
     let message = if detail.is_empty() {
         format!("{what} (HTTP {status})")
     } else {
@@ -275,26 +289,80 @@ pub fn status_error(status: u16, detail: &str) -> LlmError {
         .retryable(retryable)
 }
 
+/// What each reason means, for [`kind_error`] where the provider's own
+/// error kind overrides the status.
+pub fn reason_phrase(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Unauthorized => "the provider rejected the credentials",
+        Reason::RateLimited => "rate limited",
+        Reason::Overloaded => "the provider is overloaded",
+        Reason::Timeout => "the provider timed out",
+        Reason::ServerError => "the provider failed",
+        Reason::NotFound => "not found (check the model name and base_url)",
+        Reason::Conflict => "conflict",
+        _ => "the provider refused the request",
+    }
+}
+
+/// The longest wait a provider can ask for: a longer `Retry-After` (or
+/// Gemini `retryDelay`) counts as this much. Any such wait is far beyond
+/// `max_retry_after` in practice, so the request fails over at once; the
+/// ceiling only keeps a hostile value (`Retry-After: 1e300`, a date in
+/// year 9999999) from overflowing the time arithmetic.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Reads `retry-after-ms` (OpenAI, Azure) or `retry-after` (seconds or an
-/// HTTP date).
+/// HTTP date), clamped to [`MAX_RETRY_AFTER`]. Values that are not a
+/// number or a date, negative or not finite, are ignored.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     if let Some(ms) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
     {
-        return Some(Duration::from_millis(ms as u64));
+        if let Some(wait) = seconds_to_wait(ms / 1000.0) {
+            return Some(wait);
+        }
     }
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+        return seconds_to_wait(seconds);
     }
     let at = parse_http_date(value)?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
-/// Parses an IMF-fixdate such as `Wed, 21 Oct 2015 07:28:00 GMT`.
+/// A wait given in (fractional) seconds, clamped to [`MAX_RETRY_AFTER`];
+/// `None` when negative or not a number. Never panics, whatever the value.
+pub fn seconds_to_wait(seconds: f64) -> Option<Duration> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return None;
+    }
+    // Also catches +infinity, which from_secs_f64 would panic on.
+    if seconds >= MAX_RETRY_AFTER.as_secs_f64() {
+        return Some(MAX_RETRY_AFTER);
+    }
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// Parses a google.protobuf.Duration in its JSON form, such as `"12s"` or
+/// `"0.250s"` (Gemini's `RetryInfo.retryDelay`), clamped like
+/// [`retry_after`].
+pub fn protobuf_duration(text: &str) -> Option<Duration> {
+    let number = text.trim().strip_suffix('s')?;
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    seconds_to_wait(number.parse::<f64>().ok()?)
+}
+
+/// Parses an IMF-fixdate such as `Wed, 21 Oct 2015 07:28:00 GMT`. Years
+/// outside 1970..=9999 are refused (HTTP dates have four digits), so the
+/// arithmetic below cannot overflow.
 fn parse_http_date(value: &str) -> Option<SystemTime> {
     let parts: Vec<&str> = value.split_whitespace().collect();
     let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
@@ -308,6 +376,9 @@ fn parse_http_date(value: &str) -> Option<SystemTime> {
     .position(|m| m == month)? as u64
         + 1;
     let year: i64 = year.parse().ok()?;
+    if !(1970..=9999).contains(&year) {
+        return None;
+    }
     let hms: Vec<u64> = time
         .split(':')
         .map(|p| p.parse().ok())
@@ -319,8 +390,10 @@ fn parse_http_date(value: &str) -> Option<SystemTime> {
         return None;
     }
     let days = days_from_civil(year, month, day)?;
-    let seconds = days.checked_mul(86_400)? + h * 3600 + m * 60 + s;
-    Some(UNIX_EPOCH + Duration::from_secs(seconds))
+    let seconds = days
+        .checked_mul(86_400)?
+        .checked_add(h * 3600 + m * 60 + s)?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
 /// Days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -381,6 +454,71 @@ mod tests {
         assert_eq!(retry_after(&bad, now), None);
         bad.insert("retry-after", HeaderValue::from_static("-3"));
         assert_eq!(retry_after(&bad, now), None);
+    }
+
+    /// A hostile or garbled wait never panics and never exceeds the ceiling
+    /// (`Duration::from_secs_f64(1e300)` used to panic the request, which
+    /// stopped the fallback chain).
+    #[test]
+    fn hostile_retry_after_values_are_clamped_or_ignored() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_470);
+        let wait = |name: &'static str, value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static(value));
+            retry_after(&headers, now)
+        };
+        for huge in [
+            "1e300",
+            "inf",
+            "+Infinity",
+            "18446744073709551616",
+            "99999999999999999999999999999999999999",
+            "86401",
+        ] {
+            assert_eq!(wait("retry-after", huge), Some(MAX_RETRY_AFTER), "{huge}");
+        }
+        assert_eq!(wait("retry-after-ms", "1e300"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            wait("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(MAX_RETRY_AFTER)
+        );
+        for garbage in [
+            "NaN",
+            "-inf",
+            "-1e300",
+            "Fri, 31 Dec 99999999999 23:59:59 GMT",
+            "Fri, 31 Dec -9223372036854775808 23:59:59 GMT",
+            "Fri, 31 Dec 9223372036854775807 23:59:59 GMT",
+            "Fri, 31 Dec 1969 23:59:59 GMT",
+            "Fri, 31 Dec 2015 99:99:99 GMT",
+        ] {
+            assert_eq!(wait("retry-after", garbage), None, "{garbage}");
+        }
+        // A past date means "now".
+        assert_eq!(
+            wait("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        // A bad retry-after-ms falls back to retry-after.
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after-ms", HeaderValue::from_static("NaN"));
+        headers.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn protobuf_durations() {
+        assert_eq!(protobuf_duration("12s"), Some(Duration::from_secs(12)));
+        assert_eq!(
+            protobuf_duration("0.250s"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(protobuf_duration("315576000000s"), Some(MAX_RETRY_AFTER));
+        for bad in [
+            "", "s", "12", "-1s", "1e3s", "NaNs", "infs", "1.2.3s", "12 s",
+        ] {
+            assert_eq!(protobuf_duration(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
