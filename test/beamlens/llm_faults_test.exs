@@ -481,6 +481,28 @@ defmodule Beamlens.LLMFaultsTest do
       assert {:ok, %{content: "recovered"}} = LLM.chat(config, @request)
     end
 
+    test "extreme timeouts and cooldowns saturate instead of overflowing", %{server: server} do
+      huge = 18_446_744_073_709_551_615
+
+      config =
+        config!(server,
+          timeout: huge,
+          connect_timeout: huge,
+          max_backoff: huge,
+          max_retries: 0,
+          max_retry_after: huge,
+          breaker_cooldown: huge,
+          breaker_threshold: 1
+        )
+
+      LoopbackServer.enqueue(server, LLMFixtures.error(:anthropic, :server_error))
+      assert {:error, %LLMError{reason: :server_error}} = LLM.chat(config, @request)
+
+      # The circuit is open for "ever" (a century), without an overflow.
+      assert {:error, %LLMError{reason: :circuit_open}} = LLM.chat(config, @request)
+      assert length(LoopbackServer.requests(server)) == 1
+    end
+
     test "client errors do not open the circuit", %{server: server} do
       LoopbackServer.set_handler(server, fn _ -> LLMFixtures.error(:anthropic, :unauthorized) end)
       config = config!(server, breaker_threshold: 1)

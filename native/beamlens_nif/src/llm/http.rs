@@ -546,6 +546,11 @@ mod tests {
             let capped = backoff(30, base, max);
             assert!(capped >= Duration::from_millis(500) && capped <= max);
         }
+        // Extreme configurations saturate instead of overflowing.
+        for retry in [0, 31, 63, u32::MAX] {
+            assert!(backoff(retry, Duration::MAX, Duration::MAX) <= Duration::MAX);
+            assert!(backoff(retry, Duration::from_millis(u64::MAX), max) <= max);
+        }
         let samples: std::collections::HashSet<Duration> =
             (0..20).map(|_| backoff(3, base, max)).collect();
         assert!(samples.len() > 1, "backoff has no jitter");
