@@ -510,6 +510,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_call_to_a_tool_without_parameters_has_empty_arguments() {
+        let body = json!({
+            "candidates": [{"content": {"role": "model", "parts": [
+                {"functionCall": {"name": "take_snapshot"}}
+            ]}, "finishReason": "STOP"}]
+        });
+        let turn = parse(body.to_string().as_bytes()).unwrap();
+        let response = turn.finish(&sample_request(), ProviderKind::Gemini, "gemini-2.5-flash");
+        assert_eq!(response.tool_calls[0].arguments, Some(json!({})));
+        assert_eq!(response.tool_calls[0].error, None);
+    }
+
     /// The 429 body of the Gemini API: the wait is in a RetryInfo detail.
     #[test]
     fn retry_info_gives_the_wait() {
