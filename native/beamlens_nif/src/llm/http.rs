@@ -521,6 +521,122 @@ mod tests {
         }
     }
 
+    /// A one-connection HTTP server on 127.0.0.1 that answers with `head`,
+    /// then `body` (once, or over and over until the client hangs up).
+    async fn serve_once(head: Vec<u8>, body: Vec<u8>, endless: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 64 * 1024];
+            let mut read = 0;
+            // The request head and its small body.
+            while !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut request[read..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read += n,
+                }
+            }
+            if socket.write_all(&head).await.is_err() {
+                return;
+            }
+            loop {
+                if socket.write_all(&body).await.is_err() || !endless {
+                    return;
+                }
+            }
+        });
+        url
+    }
+
+    async fn send_to(url: String, max_body_bytes: usize) -> Result<HttpResponse, LlmError> {
+        let request = HttpRequest::post_json(url, &serde_json::json!({}));
+        send(
+            &request,
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            max_body_bytes,
+        )
+        .await
+    }
+
+    // Hostile servers: each case ends in a bounded result well before the
+    // (generous) timeout, whatever the server goes on sending.
+
+    #[tokio::test]
+    async fn an_endless_error_body_is_cut_at_the_error_cap() {
+        let head = b"HTTP/1.1 500 Internal Server Error\r\nconnection: close\r\n\r\n".to_vec();
+        let url = serve_once(head, vec![b'x'; 16 * 1024], true).await;
+        let response = send_to(url, 1024).await.unwrap();
+        assert_eq!(response.status, 500);
+        assert_eq!(response.body.len(), MAX_ERROR_BODY);
+    }
+
+    #[tokio::test]
+    async fn an_endless_success_body_is_refused_at_max_body_bytes() {
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        let chunk = format!("4000\r\n{}\r\n", "y".repeat(0x4000)).into_bytes();
+        let url = serve_once(head, chunk, true).await;
+        let error = send_to(url, 100_000).await.unwrap_err();
+        assert_eq!(error.reason, Reason::BodyTooLarge);
+    }
+
+    #[tokio::test]
+    async fn a_huge_content_length_is_refused_or_read_as_far_as_it_goes() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999\r\n\r\n".to_vec();
+        let url = serve_once(head, b"{}".to_vec(), true).await;
+        assert_eq!(
+            send_to(url, 1 << 20).await.unwrap_err().reason,
+            Reason::BodyTooLarge
+        );
+
+        let head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 99999999999999999\r\n\r\n"
+            .to_vec();
+        let url = serve_once(head, b"oops".to_vec(), false).await;
+        let error = send_to(url, 1 << 20).await.unwrap_err();
+        assert_eq!(
+            (error.reason, error.retryable),
+            (Reason::MalformedResponse, true)
+        );
+        assert!(
+            error.message.contains("cut off after 4 bytes"),
+            "{}",
+            error.message
+        );
+
+        // Beyond u64: the head itself is refused.
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 1{}\r\n\r\n",
+            "0".repeat(40)
+        )
+        .into_bytes();
+        let url = serve_once(head, b"{}".to_vec(), false).await;
+        assert!(send_to(url, 1 << 20).await.unwrap_err().retryable);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_response_head_is_a_retryable_error() {
+        let mut head = b"HTTP/1.1 200 OK\r\nx-junk: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 2_000_000));
+        head.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\n{}");
+        let url = serve_once(head, Vec::new(), false).await;
+        let error = send_to(url, 1 << 20).await.unwrap_err();
+        assert_eq!((error.reason, error.retryable), (Reason::Connect, true));
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_headers_are_ignored() {
+        let mut head = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: ".to_vec();
+        head.extend_from_slice(&[0xff, 0xfe, 0x80]);
+        head.extend_from_slice(b"\r\ncontent-length: 4\r\n\r\n");
+        let url = serve_once(head, vec![0xff, 0xfe, 0xc3, 0x28], false).await;
+        let response = send_to(url, 1 << 20).await.unwrap();
+        assert_eq!(response.status, 429);
+        assert_eq!(retry_after(&response.headers, SystemTime::now()), None);
+        assert_eq!(response.body, vec![0xff, 0xfe, 0xc3, 0x28]);
+    }
+
     #[test]
     fn http_dates_match_known_timestamps() {
         assert_eq!(
