@@ -167,26 +167,22 @@ fn tool_name_for<'a>(request: &'a ChatRequest, call_id: Option<&str>) -> &'a str
 }
 
 /// Whether a (filtered) parameter schema declares any argument: `false` for
-/// `null`, `{}` and object schemas whose `properties` are missing or empty
-/// (what a tool without arguments sends, `%{"type" => "object"}`).
+/// `null`, `{}` and object schemas with no (or empty) `properties` and
+/// nothing else that constrains the arguments (what a tool without
+/// arguments sends, `%{"type" => "object"}`).
 fn takes_arguments(parameters: &Value) -> bool {
-    match parameters {
-        Value::Null => false,
-        Value::Object(map) => {
-            let object_type = match map.get("type") {
-                None => true,
-                Some(Value::String(t)) => t.eq_ignore_ascii_case("object"),
-                Some(_) => false,
-            };
-            let no_properties = match map.get("properties") {
-                None => true,
-                Some(Value::Object(props)) => props.is_empty(),
-                Some(_) => false,
-            };
-            !(object_type && no_properties)
-        }
+    let Value::Object(map) = parameters else {
+        return !parameters.is_null();
+    };
+    map.iter().any(|(key, value)| match key.as_str() {
+        "type" => !value
+            .as_str()
+            .is_some_and(|t| t.eq_ignore_ascii_case("object")),
+        "properties" => !value.as_object().is_some_and(Map::is_empty),
+        "required" => !value.as_array().is_some_and(Vec::is_empty),
+        "description" | "title" | "nullable" => false,
         _ => true,
-    }
+    })
 }
 
 /// Keeps the keywords Gemini understands, recursively.
@@ -489,6 +485,9 @@ mod tests {
             tool(json!({"type": "object", "properties": {}})),
             tool(json!({"type": "object"})),
             tool(json!({"type": "OBJECT", "additionalProperties": false})),
+            tool(
+                json!({"type": "object", "properties": {}, "required": [], "description": "none"}),
+            ),
             tool(json!({})),
             tool(Value::Null),
         ];
@@ -499,6 +498,14 @@ mod tests {
                 &json!({"name": "done", "description": "Ends the turn."})
             );
         }
+        // Anything else that describes arguments keeps the schema.
+        request.tools = vec![tool(
+            json!({"anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}}]}),
+        )];
+        let body = build(&config(), &request).unwrap().json();
+        assert!(body["tools"][0]["functionDeclarations"][0]
+            .get("parameters")
+            .is_some());
         // One argument is enough to keep the schema.
         request.tools = vec![tool(
             json!({"type": "object", "properties": {"why": {"type": "string"}}}),
