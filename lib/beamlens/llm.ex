@@ -39,6 +39,11 @@ defmodule Beamlens.LLM do
         temperature: nil
       }
 
+  `:temperature` (0 to 2, default `nil`: the model's own) is sent only
+  where the model takes it: not to Claude Opus 4.7 and later Claude models
+  (nor to Claude model names BeamLens does not know), which answer HTTP 400
+  to it, and clamped to 1 for other Claude models; see docs/providers.md.
+
   `:tool_calls` may hold the `Beamlens.LLM.ToolCall` structs of a previous
   response as they are. A `:tool` message's `:content` may be any term that
   converts to JSON; it is sent as JSON text. The request is checked before
@@ -276,15 +281,22 @@ defmodule Beamlens.LLM do
     end
   end
 
+  # The longest `receive ... after` accepts (about 49.7 days).
+  @max_receive_timeout 4_294_967_295
+
   @doc false
-  # The longest a request may take before the native client answers.
+  # The longest a request may take before the native client answers,
+  # capped at what `receive` accepts (huge configured timeouts would
+  # otherwise raise :timeout_value).
   @spec worst_case(Config.t()) :: non_neg_integer()
   def worst_case(%Config{providers: providers}) do
-    Enum.reduce(providers, 5_000, fn info, acc ->
+    providers
+    |> Enum.reduce(5_000, fn info, acc ->
       retries = info.max_retries
       waits = max(info.max_backoff, info.max_retry_after)
       acc + info.timeout * (retries + 1) + waits * retries
     end)
+    |> min(@max_receive_timeout)
   end
 
   @doc """

@@ -34,8 +34,9 @@ defmodule Beamlens.LLMError do
       other credential: text quoted from a provider is scrubbed first.
     * `:retryable?` - whether trying again later may succeed. The client
       already retried as configured before reporting the error.
-    * `:retry_after` - the wait in milliseconds the provider asked for, or
-      `nil`.
+    * `:retry_after` - the wait in milliseconds the provider asked for
+      (`Retry-After`, `retry-after-ms`, or Gemini's `RetryInfo.retryDelay`),
+      at most a day (86,400,000), or `nil`.
     * `:attempts` - HTTP attempts made, over all providers of the chain.
     * `:details` - extra machine-readable values (`%{used: n, budget: n}`
       for `:budget_exceeded`).

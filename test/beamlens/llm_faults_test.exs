@@ -68,6 +68,67 @@ defmodule Beamlens.LLMFaultsTest do
       assert ms < 500, "took #{ms} ms"
     end
 
+    test "a huge Retry-After is clamped and the fallback chain goes on", %{server: server} do
+      # Retry-After: 1e300 used to panic the request (Duration overflow),
+      # which ended the whole chain with an internal error.
+      backup = start_supervised!({LoopbackServer, id: :backup})
+
+      for huge <- ["1e300", "inf", "99999999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"] do
+        LoopbackServer.enqueue(
+          server,
+          LLMFixtures.error(:anthropic, :rate_limited, retry_after: huge)
+        )
+
+        LoopbackServer.enqueue(backup, LLMFixtures.text(:openai, "from the backup"))
+
+        {:ok, chain} =
+          Config.new([
+            LLMFixtures.config(:anthropic, server, max_retries: 3, breaker_threshold: 0),
+            LLMFixtures.config(:openai, backup)
+          ])
+
+        assert {:ok, %{content: "from the backup", provider: :openai, attempts: 2}} =
+                 LLM.chat(chain, @request),
+               huge
+
+        # Alone, the provider reports the wait, clamped to a day.
+        LoopbackServer.enqueue(
+          server,
+          LLMFixtures.error(:anthropic, :rate_limited, retry_after: huge)
+        )
+
+        assert {:error, %LLMError{reason: :rate_limited, retry_after: 86_400_000, attempts: 1}} =
+                 LLM.chat(config!(server, max_retries: 3, breaker_threshold: 0), @request),
+               huge
+      end
+    end
+
+    test "Gemini's RetryInfo in a 429 body is waited for like Retry-After", %{server: server} do
+      LoopbackServer.enqueue(server, [
+        LLMFixtures.error(:gemini, :rate_limited, retry_delay: "0.400s"),
+        LLMFixtures.text(:gemini, "after the wait")
+      ])
+
+      {result, ms} = timed(fn -> LLM.chat(config!(:gemini, server, max_retries: 1), @request) end)
+      assert {:ok, %{content: "after the wait", attempts: 2}} = result
+      assert ms >= 400, "took #{ms} ms"
+    end
+
+    test "Gemini's RetryInfo beyond :max_retry_after moves on at once", %{server: server} do
+      LoopbackServer.enqueue(
+        server,
+        LLMFixtures.error(:gemini, :rate_limited, retry_delay: "57s")
+      )
+
+      assert {:error, %LLMError{reason: :rate_limited, retry_after: 57_000, attempts: 1}} =
+               LLM.chat(
+                 config!(:gemini, server, max_retries: 3, max_retry_after: 5_000),
+                 @request
+               )
+
+      assert length(LoopbackServer.requests(server)) == 1
+    end
+
     test "500 then 529 then success, with exponential backoff", %{server: server} do
       LoopbackServer.enqueue(server, [
         LLMFixtures.error(:anthropic, :server_error),
@@ -236,6 +297,117 @@ defmodule Beamlens.LLMFaultsTest do
     end
   end
 
+  describe "hostile replies" do
+    # Each must end in a bounded, classified error: never a panic, a hang
+    # until :timeout, or a buffer that grows with what the server sends.
+
+    test "a body that never ends is cut at the cap, for errors and successes", %{server: server} do
+      chunk = :binary.copy("{\"error\": ", 1_000)
+
+      LoopbackServer.enqueue(server, [
+        %{status: 500, endless: chunk},
+        %{status: 200, headers: [{"content-type", "application/json"}], endless: chunk}
+      ])
+
+      # A generous timeout: reaching it would mean the body was read on.
+      config = config!(server, timeout: 60_000, max_body_bytes: 200_000)
+
+      assert {:error, %LLMError{reason: :server_error, status: 500} = error} =
+               LLM.chat(config, @request)
+
+      assert String.length(error.message) < 600
+
+      assert {:error, %LLMError{reason: :body_too_large}} = LLM.chat(config, @request)
+    end
+
+    test "a huge Content-Length is refused or read as far as the body goes", %{server: server} do
+      huge = "99999999999999999"
+
+      LoopbackServer.enqueue(server, [
+        %{raw: ["HTTP/1.1 200 OK\r\ncontent-length: #{huge}\r\n\r\n", "{}"]},
+        %{raw: ["HTTP/1.1 503 Service Unavailable\r\ncontent-length: #{huge}\r\n\r\n", "oops"]},
+        %{raw: ["HTTP/1.1 200 OK\r\ncontent-length: 1#{String.duplicate("0", 40)}\r\n\r\n{}"]}
+      ])
+
+      config = config!(server, timeout: 60_000)
+      assert {:error, %LLMError{reason: :body_too_large}} = LLM.chat(config, @request)
+
+      assert {:error, %LLMError{reason: :malformed_response, retryable?: true} = error} =
+               LLM.chat(config, @request)
+
+      assert error.message =~ "cut off"
+
+      # Beyond u64: the HTTP client refuses the head itself.
+      assert {:error, %LLMError{reason: reason, retryable?: true}} = LLM.chat(config, @request)
+      assert reason in [:connect, :malformed_response]
+    end
+
+    test "invalid UTF-8 in bodies and headers", %{server: server} do
+      bad = <<0xFF, 0xFE, 0xC3, 0x28, 0xED, 0xA0, 0x80>>
+
+      LoopbackServer.enqueue(server, [
+        %{status: 429, headers: [{"retry-after", bad}], body: "slow down " <> bad},
+        %{
+          status: 200,
+          headers: [{"content-type", "application/json"}],
+          body: ~s({"a": ") <> bad <> ~s("})
+        }
+      ])
+
+      config = config!(server, [])
+
+      assert {:error, %LLMError{reason: :rate_limited, retry_after: nil} = error} =
+               LLM.chat(config, @request)
+
+      assert String.valid?(error.message)
+      assert error.message =~ "slow down"
+
+      assert {:error, %LLMError{reason: :malformed_response} = error} = LLM.chat(config, @request)
+      assert String.valid?(error.message)
+    end
+
+    test "deeply nested JSON is malformed, not a crash", %{server: server} do
+      deep = String.duplicate("[", 100_000) <> String.duplicate("]", 100_000)
+      arguments = String.duplicate("{\"a\":", 10_000) <> "1" <> String.duplicate("}", 10_000)
+
+      LoopbackServer.enqueue(server, [
+        %{status: 200, headers: [{"content-type", "application/json"}], body: deep},
+        %{status: 500, headers: [{"content-type", "application/json"}], body: deep},
+        LLMFixtures.tool_calls(:openai, [{"execute_lua", arguments}])
+      ])
+
+      assert {:error, %LLMError{reason: :malformed_response} = error} =
+               LLM.chat(config!(server, []), @request)
+
+      assert error.message =~ "recursion limit"
+
+      assert {:error, %LLMError{reason: :server_error} = error} =
+               LLM.chat(config!(server, []), @request)
+
+      assert String.length(error.message) < 600
+
+      tools = [
+        %{name: "execute_lua", description: "Runs Lua.", parameters: %{"type" => "object"}}
+      ]
+
+      assert {:ok, %{tool_calls: [%{arguments: nil, error: message}]}} =
+               LLM.chat(config!(:openai, server, []), Map.put(@request, :tools, tools))
+
+      assert message =~ "not valid JSON"
+    end
+
+    test "a response head larger than the client accepts is a retryable error", %{server: server} do
+      header = String.duplicate("a", 2_000_000)
+
+      LoopbackServer.enqueue(server, %{
+        raw: ["HTTP/1.1 200 OK\r\nx-junk: ", header, "\r\ncontent-length: 2\r\n\r\n{}"]
+      })
+
+      assert {:error, %LLMError{reason: :connect, retryable?: true}} =
+               LLM.chat(config!(server, []), @request)
+    end
+  end
+
   describe "fallback chain" do
     test "the next provider answers when the first fails", %{server: server} do
       backup = start_supervised!({LoopbackServer, id: :backup})
@@ -307,6 +479,28 @@ defmodule Beamlens.LLMFaultsTest do
       LoopbackServer.set_handler(server, fn _ -> LLMFixtures.text(:anthropic, "recovered") end)
       assert {:ok, %{content: "recovered"}} = LLM.chat(config, @request)
       assert {:ok, %{content: "recovered"}} = LLM.chat(config, @request)
+    end
+
+    test "extreme timeouts and cooldowns saturate instead of overflowing", %{server: server} do
+      huge = 18_446_744_073_709_551_615
+
+      config =
+        config!(server,
+          timeout: huge,
+          connect_timeout: huge,
+          max_backoff: huge,
+          max_retries: 0,
+          max_retry_after: huge,
+          breaker_cooldown: huge,
+          breaker_threshold: 1
+        )
+
+      LoopbackServer.enqueue(server, LLMFixtures.error(:anthropic, :server_error))
+      assert {:error, %LLMError{reason: :server_error}} = LLM.chat(config, @request)
+
+      # The circuit is open for "ever" (a century), without an overflow.
+      assert {:error, %LLMError{reason: :circuit_open}} = LLM.chat(config, @request)
+      assert length(LoopbackServer.requests(server)) == 1
     end
 
     test "client errors do not open the circuit", %{server: server} do

@@ -132,7 +132,6 @@ defmodule Beamlens.LLMProvidersTest do
                "model" => "claude-test",
                "max_tokens" => 512,
                "system" => "You watch the BEAM.",
-               "temperature" => 0.2,
                "messages" => [
                  %{
                    "role" => "user",
@@ -183,6 +182,45 @@ defmodule Beamlens.LLMProvidersTest do
                  end,
                "tool_choice" => %{"type" => "auto"}
              }
+    end
+
+    test "temperature goes only to models known to accept it", %{server: server} do
+      # Claude Opus 4.7 and later answer 400 to any temperature; so do names
+      # the library does not know (such as the fixtures' "claude-test").
+      for {model, expected} <- [
+            {"claude-sonnet-4-5-20250929", %{"temperature" => 0.2}},
+            {"claude-3-5-haiku-20241022", %{"temperature" => 0.2}},
+            {"claude-opus-4-7", %{}},
+            {"claude-sonnet-5-5", %{}},
+            {"claude-test", %{}}
+          ] do
+        LoopbackServer.enqueue(server, LLMFixtures.text(:anthropic, "ok"))
+        config = config!(:anthropic, server, model: model)
+        assert {:ok, _} = LLM.chat(config, %{@simple | tools: []} |> Map.put(:temperature, 0.2))
+        sent = List.last(LoopbackServer.requests(server))
+
+        assert sent.json ==
+                 Map.merge(
+                   %{
+                     "model" => model,
+                     "max_tokens" => 100,
+                     "messages" => [
+                       %{
+                         "role" => "user",
+                         "content" => [%{"type" => "text", "text" => "Status?"}]
+                       }
+                     ]
+                   },
+                   expected
+                 ),
+               model
+      end
+
+      # Never sent when the request leaves it out.
+      LoopbackServer.enqueue(server, LLMFixtures.text(:anthropic, "ok"))
+      config = config!(:anthropic, server, model: "claude-sonnet-4-5-20250929")
+      assert {:ok, _} = LLM.chat(config, @simple)
+      refute Map.has_key?(List.last(LoopbackServer.requests(server)).json, "temperature")
     end
 
     test "parses several tool calls, text and usage", %{server: server} do
@@ -447,7 +485,8 @@ defmodule Beamlens.LLMProvidersTest do
 
       assert sent.json == %{
                "system" => [%{"text" => "You watch the BEAM."}],
-               "inferenceConfig" => %{"maxTokens" => 512, "temperature" => 0.2},
+               # A Claude model this library does not know: no temperature.
+               "inferenceConfig" => %{"maxTokens" => 512},
                "messages" => [
                  %{"role" => "user", "content" => [%{"text" => "Memory is growing."}]},
                  %{
@@ -500,10 +539,40 @@ defmodule Beamlens.LLMProvidersTest do
                          "inputSchema" => %{"json" => tool.parameters}
                        }
                      }
-                   end,
-                 "toolChoice" => %{"auto" => %{}}
+                   end
                }
              }
+    end
+
+    test "toolChoice is sent only when it asks for more than auto", %{server: server} do
+      choices = [
+        {:auto, nil},
+        {:required, %{"any" => %{}}},
+        {{:tool, "execute_lua"}, %{"tool" => %{"name" => "execute_lua"}}}
+      ]
+
+      for {choice, expected} <- choices do
+        LoopbackServer.enqueue(server, LLMFixtures.text(:bedrock, "ok"))
+        assert {:ok, _} = LLM.chat(config!(:bedrock, server), %{@request | tool_choice: choice})
+        tool_config = List.last(LoopbackServer.requests(server)).json["toolConfig"]
+        assert tool_config["toolChoice"] == expected, inspect(choice)
+        assert length(tool_config["tools"]) == 2
+      end
+    end
+
+    test "temperature is kept for non-Claude models and dropped for new Claude ones", %{
+      server: server
+    } do
+      for {model, expected} <- [
+            {"meta.llama3-1-70b-instruct-v1:0", %{"maxTokens" => 512, "temperature" => 0.2}},
+            {"us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+             %{"maxTokens" => 512, "temperature" => 0.2}},
+            {"global.anthropic.claude-opus-4-7", %{"maxTokens" => 512}}
+          ] do
+        LoopbackServer.enqueue(server, LLMFixtures.text(:bedrock, "ok"))
+        assert {:ok, _} = LLM.chat(config!(:bedrock, server, model: model), @request)
+        assert List.last(LoopbackServer.requests(server)).json["inferenceConfig"] == expected
+      end
     end
 
     test "parses toolUse blocks and usage", %{server: server} do
@@ -529,6 +598,7 @@ defmodule Beamlens.LLMProvidersTest do
 
     test "classifies errors by x-amzn-ErrorType", %{server: server} do
       assert_errors(:bedrock, server, [
+        {:model_not_ready, :overloaded, 429, true},
         {:rate_limited, :rate_limited, 429, true},
         {:overloaded, :overloaded, 503, true},
         {:unauthorized, :unauthorized, 401, false},
@@ -551,14 +621,16 @@ defmodule Beamlens.LLMProvidersTest do
                "toolConfig" => %{"functionCallingConfig" => %{"mode" => "AUTO"}},
                "tools" => [
                  %{
-                   "functionDeclarations" =>
-                     for tool <- @request.tools do
-                       %{
-                         "name" => tool.name,
-                         "description" => tool.description,
-                         "parameters" => tool.parameters
-                       }
-                     end
+                   "functionDeclarations" => [
+                     # No arguments: no parameters (Gemini refuses an
+                     # OBJECT schema without properties).
+                     %{"name" => "take_snapshot", "description" => "Takes a snapshot."},
+                     %{
+                       "name" => "execute_lua",
+                       "description" => "Runs Lua.",
+                       "parameters" => Enum.at(@request.tools, 1).parameters
+                     }
+                   ]
                  }
                ],
                "contents" => [
@@ -642,6 +714,29 @@ defmodule Beamlens.LLMProvidersTest do
       refute Map.has_key?(second, "thoughtSignature")
     end
 
+    test "tools without arguments are declared without parameters", %{server: server} do
+      tools =
+        for {name, parameters} <- [
+              {"done", %{"type" => "object"}},
+              {"take_snapshot", %{"type" => "object", "properties" => %{}}},
+              {"list_alerts", %{}}
+            ],
+            do: %{name: name, description: "No arguments.", parameters: parameters}
+
+      {{:ok, _}, sent} =
+        chat(:gemini, server, %{@simple | tools: tools}, LLMFixtures.text(:gemini, "ok"))
+
+      assert sent.json["tools"] == [
+               %{
+                 "functionDeclarations" =>
+                   for(
+                     tool <- tools,
+                     do: %{"name" => tool.name, "description" => "No arguments."}
+                   )
+               }
+             ]
+    end
+
     test "an invalid key (400 API_KEY_INVALID) is :unauthorized", %{server: server} do
       assert_errors(:gemini, server, [
         {:unauthorized, :unauthorized, 400, false},
@@ -657,13 +752,11 @@ defmodule Beamlens.LLMProvidersTest do
         server: server
       } do
         provider = unquote(provider)
-        overloaded = if provider == :anthropic, do: 529, else: 503
-        invalid_key = if provider == :gemini, do: 400, else: 401
 
         assert_errors(provider, server, [
           {:rate_limited, :rate_limited, 429, true},
-          {:overloaded, :overloaded, overloaded, true},
-          {:unauthorized, :unauthorized, invalid_key, false},
+          {:overloaded, :overloaded, overloaded_status(provider), true},
+          {:unauthorized, :unauthorized, invalid_key_status(provider), false},
           {:bad_request, :bad_request, 400, false},
           {:server_error, :server_error, 500, true}
         ])
@@ -734,6 +827,24 @@ defmodule Beamlens.LLMProvidersTest do
       assert error.provider == provider
       assert error.retryable? == retryable
       assert error.message =~ "scripted #{kind}"
+      assert error.message =~ message_for(kind), "#{provider} #{kind}: #{error.message}"
     end
   end
+
+  # Functions rather than `if provider == ...` on an unquoted literal, which
+  # Elixir 1.18's type checker warns about.
+  defp overloaded_status(:anthropic), do: 529
+  defp overloaded_status(_), do: 503
+  defp invalid_key_status(:gemini), do: 400
+  defp invalid_key_status(_), do: 401
+
+  # The start of each message says what the error is, whatever the status.
+  defp message_for(:model_not_ready),
+    do: ~r/^the model is not ready to serve requests yet \(HTTP 429\)/
+
+  defp message_for(:rate_limited), do: ~r/^rate limited \(HTTP 429\)/
+  defp message_for(:overloaded), do: ~r/^the provider is overloaded \(HTTP 5\d\d\)/
+  defp message_for(:unauthorized), do: ~r/^the provider rejected the credentials/
+  defp message_for(:bad_request), do: ~r/^the provider refused the request \(HTTP 400\)/
+  defp message_for(:server_error), do: ~r/^the provider failed \(HTTP 500\)/
 end

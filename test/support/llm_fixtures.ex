@@ -270,9 +270,13 @@ defmodule Beamlens.LLMFixtures do
 
   @doc """
   A provider's error reply of the given kind: `:rate_limited`,
-  `:overloaded`, `:unauthorized`, `:bad_request` or `:server_error`.
+  `:overloaded`, `:unauthorized`, `:bad_request` or `:server_error`, and
+  for `:bedrock` also `:model_not_ready` (the 429 `ModelNotReadyException`
+  Bedrock sends while it loads a model).
   `opts[:retry_after]` (seconds, as a string or integer) adds a
-  `Retry-After` header; `opts[:message]` overrides the text.
+  `Retry-After` header; `opts[:message]` overrides the text;
+  `opts[:retry_delay]` (`:gemini`, a protobuf duration such as `"2s"`) adds
+  the `google.rpc.RetryInfo` detail Gemini puts in its 429 bodies.
   """
   @spec error(atom(), atom(), keyword()) :: map()
   def error(provider, kind, opts \\ []) do
@@ -283,12 +287,32 @@ defmodule Beamlens.LLMFixtures do
         :unauthorized -> {if(provider == :gemini, do: 400, else: 401), "invalid API key"}
         :bad_request -> {400, "bad request"}
         :server_error -> {500, "internal error"}
+        :model_not_ready when provider == :bedrock -> {429, "Model is not ready for inference."}
       end
 
     message = Keyword.get(opts, :message, message)
     headers = if ra = opts[:retry_after], do: [{"retry-after", to_string(ra)}], else: []
     {body, extra_headers} = error_body(provider, kind, status, message)
+    body = add_retry_delay(body, provider, opts[:retry_delay])
     %{status: status, headers: headers ++ extra_headers, body: body}
+  end
+
+  defp add_retry_delay(body, _provider, nil), do: body
+
+  defp add_retry_delay(%{"error" => error} = body, :gemini, delay) do
+    details =
+      error["details"] ++
+        [
+          %{
+            "@type" => "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations" => [
+              %{"quotaId" => "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}
+            ]
+          },
+          %{"@type" => "type.googleapis.com/google.rpc.RetryInfo", "retryDelay" => delay}
+        ]
+
+    %{body | "error" => %{error | "details" => details}}
   end
 
   defp error_body(:anthropic, kind, _status, message) do
@@ -327,6 +351,7 @@ defmodule Beamlens.LLMFixtures do
         :unauthorized -> "UnrecognizedClientException"
         :bad_request -> "ValidationException"
         :server_error -> "InternalServerException"
+        :model_not_ready -> "ModelNotReadyException"
       end
 
     {%{"message" => message},

@@ -38,6 +38,9 @@ defmodule Beamlens.LoopbackServer do
       a time with a pause in between (a slow body);
     * `:truncate` - announce the whole body's length but send only this many
       bytes, then close (a cut-off body);
+    * `:endless` - a binary: answer with `:status` and `:headers`, no
+      `content-length`, then send that binary over and over until the
+      client hangs up (a body that never ends);
     * `:close` - `true`: close the connection without answering;
     * `:raw` - iodata sent as is, then the connection is closed.
 
@@ -303,6 +306,20 @@ defmodule Beamlens.LoopbackServer do
         :gen_tcp.send(socket, raw)
         :close
 
+      chunk = reply[:endless] ->
+        status = Map.get(reply, :status, 200)
+
+        head = [
+          "HTTP/1.1 #{status} #{reason_phrase(status)}\r\n",
+          Enum.map(Map.get(reply, :headers, []), fn {name, value} ->
+            [name, ": ", to_string(value), "\r\n"]
+          end),
+          "connection: close\r\n\r\n"
+        ]
+
+        with :ok <- :gen_tcp.send(socket, head), do: send_forever(socket, chunk)
+        :close
+
       true ->
         send_reply(socket, reply)
     end
@@ -339,6 +356,13 @@ defmodule Beamlens.LoopbackServer do
           :ok -> :keep_open
           _ -> :close
         end
+    end
+  end
+
+  defp send_forever(socket, chunk) do
+    case :gen_tcp.send(socket, chunk) do
+      :ok -> send_forever(socket, chunk)
+      error -> error
     end
   end
 

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::config::ProviderConfig;
 use super::error::{LlmError, Reason};
-use super::http::{status_error, HttpRequest, Sensitive};
+use super::http::{kind_error, reason_phrase, status_error, HttpRequest, Sensitive};
 use super::types::{
     group_by_side, ChatRequest, RawArguments, RawToolCall, Role, Side, StopReason, ToolChoice,
     Turn, Usage,
@@ -86,7 +86,7 @@ pub fn build(config: &ProviderConfig, request: &ChatRequest) -> Result<HttpReque
         };
         body.insert("tool_choice".into(), choice);
     }
-    if let Some(temperature) = request.temperature {
+    if let Some(temperature) = claude_temperature(&config.model, request.temperature) {
         body.insert("temperature".into(), json!(temperature));
     }
 
@@ -99,6 +99,53 @@ pub fn build(config: &ProviderConfig, request: &ChatRequest) -> Result<HttpReque
         http = http.header("x-api-key", key.expose(), Sensitive::Yes);
     }
     Ok(wire::with_extra_headers(http, config))
+}
+
+/// The temperature to send to a Claude model, if any.
+///
+/// Claude Opus 4.7 and every Claude model released since reject `temperature`
+/// (HTTP 400, "`temperature` is deprecated for this model"), and API version
+/// 2026-10-21 rejects it for every model. It is therefore sent only when the
+/// request sets it *and* the model is one known to accept it under the
+/// pinned [`API_VERSION`] (Claude 2, 3, 3.5, 3.7 and Claude 4 up to 4.6),
+/// clamped to Claude's range 0..=1. Any other model, including names this
+/// list does not know (aliases, proxies' own names), gets none: leaving it
+/// out is always accepted. Used for Bedrock's Claude models too.
+pub fn claude_temperature(model: &str, requested: Option<f64>) -> Option<f64> {
+    requested
+        .filter(|_| accepts_temperature(model))
+        .map(|t| t.clamp(0.0, 1.0))
+}
+
+/// Whether `model` (an Anthropic, Bedrock or Vertex model id, with or
+/// without date, region prefix or ARN) is a Claude model known to accept
+/// `temperature`.
+pub fn accepts_temperature(model: &str) -> bool {
+    let model = model.to_ascii_lowercase();
+    let Some(at) = model.find("claude-") else {
+        return false;
+    };
+    let rest = &model[at + "claude-".len()..];
+    if ["2", "3", "instant", "v1", "v2"]
+        .iter()
+        .any(|old| rest.starts_with(old))
+    {
+        return true;
+    }
+    // claude-{family}-{major}[-{minor}][-{date}|@{date}][-v{n}:{m}]
+    let mut parts = rest.split(['-', '@', ':', '.']);
+    if !matches!(parts.next(), Some("opus" | "sonnet" | "haiku")) {
+        return false;
+    }
+    if parts.next() != Some("4") {
+        return false;
+    }
+    match parts.next() {
+        // claude-sonnet-4, claude-sonnet-4-20250514, ...-4-v1:0
+        None => true,
+        Some(next) if next.len() >= 8 || next.starts_with('v') => true,
+        Some(minor) => minor.parse::<u32>().is_ok_and(|minor| minor <= 6),
+    }
 }
 
 pub fn parse(body: &[u8]) -> Result<Turn, LlmError> {
@@ -167,23 +214,23 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| wire::text_excerpt(body));
-    let mut error = status_error(status, &wire::clean(&detail, secrets));
-    match kind {
-        Some("overloaded_error") => {
-            error.reason = Reason::Overloaded;
-            error.retryable = true;
+    let detail = wire::clean(&detail, secrets);
+    let (reason, retryable) = match kind {
+        Some("overloaded_error") => (Reason::Overloaded, true),
+        Some("rate_limit_error") => (Reason::RateLimited, true),
+        Some("authentication_error") => (Reason::Unauthorized, false),
+        Some("permission_error") => {
+            return kind_error(
+                status,
+                Reason::Unauthorized,
+                false,
+                "the provider refused access",
+                &detail,
+            )
         }
-        Some("rate_limit_error") => {
-            error.reason = Reason::RateLimited;
-            error.retryable = true;
-        }
-        Some("authentication_error" | "permission_error") => {
-            error.reason = Reason::Unauthorized;
-            error.retryable = false;
-        }
-        _ => {}
-    }
-    error
+        _ => return status_error(status, &detail),
+    };
+    kind_error(status, reason, retryable, reason_phrase(reason), &detail)
 }
 
 #[cfg(test)]
@@ -234,6 +281,60 @@ mod tests {
                 "tool_choice": {"type": "auto"},
                 "temperature": 0.2
             })
+        );
+    }
+
+    #[test]
+    fn temperature_only_for_models_that_accept_it() {
+        let body_for = |model: &str, temperature: Option<f64>| {
+            let mut config = config();
+            config.model = model.into();
+            let mut request = simple_request();
+            request.temperature = temperature;
+            build(&config, &request).unwrap().json()
+        };
+        for model in [
+            "claude-3-5-sonnet-20241022",
+            "claude-3-7-sonnet-latest",
+            "claude-3-haiku-20240307",
+            "claude-sonnet-4-20250514",
+            "claude-opus-4-1-20250805",
+            "claude-sonnet-4-5",
+            "claude-haiku-4-5-20251001",
+            "claude-opus-4-6",
+            "claude-sonnet-4-5@20250929",
+        ] {
+            assert_eq!(
+                body_for(model, Some(0.2)),
+                json!({"model": model, "max_tokens": 64,
+                       "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                       "temperature": 0.2}),
+                "{model}"
+            );
+        }
+        for model in [
+            "claude-opus-4-7",
+            "claude-opus-4-8-20260701",
+            "claude-sonnet-5",
+            "claude-opus-5-5",
+            "claude-haiku-5-5",
+            "claude-test",
+            "my-proxy-alias",
+        ] {
+            assert_eq!(
+                body_for(model, Some(0.2)),
+                json!({"model": model, "max_tokens": 64,
+                       "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
+                "{model}"
+            );
+        }
+        // Not set: never sent. Above Claude's range: clamped to 1.
+        assert!(body_for("claude-sonnet-4-5", None)
+            .get("temperature")
+            .is_none());
+        assert_eq!(
+            body_for("claude-sonnet-4-5", Some(1.7))["temperature"],
+            json!(1.0)
         );
     }
 
@@ -316,6 +417,14 @@ mod tests {
 
         let auth = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
         assert_eq!(super::error(401, auth, &[]).reason, Reason::Unauthorized);
+
+        // The kind wins over the status, and the message says the same.
+        let overloaded_500 = super::error(500, overloaded, &[]);
+        assert_eq!(overloaded_500.reason, Reason::Overloaded);
+        assert_eq!(
+            overloaded_500.message,
+            "the provider is overloaded (HTTP 500): Overloaded"
+        );
 
         let limited =
             br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::config::{AwsCredentials, ProviderConfig};
 use super::error::{LlmError, Reason};
-use super::http::{status_error, HttpRequest, Sensitive};
+use super::http::{kind_error, status_error, HttpRequest, Sensitive};
 use super::types::{
     group_by_side, ChatRequest, RawArguments, RawToolCall, Role, Side, StopReason, ToolChoice,
     Turn, Usage,
@@ -69,7 +69,14 @@ pub fn build(
     }
     let mut inference = Map::new();
     inference.insert("maxTokens".into(), json!(request.max_tokens));
-    if let Some(temperature) = request.temperature {
+    // Claude models on Bedrock follow Anthropic's rules (Opus 4.7 and later
+    // reject a temperature); other models take it as given.
+    let temperature = if config.model.to_ascii_lowercase().contains("claude") {
+        super::anthropic::claude_temperature(&config.model, request.temperature)
+    } else {
+        request.temperature
+    };
+    if let Some(temperature) = temperature {
         inference.insert("temperature".into(), json!(temperature));
     }
     body.insert("inferenceConfig".into(), Value::Object(inference));
@@ -92,10 +99,10 @@ pub fn build(
             .collect();
         let mut tool_config = Map::new();
         tool_config.insert("tools".into(), Value::Array(tools));
+        // `auto` is Converse's default, and some models (Llama, Mistral...)
+        // reject any toolChoice: it is only sent when it asks for more.
         match &request.tool_choice {
-            ToolChoice::Auto | ToolChoice::None => {
-                tool_config.insert("toolChoice".into(), json!({"auto": {}}));
-            }
+            ToolChoice::Auto | ToolChoice::None => {}
             ToolChoice::Required => {
                 tool_config.insert("toolChoice".into(), json!({"any": {}}));
             }
@@ -252,27 +259,46 @@ pub fn error(status: u16, headers: &HeaderMap, body: &[u8], secrets: &[&str]) ->
                 .unwrap_or(k)
                 .to_string()
         });
-    let mut error = status_error(status, &wire::clean(&detail, secrets));
-    let (reason, retryable) = match kind.as_deref() {
-        Some("ThrottlingException" | "TooManyRequestsException") => (Reason::RateLimited, true),
-        Some("ServiceUnavailableException" | "ModelNotReadyException") => {
-            (Reason::Overloaded, true)
+    let detail = wire::clean(&detail, secrets);
+    let (reason, retryable, what) = match kind.as_deref() {
+        Some("ThrottlingException" | "TooManyRequestsException") => {
+            (Reason::RateLimited, true, "rate limited")
         }
-        Some("ModelTimeoutException") => (Reason::Timeout, true),
-        Some("InternalServerException") => (Reason::ServerError, true),
+        Some("ServiceUnavailableException") => {
+            (Reason::Overloaded, true, "the provider is overloaded")
+        }
+        // Sent with a 429, but the model is still being loaded: no quota
+        // was hit, and waiting helps.
+        Some("ModelNotReadyException") => (
+            Reason::Overloaded,
+            true,
+            "the model is not ready to serve requests yet",
+        ),
+        Some("ModelTimeoutException") => (Reason::Timeout, true, "the model timed out"),
+        Some("InternalServerException") => (Reason::ServerError, true, "the provider failed"),
         Some(
             "UnrecognizedClientException"
-            | "AccessDeniedException"
-            | "ExpiredTokenException"
             | "InvalidSignatureException"
             | "IncompleteSignatureException",
-        ) => (Reason::Unauthorized, false),
-        Some("ResourceNotFoundException") => (Reason::NotFound, false),
-        _ => (error.reason, error.retryable),
+        ) => (
+            Reason::Unauthorized,
+            false,
+            "the provider rejected the credentials",
+        ),
+        Some("ExpiredTokenException") => {
+            (Reason::Unauthorized, false, "the credentials have expired")
+        }
+        Some("AccessDeniedException") => {
+            (Reason::Unauthorized, false, "the provider refused access")
+        }
+        Some("ResourceNotFoundException") => (
+            Reason::NotFound,
+            false,
+            "not found (check the model name and base_url)",
+        ),
+        _ => return status_error(status, &detail),
     };
-    error.reason = reason;
-    error.retryable = retryable;
-    error
+    kind_error(status, reason, retryable, what, &detail)
 }
 
 #[cfg(test)]
@@ -434,11 +460,102 @@ mod tests {
                         {"toolSpec": {"name": "execute_lua", "description": "Runs Lua.",
                             "inputSchema": {"json": {"type": "object", "properties": {"code": {"type": "string"}},
                                                      "required": ["code"], "additionalProperties": false}}}}
-                    ],
-                    "toolChoice": {"auto": {}}
+                    ]
                 }
             })
         );
+    }
+
+    #[test]
+    fn tool_choice_auto_is_left_out() {
+        let body_for = |choice: ToolChoice| {
+            let mut request = sample_request();
+            request.tool_choice = choice;
+            build(&config(None), &request, example_time())
+                .unwrap()
+                .json()
+        };
+        let auto = body_for(ToolChoice::Auto);
+        assert_eq!(auto["toolConfig"].as_object().unwrap().len(), 1);
+        assert!(auto["toolConfig"].get("toolChoice").is_none());
+        // :none with tool history: the tools must be there, auto is implied.
+        assert!(body_for(ToolChoice::None)["toolConfig"]
+            .get("toolChoice")
+            .is_none());
+        assert_eq!(
+            body_for(ToolChoice::Required)["toolConfig"]["toolChoice"],
+            json!({"any": {}})
+        );
+        assert_eq!(
+            body_for(ToolChoice::Tool("execute_lua".into()))["toolConfig"]["toolChoice"],
+            json!({"tool": {"name": "execute_lua"}})
+        );
+    }
+
+    #[test]
+    fn temperature_follows_the_model() {
+        let inference = |model: &str| {
+            let mut config = config(None);
+            config.model = model.into();
+            build(&config, &sample_request(), example_time())
+                .unwrap()
+                .json()["inferenceConfig"]
+                .clone()
+        };
+        for model in [
+            "anthropic.claude-opus-4-7",
+            "global.anthropic.claude-opus-4-8-v1:0",
+            "us.anthropic.claude-sonnet-5-v1:0",
+        ] {
+            assert_eq!(inference(model), json!({"maxTokens": 512}), "{model}");
+        }
+        for model in [
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "meta.llama3-1-70b-instruct-v1:0",
+            "amazon.nova-pro-v1:0",
+        ] {
+            assert_eq!(
+                inference(model),
+                json!({"maxTokens": 512, "temperature": 0.2}),
+                "{model}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_match_the_error_kind() {
+        let with_type = |kind: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-amzn-errortype", kind.parse().unwrap());
+            headers
+        };
+        // Bedrock's documented 429 while a model is being loaded.
+        let error = super::error(
+            429,
+            &with_type(
+                "ModelNotReadyException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            ),
+            br#"{"message":"Model is not ready for inference. Wait and try your request again."}"#,
+            &[],
+        );
+        assert_eq!((error.reason, error.retryable), (Reason::Overloaded, true));
+        assert_eq!(
+            error.message,
+            "the model is not ready to serve requests yet (HTTP 429): \
+             Model is not ready for inference. Wait and try your request again."
+        );
+        assert!(!error.message.contains("rate limited"));
+
+        let expired = super::error(
+            403,
+            &with_type("ExpiredTokenException"),
+            br#"{"message":"The security token included in the request is expired"}"#,
+            &[],
+        );
+        assert_eq!(expired.reason, Reason::Unauthorized);
+        assert!(expired
+            .message
+            .starts_with("the credentials have expired (HTTP 403)"));
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl Breaker {
             State::HalfOpen => match self.probe_until {
                 Some(until) if now < until => Err(until - now),
                 _ => {
-                    self.probe_until = Some(now + probe_limit);
+                    self.probe_until = Some(later(now, probe_limit));
                     Ok(())
                 }
             },
@@ -64,9 +64,17 @@ impl Breaker {
         self.probe_until = None;
         let half_open = self.state(now) == State::HalfOpen;
         if threshold > 0 && (half_open || self.failures >= threshold) {
-            self.open_until = Some(now + cooldown);
+            self.open_until = Some(later(now, cooldown));
         }
     }
+}
+
+/// `now + wait`, or a century on when that does not fit in an `Instant`
+/// (a configured cooldown of `u64::MAX` ms must not panic the request).
+fn later(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 const MAX_BREAKERS: usize = 256;
@@ -93,6 +101,20 @@ mod tests {
 
     const COOLDOWN: Duration = Duration::from_secs(30);
     const PROBE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn huge_cooldowns_and_probe_limits_do_not_overflow() {
+        let now = Instant::now();
+        let mut breaker = Breaker::default();
+        breaker.record_failure(now, 1, Duration::MAX);
+        assert_eq!(breaker.state(now), State::Open);
+        assert!(breaker.allow(now, Duration::MAX).is_err());
+
+        let mut breaker = Breaker::default();
+        breaker.record_failure(now, 1, Duration::ZERO);
+        assert!(breaker.allow(now, Duration::MAX).is_ok());
+        assert!(breaker.allow(now, Duration::MAX).is_err());
+    }
 
     #[test]
     fn opens_after_threshold_and_half_opens_after_cooldown() {

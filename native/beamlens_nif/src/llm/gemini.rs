@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::config::ProviderConfig;
 use super::error::{LlmError, Reason};
-use super::http::{status_error, HttpRequest, Sensitive};
+use super::http::{kind_error, protobuf_duration, status_error, HttpRequest, Sensitive};
 use super::types::{
     group_by_side, ChatRequest, RawArguments, RawToolCall, Role, Side, StopReason, ToolChoice,
     Turn, Usage,
@@ -104,11 +104,18 @@ pub fn build(config: &ProviderConfig, request: &ChatRequest) -> Result<HttpReque
             .tools
             .iter()
             .map(|tool| {
-                json!({
+                let mut declaration = json!({
                     "name": tool.name,
                     "description": tool.description,
-                    "parameters": schema(&tool.parameters),
-                })
+                });
+                let parameters = schema(&tool.parameters);
+                // Gemini rejects an object schema without properties
+                // ("properties: should be non-empty for OBJECT type"); a
+                // tool that takes nothing is declared without `parameters`.
+                if takes_arguments(&parameters) {
+                    declaration["parameters"] = parameters;
+                }
+                declaration
             })
             .collect();
         body.insert(
@@ -159,6 +166,25 @@ fn tool_name_for<'a>(request: &'a ChatRequest, call_id: Option<&str>) -> &'a str
         .map_or("unknown", |call| call.name.as_str())
 }
 
+/// Whether a (filtered) parameter schema declares any argument: `false` for
+/// `null`, `{}` and object schemas with no (or empty) `properties` and
+/// nothing else that constrains the arguments (what a tool without
+/// arguments sends, `%{"type" => "object"}`).
+fn takes_arguments(parameters: &Value) -> bool {
+    let Value::Object(map) = parameters else {
+        return !parameters.is_null();
+    };
+    map.iter().any(|(key, value)| match key.as_str() {
+        "type" => !value
+            .as_str()
+            .is_some_and(|t| t.eq_ignore_ascii_case("object")),
+        "properties" => !value.as_object().is_some_and(Map::is_empty),
+        "required" => !value.as_array().is_some_and(Vec::is_empty),
+        "description" | "title" | "nullable" => false,
+        _ => true,
+    })
+}
+
 /// Keeps the keywords Gemini understands, recursively.
 fn schema(value: &Value) -> Value {
     match value {
@@ -206,7 +232,7 @@ pub fn parse(body: &[u8]) -> Result<Turn, LlmError> {
     let cached = count("cachedContentTokenCount");
     let usage = Usage {
         input_tokens: count("promptTokenCount").saturating_sub(cached),
-        output_tokens: count("candidatesTokenCount") + count("thoughtsTokenCount"),
+        output_tokens: count("candidatesTokenCount").saturating_add(count("thoughtsTokenCount")),
         cache_read_tokens: cached,
         cache_write_tokens: 0,
     };
@@ -287,7 +313,11 @@ pub fn parse(body: &[u8]) -> Result<Turn, LlmError> {
 }
 
 /// `{"error": {"code": 429, "message": "...", "status": "RESOURCE_EXHAUSTED",
-/// "details": [{"reason": "API_KEY_INVALID", ...}]}}`
+/// "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+/// "retryDelay": "12s"}, ...]}}`. The `retryDelay` becomes the error's
+/// `retry_after` (Gemini puts the wait in the body, not in `Retry-After`);
+/// `details[].reason == "API_KEY_INVALID"` (sent with a 400) makes it
+/// `:unauthorized`.
 pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
     let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let detail = value
@@ -295,22 +325,36 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| wire::text_excerpt(body));
-    let mut error = status_error(status, &wire::clean(&detail, secrets));
-    let invalid_key = value
+    let detail = wire::clean(&detail, secrets);
+    let details = value
         .pointer("/error/details")
         .and_then(Value::as_array)
-        .is_some_and(|details| {
-            details
-                .iter()
-                .any(|d| d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"))
-        });
-    // Gemini answers an invalid key with 400 INVALID_ARGUMENT.
-    if invalid_key {
-        error.reason = Reason::Unauthorized;
-        error.retryable = false;
-    }
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let invalid_key = details
+        .iter()
+        .any(|d| d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"));
+    let mut error = if invalid_key {
+        kind_error(
+            status,
+            Reason::Unauthorized,
+            false,
+            "the provider rejected the credentials (API_KEY_INVALID)",
+            &detail,
+        )
+    } else {
+        status_error(status, &detail)
+    };
+    error.retry_after = details
+        .iter()
+        .filter(|d| d.get("@type").and_then(Value::as_str) == Some(RETRY_INFO))
+        .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
+        .and_then(protobuf_duration);
     error
 }
+
+/// The `@type` of the error detail that carries the wait.
+pub const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
 
 #[cfg(test)]
 mod tests {
@@ -318,6 +362,7 @@ mod tests {
     use crate::llm::config::Secret;
     use crate::llm::types::tests::sample_request;
     use crate::llm::types::ProviderKind;
+    use std::time::Duration;
 
     fn config() -> ProviderConfig {
         let mut config = ProviderConfig::new(ProviderKind::Gemini, "gemini-2.5-flash");
@@ -352,8 +397,7 @@ mod tests {
                 ],
                 "systemInstruction": {"parts": [{"text": "You watch the BEAM."}]},
                 "tools": [{"functionDeclarations": [
-                    {"name": "take_snapshot", "description": "Takes a snapshot.",
-                     "parameters": {"type": "object", "properties": {}}},
+                    {"name": "take_snapshot", "description": "Takes a snapshot."},
                     {"name": "execute_lua", "description": "Runs Lua.",
                      "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}
                 ]}],
@@ -429,6 +473,111 @@ mod tests {
     }
 
     #[test]
+    fn tools_without_arguments_have_no_parameters() {
+        use crate::llm::types::Tool;
+        let tool = |parameters: Value| Tool {
+            name: "done".into(),
+            description: "Ends the turn.".into(),
+            parameters,
+        };
+        let mut request = sample_request();
+        request.tools = vec![
+            tool(json!({"type": "object", "properties": {}})),
+            tool(json!({"type": "object"})),
+            tool(json!({"type": "OBJECT", "additionalProperties": false})),
+            tool(
+                json!({"type": "object", "properties": {}, "required": [], "description": "none"}),
+            ),
+            tool(json!({})),
+            tool(Value::Null),
+        ];
+        let body = build(&config(), &request).unwrap().json();
+        for declaration in body["tools"][0]["functionDeclarations"].as_array().unwrap() {
+            assert_eq!(
+                declaration,
+                &json!({"name": "done", "description": "Ends the turn."})
+            );
+        }
+        // Anything else that describes arguments keeps the schema.
+        request.tools = vec![tool(
+            json!({"anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}}]}),
+        )];
+        let body = build(&config(), &request).unwrap().json();
+        assert!(body["tools"][0]["functionDeclarations"][0]
+            .get("parameters")
+            .is_some());
+        // One argument is enough to keep the schema.
+        request.tools = vec![tool(
+            json!({"type": "object", "properties": {"why": {"type": "string"}}}),
+        )];
+        let body = build(&config(), &request).unwrap().json();
+        assert_eq!(
+            body["tools"][0]["functionDeclarations"][0]["parameters"],
+            json!({"type": "object", "properties": {"why": {"type": "string"}}})
+        );
+    }
+
+    #[test]
+    fn a_call_to_a_tool_without_parameters_has_empty_arguments() {
+        let body = json!({
+            "candidates": [{"content": {"role": "model", "parts": [
+                {"functionCall": {"name": "take_snapshot"}}
+            ]}, "finishReason": "STOP"}]
+        });
+        let turn = parse(body.to_string().as_bytes()).unwrap();
+        let response = turn.finish(&sample_request(), ProviderKind::Gemini, "gemini-2.5-flash");
+        assert_eq!(response.tool_calls[0].arguments, Some(json!({})));
+        assert_eq!(response.tool_calls[0].error, None);
+    }
+
+    /// The 429 body of the Gemini API: the wait is in a RetryInfo detail.
+    #[test]
+    fn retry_info_gives_the_wait() {
+        let body = br#"{"error": {"code": 429,
+            "message": "You exceeded your current quota. Please retry in 12.5s.",
+            "status": "RESOURCE_EXHAUSTED", "details": [
+              {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+               "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                               "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},
+              {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Learn more", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+              {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "12.500s"}]}}"#;
+        let error = error(429, body, &[]);
+        assert_eq!((error.reason, error.retryable), (Reason::RateLimited, true));
+        assert_eq!(error.retry_after, Some(Duration::from_millis(12_500)));
+
+        let with_delay = |delay: &str| {
+            let body = json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "m",
+                "details": [{"@type": RETRY_INFO, "retryDelay": delay}]}});
+            super::error(429, body.to_string().as_bytes(), &[]).retry_after
+        };
+        assert_eq!(with_delay("7s"), Some(Duration::from_secs(7)));
+        assert_eq!(with_delay("0s"), Some(Duration::ZERO));
+        // Hostile or garbled waits: clamped or ignored, never a panic.
+        assert_eq!(with_delay("1e300s"), None);
+        assert_eq!(
+            with_delay("99999999999999999999999999999s"),
+            Some(crate::llm::http::MAX_RETRY_AFTER)
+        );
+        assert_eq!(with_delay("-5s"), None);
+        assert_eq!(with_delay("12"), None);
+        assert_eq!(with_delay("soon"), None);
+        // Only a RetryInfo detail counts.
+        let other = br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "m",
+            "details": [{"@type": "type.googleapis.com/google.rpc.Help", "retryDelay": "5s"}]}}"#;
+        assert_eq!(super::error(429, other, &[]).retry_after, None);
+    }
+
+    #[test]
+    fn huge_token_counts_saturate() {
+        let body = json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": u64::MAX, "thoughtsTokenCount": u64::MAX}
+        });
+        let turn = parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(turn.usage.output_tokens, u64::MAX);
+    }
+
+    #[test]
     fn invalid_keys_are_unauthorized() {
         let body = br#"{"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
             "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
@@ -437,6 +586,11 @@ mod tests {
         assert_eq!(
             (error.reason, error.retryable),
             (Reason::Unauthorized, false)
+        );
+        assert_eq!(
+            error.message,
+            "the provider rejected the credentials (API_KEY_INVALID) (HTTP 400): \
+             API key not valid. Please pass a valid API key."
         );
         let exhausted = br#"{"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}}"#;
         assert_eq!(

@@ -235,7 +235,7 @@ fn describe(error: reqwest::Error) -> String {
 }
 
 /// Classifies a non-2xx status. `detail` is the provider's own message
-/// (already redacted); `kind` is its error type or code when it has one.
+/// (already redacted).
 pub fn status_error(status: u16, detail: &str) -> LlmError {
     let (reason, retryable, what) = match status {
         401 => (
@@ -265,6 +265,20 @@ pub fn status_error(status: u16, detail: &str) -> LlmError {
             "the provider refused the request",
         ),
     };
+    kind_error(status, reason, retryable, what, detail)
+}
+
+/// An error whose kind the provider named in its body or headers (Bedrock's
+/// `ModelNotReadyException`, Gemini's `API_KEY_INVALID`...), which may say
+/// something other than the status alone: `what` describes that kind, so
+/// the message never contradicts the reason.
+pub fn kind_error(
+    status: u16,
+    reason: Reason,
+    retryable: bool,
+    what: &str,
+    detail: &str,
+) -> LlmError {
     let message = if detail.is_empty() {
         format!("{what} (HTTP {status})")
     } else {
@@ -275,26 +289,80 @@ pub fn status_error(status: u16, detail: &str) -> LlmError {
         .retryable(retryable)
 }
 
+/// What each reason means, for [`kind_error`] where the provider's own
+/// error kind overrides the status.
+pub fn reason_phrase(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Unauthorized => "the provider rejected the credentials",
+        Reason::RateLimited => "rate limited",
+        Reason::Overloaded => "the provider is overloaded",
+        Reason::Timeout => "the provider timed out",
+        Reason::ServerError => "the provider failed",
+        Reason::NotFound => "not found (check the model name and base_url)",
+        Reason::Conflict => "conflict",
+        _ => "the provider refused the request",
+    }
+}
+
+/// The longest wait a provider can ask for: a longer `Retry-After` (or
+/// Gemini `retryDelay`) counts as this much. Any such wait is far beyond
+/// `max_retry_after` in practice, so the request fails over at once; the
+/// ceiling only keeps a hostile value (`Retry-After: 1e300`, a date in
+/// year 9999999) from overflowing the time arithmetic.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Reads `retry-after-ms` (OpenAI, Azure) or `retry-after` (seconds or an
-/// HTTP date).
+/// HTTP date), clamped to [`MAX_RETRY_AFTER`]. Values that are not a
+/// number or a date, negative or not finite, are ignored.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     if let Some(ms) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
     {
-        return Some(Duration::from_millis(ms as u64));
+        if let Some(wait) = seconds_to_wait(ms / 1000.0) {
+            return Some(wait);
+        }
     }
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+        return seconds_to_wait(seconds);
     }
     let at = parse_http_date(value)?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
-/// Parses an IMF-fixdate such as `Wed, 21 Oct 2015 07:28:00 GMT`.
+/// A wait given in (fractional) seconds, clamped to [`MAX_RETRY_AFTER`];
+/// `None` when negative or not a number. Never panics, whatever the value.
+pub fn seconds_to_wait(seconds: f64) -> Option<Duration> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return None;
+    }
+    // Also catches +infinity, which from_secs_f64 would panic on.
+    if seconds >= MAX_RETRY_AFTER.as_secs_f64() {
+        return Some(MAX_RETRY_AFTER);
+    }
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// Parses a google.protobuf.Duration in its JSON form, such as `"12s"` or
+/// `"0.250s"` (Gemini's `RetryInfo.retryDelay`), clamped like
+/// [`retry_after`].
+pub fn protobuf_duration(text: &str) -> Option<Duration> {
+    let number = text.trim().strip_suffix('s')?;
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    seconds_to_wait(number.parse::<f64>().ok()?)
+}
+
+/// Parses an IMF-fixdate such as `Wed, 21 Oct 2015 07:28:00 GMT`. Years
+/// outside 1970..=9999 are refused (HTTP dates have four digits), so the
+/// arithmetic below cannot overflow.
 fn parse_http_date(value: &str) -> Option<SystemTime> {
     let parts: Vec<&str> = value.split_whitespace().collect();
     let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
@@ -308,6 +376,9 @@ fn parse_http_date(value: &str) -> Option<SystemTime> {
     .position(|m| m == month)? as u64
         + 1;
     let year: i64 = year.parse().ok()?;
+    if !(1970..=9999).contains(&year) {
+        return None;
+    }
     let hms: Vec<u64> = time
         .split(':')
         .map(|p| p.parse().ok())
@@ -319,8 +390,10 @@ fn parse_http_date(value: &str) -> Option<SystemTime> {
         return None;
     }
     let days = days_from_civil(year, month, day)?;
-    let seconds = days.checked_mul(86_400)? + h * 3600 + m * 60 + s;
-    Some(UNIX_EPOCH + Duration::from_secs(seconds))
+    let seconds = days
+        .checked_mul(86_400)?
+        .checked_add(h * 3600 + m * 60 + s)?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
 /// Days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -383,6 +456,187 @@ mod tests {
         assert_eq!(retry_after(&bad, now), None);
     }
 
+    /// A hostile or garbled wait never panics and never exceeds the ceiling
+    /// (`Duration::from_secs_f64(1e300)` used to panic the request, which
+    /// stopped the fallback chain).
+    #[test]
+    fn hostile_retry_after_values_are_clamped_or_ignored() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_470);
+        let wait = |name: &'static str, value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static(value));
+            retry_after(&headers, now)
+        };
+        for huge in [
+            "1e300",
+            "inf",
+            "+Infinity",
+            "18446744073709551616",
+            "99999999999999999999999999999999999999",
+            "86401",
+        ] {
+            assert_eq!(wait("retry-after", huge), Some(MAX_RETRY_AFTER), "{huge}");
+        }
+        assert_eq!(wait("retry-after-ms", "1e300"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            wait("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(MAX_RETRY_AFTER)
+        );
+        for garbage in [
+            "NaN",
+            "-inf",
+            "-1e300",
+            "Fri, 31 Dec 99999999999 23:59:59 GMT",
+            "Fri, 31 Dec -9223372036854775808 23:59:59 GMT",
+            "Fri, 31 Dec 9223372036854775807 23:59:59 GMT",
+            "Fri, 31 Dec 1969 23:59:59 GMT",
+            "Fri, 31 Dec 2015 99:99:99 GMT",
+        ] {
+            assert_eq!(wait("retry-after", garbage), None, "{garbage}");
+        }
+        // A past date means "now".
+        assert_eq!(
+            wait("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        // A bad retry-after-ms falls back to retry-after.
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after-ms", HeaderValue::from_static("NaN"));
+        headers.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn protobuf_durations() {
+        assert_eq!(protobuf_duration("12s"), Some(Duration::from_secs(12)));
+        assert_eq!(
+            protobuf_duration("0.250s"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(protobuf_duration("315576000000s"), Some(MAX_RETRY_AFTER));
+        for bad in [
+            "", "s", "12", "-1s", "1e3s", "NaNs", "infs", "1.2.3s", "12 s",
+        ] {
+            assert_eq!(protobuf_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A one-connection HTTP server on 127.0.0.1 that answers with `head`,
+    /// then `body` (once, or over and over until the client hangs up).
+    async fn serve_once(head: Vec<u8>, body: Vec<u8>, endless: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 64 * 1024];
+            let mut read = 0;
+            // The request head and its small body.
+            while !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut request[read..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read += n,
+                }
+            }
+            if socket.write_all(&head).await.is_err() {
+                return;
+            }
+            loop {
+                if socket.write_all(&body).await.is_err() || !endless {
+                    return;
+                }
+            }
+        });
+        url
+    }
+
+    async fn send_to(url: String, max_body_bytes: usize) -> Result<HttpResponse, LlmError> {
+        let request = HttpRequest::post_json(url, &serde_json::json!({}));
+        send(
+            &request,
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            max_body_bytes,
+        )
+        .await
+    }
+
+    // Hostile servers: each case ends in a bounded result well before the
+    // (generous) timeout, whatever the server goes on sending.
+
+    #[tokio::test]
+    async fn an_endless_error_body_is_cut_at_the_error_cap() {
+        let head = b"HTTP/1.1 500 Internal Server Error\r\nconnection: close\r\n\r\n".to_vec();
+        let url = serve_once(head, vec![b'x'; 16 * 1024], true).await;
+        let response = send_to(url, 1024).await.unwrap();
+        assert_eq!(response.status, 500);
+        assert_eq!(response.body.len(), MAX_ERROR_BODY);
+    }
+
+    #[tokio::test]
+    async fn an_endless_success_body_is_refused_at_max_body_bytes() {
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        let chunk = format!("4000\r\n{}\r\n", "y".repeat(0x4000)).into_bytes();
+        let url = serve_once(head, chunk, true).await;
+        let error = send_to(url, 100_000).await.unwrap_err();
+        assert_eq!(error.reason, Reason::BodyTooLarge);
+    }
+
+    #[tokio::test]
+    async fn a_huge_content_length_is_refused_or_read_as_far_as_it_goes() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999\r\n\r\n".to_vec();
+        let url = serve_once(head, b"{}".to_vec(), true).await;
+        assert_eq!(
+            send_to(url, 1 << 20).await.unwrap_err().reason,
+            Reason::BodyTooLarge
+        );
+
+        let head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 99999999999999999\r\n\r\n"
+            .to_vec();
+        let url = serve_once(head, b"oops".to_vec(), false).await;
+        let error = send_to(url, 1 << 20).await.unwrap_err();
+        assert_eq!(
+            (error.reason, error.retryable),
+            (Reason::MalformedResponse, true)
+        );
+        assert!(
+            error.message.contains("cut off after 4 bytes"),
+            "{}",
+            error.message
+        );
+
+        // Beyond u64: the head itself is refused.
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 1{}\r\n\r\n",
+            "0".repeat(40)
+        )
+        .into_bytes();
+        let url = serve_once(head, b"{}".to_vec(), false).await;
+        assert!(send_to(url, 1 << 20).await.unwrap_err().retryable);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_response_head_is_a_retryable_error() {
+        let mut head = b"HTTP/1.1 200 OK\r\nx-junk: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 2_000_000));
+        head.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\n{}");
+        let url = serve_once(head, Vec::new(), false).await;
+        let error = send_to(url, 1 << 20).await.unwrap_err();
+        assert_eq!((error.reason, error.retryable), (Reason::Connect, true));
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_headers_are_ignored() {
+        let mut head = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: ".to_vec();
+        head.extend_from_slice(&[0xff, 0xfe, 0x80]);
+        head.extend_from_slice(b"\r\ncontent-length: 4\r\n\r\n");
+        let url = serve_once(head, vec![0xff, 0xfe, 0xc3, 0x28], false).await;
+        let response = send_to(url, 1 << 20).await.unwrap();
+        assert_eq!(response.status, 429);
+        assert_eq!(retry_after(&response.headers, SystemTime::now()), None);
+        assert_eq!(response.body, vec![0xff, 0xfe, 0xc3, 0x28]);
+    }
+
     #[test]
     fn http_dates_match_known_timestamps() {
         assert_eq!(
@@ -407,6 +661,11 @@ mod tests {
             assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
             let capped = backoff(30, base, max);
             assert!(capped >= Duration::from_millis(500) && capped <= max);
+        }
+        // Extreme configurations saturate instead of overflowing.
+        for retry in [0, 31, 63, u32::MAX] {
+            assert!(backoff(retry, Duration::MAX, Duration::MAX) <= Duration::MAX);
+            assert!(backoff(retry, Duration::from_millis(u64::MAX), max) <= max);
         }
         let samples: std::collections::HashSet<Duration> =
             (0..20).map(|_| backoff(3, base, max)).collect();

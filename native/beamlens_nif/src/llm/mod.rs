@@ -86,7 +86,11 @@ pub fn interpret(
         ProviderKind::Bedrock => bedrock::error(status, &response.headers, body, &secrets),
         ProviderKind::Gemini => gemini::error(status, body, &secrets),
     };
-    error.retry_after = http::retry_after(&response.headers, SystemTime::now());
+    // A header wins over a wait the provider gave in its body (Gemini's
+    // RetryInfo); both are clamped to http::MAX_RETRY_AFTER.
+    if let Some(wait) = http::retry_after(&response.headers, SystemTime::now()) {
+        error.retry_after = Some(wait);
+    }
     Err(error)
 }
 
@@ -106,8 +110,10 @@ pub async fn call_provider(
         Some(build_request(config, request, SystemTime::now()).map_err(|e| e.provider(kind))?);
 
     let key = breaker_key(config);
-    let probe_limit = config.timeout.saturating_mul(config.max_retries + 1)
-        + config.max_backoff.saturating_mul(config.max_retries);
+    let probe_limit = config
+        .timeout
+        .saturating_mul(config.max_retries + 1)
+        .saturating_add(config.max_backoff.saturating_mul(config.max_retries));
     if let Err(wait) = breaker::with(&key, |b| b.allow(Instant::now(), probe_limit)) {
         return Err(LlmError::new(
             Reason::CircuitOpen,
@@ -249,4 +255,119 @@ pub fn check_budget() -> Result<(), LlmError> {
         error.details = vec![("used", over.used), ("budget", over.budget)];
         error
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+    use serde_json::json;
+
+    fn response(status: u16, body: Vec<u8>) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: HeaderMap::new(),
+            body,
+        }
+    }
+
+    /// Bodies a hostile or broken server may send, for success and error
+    /// statuses of every provider: each must end in a bounded error (or a
+    /// turn), never a panic or a stack overflow.
+    fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
+        let deep_array = format!("{}{}", "[".repeat(60_000), "]".repeat(60_000));
+        let deep_object = format!("{}1{}", "{\"error\":".repeat(30_000), "}".repeat(30_000));
+        let mut invalid_utf8 = br#"{"error": {"message": "bad "#.to_vec();
+        invalid_utf8.extend_from_slice(&[0xff, 0xfe, 0xc3, 0x28, 0xed, 0xa0, 0x80]);
+        invalid_utf8.extend_from_slice(br#""}}"#);
+        let long_message = json!({"error": {"message": "x".repeat(60_000), "type": "overloaded_error"},
+                                   "message": "y".repeat(60_000)});
+        let huge_numbers = json!({"usage": {"input_tokens": 1e300, "output_tokens": -1},
+            "usageMetadata": {"promptTokenCount": u64::MAX, "candidatesTokenCount": u64::MAX,
+                              "thoughtsTokenCount": u64::MAX, "cachedContentTokenCount": u64::MAX}});
+        vec![
+            ("deep array", deep_array.into_bytes()),
+            ("deep object", deep_object.into_bytes()),
+            ("invalid utf-8", invalid_utf8),
+            ("raw invalid utf-8", vec![0xff; 4096]),
+            ("long message", long_message.to_string().into_bytes()),
+            ("huge numbers", huge_numbers.to_string().into_bytes()),
+            ("empty", Vec::new()),
+            ("nul bytes", vec![0; 1024]),
+        ]
+    }
+
+    #[test]
+    fn hostile_bodies_give_bounded_errors_for_every_provider() {
+        let request = types::tests::sample_request();
+        for kind in ProviderKind::ALL {
+            let config = ProviderConfig::new(kind, "m");
+            for (name, body) in hostile_bodies() {
+                for status in [200, 400, 429, 500, 529] {
+                    let result = interpret(&config, &request, &response(status, body.clone()));
+                    if let Err(error) = result {
+                        assert!(
+                            error.message.chars().count() < 600,
+                            "{kind} {name} {status}: {} chars",
+                            error.message.chars().count()
+                        );
+                        assert!(!error.message.contains('\u{0}'), "{kind} {name} {status}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deeply_nested_replies_are_malformed_not_a_crash() {
+        let request = types::tests::sample_request();
+        let config = ProviderConfig::new(ProviderKind::OpenAi, "m");
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let error = interpret(&config, &request, &response(200, deep.into_bytes())).unwrap_err();
+        assert_eq!(error.reason, Reason::MalformedResponse);
+        assert!(
+            error.message.contains("recursion limit"),
+            "{}",
+            error.message
+        );
+
+        // Nested tool-call arguments (a JSON string inside the reply) come
+        // back as a tool call with an error, and the reply itself is fine.
+        let arguments = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+        let body = json!({"choices": [{"message": {"role": "assistant", "content": null,
+            "tool_calls": [{"id": "c1", "type": "function",
+                            "function": {"name": "execute_lua", "arguments": arguments}}]},
+            "finish_reason": "tool_calls"}]});
+        for kind in [ProviderKind::OpenAi, ProviderKind::OpenAiCompatible] {
+            let config = ProviderConfig::new(kind, "m");
+            let reply = interpret(
+                &config,
+                &request,
+                &response(200, body.to_string().into_bytes()),
+            )
+            .unwrap();
+            assert!(reply.tool_calls[0].arguments.is_none(), "{kind}");
+            assert!(reply.tool_calls[0].error.is_some(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_header_wait_wins_over_a_body_wait_and_both_are_clamped() {
+        let request = types::tests::sample_request();
+        let config = ProviderConfig::new(ProviderKind::Gemini, "m");
+        let body =
+            json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "slow down",
+            "details": [{"@type": gemini::RETRY_INFO, "retryDelay": "4s"}]}})
+            .to_string()
+            .into_bytes();
+        let mut reply = response(429, body);
+        let error = interpret(&config, &request, &reply).unwrap_err();
+        assert_eq!(error.retry_after, Some(std::time::Duration::from_secs(4)));
+
+        reply
+            .headers
+            .insert("retry-after", HeaderValue::from_static("1e300"));
+        let error = interpret(&config, &request, &reply).unwrap_err();
+        assert_eq!(error.retry_after, Some(http::MAX_RETRY_AFTER));
+    }
 }

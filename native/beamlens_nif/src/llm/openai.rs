@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::config::ProviderConfig;
 use super::error::{LlmError, Reason};
-use super::http::{status_error, HttpRequest, Sensitive};
+use super::http::{kind_error, status_error, HttpRequest, Sensitive};
 use super::types::{
     ChatRequest, ProviderKind, RawArguments, RawToolCall, Role, StopReason, ToolChoice, Turn, Usage,
 };
@@ -259,13 +259,18 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
         .pointer("/error/code")
         .and_then(Value::as_str)
         .or_else(|| value.pointer("/error/type").and_then(Value::as_str));
-    let mut error = status_error(status, &wire::clean(&detail, secrets));
+    let detail = wire::clean(&detail, secrets);
     if code == Some("insufficient_quota") {
         // The account is out of credit: waiting will not help.
-        error.reason = Reason::RateLimited;
-        error.retryable = false;
+        return kind_error(
+            status,
+            Reason::RateLimited,
+            false,
+            "the account's quota is used up (insufficient_quota; retrying will not help)",
+            &detail,
+        );
     }
-    error
+    status_error(status, &detail)
 }
 
 #[cfg(test)]
@@ -424,6 +429,9 @@ mod tests {
             (quota.reason, quota.retryable),
             (Reason::RateLimited, false)
         );
+        assert!(quota
+            .message
+            .starts_with("the account's quota is used up (insufficient_quota; retrying will not help) (HTTP 429)"));
 
         let vllm = br#"{"detail": "Not Found"}"#;
         assert_eq!(
