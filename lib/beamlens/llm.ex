@@ -132,7 +132,9 @@ defmodule Beamlens.LLM do
              provider: metadata.provider,
              model: metadata.model,
              started_at: started,
-             span_context: span_context
+             span_context: span_context,
+             # For Beamlens.Usage, when the provider reports no usage.
+             input_estimate: Beamlens.Usage.estimate(request)
            }}
 
         {:error, %LLMError{reason: :budget_exceeded} = error} ->
@@ -184,6 +186,12 @@ defmodule Beamlens.LLM do
   """
   @spec handle_reply(Pending.t(), term()) :: {:ok, Response.t()} | {:error, LLMError.t()}
   def handle_reply(%Pending{} = pending, raw) do
+    result = do_handle_reply(pending, raw)
+    Beamlens.Usage.record_reply(pending, result)
+    result
+  end
+
+  defp do_handle_reply(pending, raw) do
     now = System.monotonic_time()
     duration = now - pending.started_at
 
