@@ -13,9 +13,9 @@ defmodule Beamlens.Usage do
   terms such as `{:watcher, :beam}`, so two instances with a watcher of the
   same name share its figures. Bounded: at most 1,024 callers (further
   ones are counted under `:other`) and one row per caller and minute for
-  the last hour, pruned every minute. The table belongs to a process
-  started by the first running `Beamlens` supervisor; without one,
-  nothing is recorded.
+  the last hour, pruned every minute. The table belongs to a small process
+  the first `Beamlens` supervisor starts and that lives as long as the VM;
+  before any BeamLens instance has started, nothing is recorded.
   """
 
   use GenServer
@@ -35,11 +35,14 @@ defmodule Beamlens.Usage do
   end
 
   @doc false
-  # One table per node: a second instance's child is ignored.
+  # One table per node, kept for the life of the VM like the native usage
+  # ledger: its owner is started once, unlinked, by the first Beamlens
+  # supervisor, and outlives it (figures survive a restart of BeamLens).
   def start do
-    case GenServer.start_link(__MODULE__, [], name: __MODULE__) do
+    case GenServer.start(__MODULE__, [], name: __MODULE__) do
+      {:ok, _pid} -> :ignore
       {:error, {:already_started, _}} -> :ignore
-      other -> other
+      {:error, reason} -> {:error, reason}
     end
   end
 
