@@ -259,10 +259,15 @@ defmodule Beamlens do
   def report(opts \\ []) do
     {device, opts} = Keyword.pop(opts, :device, :stdio)
     instance = instance!(opts, [])
-    status = status(instance: instance)
-    since = DateTime.add(DateTime.utc_now(), -3_600, :second)
-    recent = alerts(instance: instance, since: since, limit: 50)
-    IO.write(device, Beamlens.Report.format_status(status, recent))
+
+    if Process.whereis(Beamlens.History.name(instance)) do
+      status = status(instance: instance)
+      since = DateTime.add(DateTime.utc_now(), -3_600, :second)
+      recent = alerts(instance: instance, since: since, limit: 50)
+      IO.write(device, Beamlens.Report.format_status(status, recent))
+    else
+      IO.write(device, "BeamLens (#{inspect(instance)}) is not running on #{node()}.\n")
+    end
   end
 
   defp instance!(opts, allowed) do
