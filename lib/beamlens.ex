@@ -264,7 +264,8 @@ defmodule Beamlens do
       status = status(instance: instance)
       since = DateTime.add(DateTime.utc_now(), -3_600, :second)
       recent = alerts(instance: instance, since: since, limit: 50)
-      IO.write(device, Beamlens.Report.format_status(status, recent))
+      latest = insights(instance: instance, since: since, limit: 1)
+      IO.write(device, Beamlens.Report.format_status(status, recent, latest))
     else
       IO.write(device, "BeamLens (#{inspect(instance)}) is not running on #{node()}.\n")
     end

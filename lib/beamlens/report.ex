@@ -161,11 +161,11 @@ defmodule Beamlens.Report do
 
   @doc """
   The map of `Beamlens.status/1` as text: one line per watcher, then the
-  coordinator, providers, budget and the latest alerts (`recent`, newest
-  first, at most 5 shown).
+  coordinator and its latest insight (`insights`, newest first), providers,
+  budget and the latest alerts (`recent`, newest first, at most 5 shown).
   """
-  @spec format_status(map(), [Beamlens.Alert.t()]) :: String.t()
-  def format_status(status, recent \\ []) do
+  @spec format_status(map(), [Beamlens.Alert.t()], [Beamlens.Insight.t()]) :: String.t()
+  def format_status(status, recent \\ [], insights \\ []) do
     header = "BeamLens on #{status.node} at #{time(DateTime.utc_now())}"
 
     watchers =
@@ -239,8 +239,23 @@ defmodule Beamlens.Report do
             end) ++ more(length(list) - 5, "alert")
       end
 
+    insight =
+      case insights do
+        [] ->
+          []
+
+        [latest | _] ->
+          [
+            line(
+              "Latest insight (#{latest.correlation_type}, #{latest.alert_count} alerts, " <>
+                "#{Enum.join(latest.watchers, ", ")}): #{latest.summary}"
+            )
+          ]
+      end
+
     Enum.join(
-      [header, "Watchers:"] ++ watchers ++ reasons ++ coordinator ++ providers ++ alerts,
+      [header, "Watchers:"] ++
+        watchers ++ reasons ++ coordinator ++ insight ++ providers ++ alerts,
       "\n"
     ) <> "\n"
   end
