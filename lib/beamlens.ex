@@ -118,7 +118,7 @@ defmodule Beamlens do
   `:mode` is `:rules_only` with a `:mode_reason` when no provider is
   configured, the token budget is spent, or every provider's circuit
   breaker is open. Breaker states are as BeamLens last saw them in replies
-  (see `Beamlens.Usage.breaker/2`). Options: `:instance` (default `Beamlens`).
+  (see `Beamlens.Usage.breaker/3`). Options: `:instance` (default `Beamlens`).
   """
   @spec status(keyword()) :: map()
   def status(opts \\ []) do

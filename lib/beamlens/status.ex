@@ -120,7 +120,7 @@ defmodule Beamlens.Status do
       %{
         provider: p.provider,
         model: p[:model] || p[:deployment],
-        breaker: Usage.breaker(p.provider)
+        breaker: Usage.breaker(p.provider, Map.take(p, [:breaker_threshold, :breaker_cooldown]))
       }
     end)
   end
