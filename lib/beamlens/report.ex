@@ -219,7 +219,8 @@ defmodule Beamlens.Report do
               Enum.map_join(list, " -> ", fn p ->
                 "#{p.provider} #{p.model} (breaker #{p.breaker})"
               end) <>
-              "; budget #{status.budget.used_this_hour}/#{status.budget.limit} tokens this hour"
+              "; budget #{status.budget.used_this_hour}/#{status.budget.limit} tokens this hour" <>
+              investigation_tokens(status)
           ]
       end
 
@@ -259,6 +260,12 @@ defmodule Beamlens.Report do
       "\n"
     ) <> "\n"
   end
+
+  defp investigation_tokens(%{investigations: %{tokens: %{last_hour: %{input: i, output: o}}}})
+       when i + o > 0,
+       do: " (investigations #{i + o})"
+
+  defp investigation_tokens(_status), do: ""
 
   defp more(n, what) when n > 0, do: ["  ... and #{n} more #{what}(s)"]
   defp more(_, _), do: []

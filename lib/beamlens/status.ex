@@ -70,7 +70,8 @@ defmodule Beamlens.Status do
       watchers: watchers,
       coordinator: coordinator(instance),
       providers: providers,
-      budget: budget
+      budget: budget,
+      investigations: %{tokens: Usage.get(:investigation)}
     }
   end
 
