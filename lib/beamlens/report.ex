@@ -92,9 +92,10 @@ defmodule Beamlens.Report do
     domains =
       Enum.map(r.domains, fn d ->
         figures =
-          d.key_figures
-          |> Enum.take(@max_figures)
-          |> Enum.map_join(", ", fn {k, v} -> "#{k} #{v}" end)
+          case Enum.take(d.key_figures, @max_figures) do
+            [] -> "(no fresh snapshot)"
+            list -> Enum.map_join(list, ", ", fn {k, v} -> "#{k} #{v}" end)
+          end
 
         line("  #{pad(d.watcher, 10)} #{pad(d.state, 9)} #{figures}")
       end)
@@ -147,8 +148,8 @@ defmodule Beamlens.Report do
       if r.model_used do
         [
           "Model's answer (interpretation, not measured):",
-          wrap("  Summary: #{r.summary || "(none given)"}"),
-          wrap("  Hypothesis: #{r.hypothesis || "(none given)"}"),
+          wrap("Summary: #{r.summary || "(none given)"}"),
+          wrap("Hypothesis: #{r.hypothesis || "(none given)"}"),
           "Tokens: #{r.tokens.input} in, #{r.tokens.output} out#{if r.tokens.estimated, do: " (estimated)", else: ""}"
         ]
       else
@@ -279,16 +280,22 @@ defmodule Beamlens.Report do
     if String.length(text) > @width, do: String.slice(text, 0, @width - 3) <> "...", else: text
   end
 
+  # Indented by 2, continuation lines by 4, at most 6 lines; a word longer
+  # than a line is cut.
   defp wrap(text) do
+    width = @width - 4
+
     text
     |> String.split(~r/\s+/, trim: true)
+    |> Enum.map(&String.slice(&1, 0, width))
     |> Enum.reduce([""], fn word, [current | done] ->
-      if current != "" and String.length(current) + String.length(word) + 1 > @width,
+      if current != "" and String.length(current) + String.length(word) + 1 > width,
         do: [word | [current | done]],
         else: [String.trim_leading(current <> " " <> word) | done]
     end)
     |> Enum.reverse()
     |> Enum.take(6)
     |> Enum.join("\n    ")
+    |> then(&("  " <> &1))
   end
 end
