@@ -95,6 +95,250 @@ defmodule Beamlens do
     end)
   end
 
+  ## Operating BeamLens (see the README section "Operating BeamLens")
+
+  @doc """
+  What every watcher is doing now, the coordinator, the providers and the
+  token budget.
+
+      %{
+        node: :"app@host",
+        watchers: [%{name: :beam, state: :healthy, reason: "...", mode: :model,
+                     mode_reason: nil, paused: false, paused_until: nil,
+                     last_tick_at: ~U[...], next_tick_at: ~U[...], firing: [],
+                     last_check: %{at: ~U[...], reason: "gate findings", outcome: :done, tokens: 1830},
+                     alerts_fired: 2,
+                     tokens: %{last_hour: %{input: 1500, output: 330},
+                               total: %{input: 9000, output: 2000}, estimated: false}, ...}],
+        coordinator: %{leader?: true, insights: 1, tokens: %{...}},
+        providers: [%{provider: :anthropic, model: "claude-haiku-4-5", breaker: :closed}],
+        budget: %{limit: 250_000, used_this_hour: 1830, left: 248_170}
+      }
+
+  `:mode` is `:rules_only` with a `:mode_reason` when no provider is
+  configured, the token budget is spent, or every provider's circuit
+  breaker is open. Breaker states are as BeamLens last saw them in replies
+  (see `Beamlens.Usage.breaker/3`). Options: `:instance` (default `Beamlens`).
+  """
+  @spec status(keyword()) :: map()
+  def status(opts \\ []) do
+    instance = instance!(opts, [])
+
+    infos =
+      instance
+      |> watcher_pids()
+      |> Enum.flat_map(fn {_name, pid} ->
+        try do
+          [GenServer.call(pid, :status, 5_000)]
+        catch
+          :exit, _ -> []
+        end
+      end)
+
+    Beamlens.Status.build(instance, infos)
+  end
+
+  @doc """
+  The alerts of the last `:history_size` (default 500) that fired, newest
+  first, with their occurrences, escalations and when they were last seen.
+  Kept in memory whether or not a telemetry handler was attached.
+
+  Filters: `:watcher`, `:severity`, `:anomaly_type`, `:since` (a
+  `DateTime`: alerts last seen at or after it), `:limit`. Options:
+  `:instance`.
+
+      Beamlens.alerts(since: DateTime.add(DateTime.utc_now(), -3600), severity: :critical)
+  """
+  @spec alerts(keyword()) :: [Beamlens.Alert.t()]
+  def alerts(opts \\ []) do
+    instance = instance!(opts, [:watcher, :severity, :anomaly_type, :since, :limit])
+    Beamlens.History.alerts(Beamlens.History.name(instance), Keyword.delete(opts, :instance))
+  end
+
+  @doc """
+  The coordinator's insights, newest first: those it emitted (kept like
+  alerts) and those it holds now (on every node, not only the leader), the
+  latest version of each. Filters: `:since` (updated at or after), `:limit`.
+  Options: `:instance`.
+  """
+  @spec insights(keyword()) :: [Beamlens.Insight.t()]
+  def insights(opts \\ []) do
+    instance = instance!(opts, [:since, :limit])
+    filters = Keyword.delete(opts, :instance)
+    kept = Beamlens.History.insights(Beamlens.History.name(instance), filters)
+
+    live =
+      case Beamlens.Status.coordinator_name(instance) do
+        nil ->
+          []
+
+        name ->
+          try do
+            Beamlens.Coordinator.insights(name)
+          catch
+            :exit, _ -> []
+          end
+      end
+
+    (kept ++ live)
+    |> Enum.group_by(& &1.id)
+    |> Enum.map(fn {_, versions} -> Enum.max_by(versions, & &1.version) end)
+    |> Enum.sort_by(&DateTime.to_unix(&1.updated_at, :microsecond), :desc)
+    |> Beamlens.History.filter(filters, & &1.updated_at)
+  end
+
+  @doc """
+  Pauses a watcher: it keeps taking snapshots, so its gate keeps learning
+  baselines and `status/1` stays current, but it raises nothing (no alert,
+  no model check). A check already running finishes without firing the
+  gate's alerts. Options: `for:` milliseconds (default: until `resume/2`),
+  `:instance`.
+
+      Beamlens.pause(:logger, for: :timer.minutes(15))
+  """
+  @spec pause(atom(), keyword()) :: :ok | {:error, Exception.t()}
+  def pause(watcher, opts \\ []) do
+    case Keyword.get(opts, :for, :infinity) do
+      ms when (is_integer(ms) and ms > 0) or ms == :infinity ->
+        call_watcher(opts, [:for], watcher, {:pause, ms})
+
+      other ->
+        {:error,
+         %Beamlens.Error{
+           kind: :bad_argument,
+           message:
+             "expected for: to be a positive number of milliseconds, got: #{inspect(other)}"
+         }}
+    end
+  end
+
+  @doc "Resumes a paused watcher. Options: `:instance`."
+  @spec resume(atom(), keyword()) :: :ok | {:error, Exception.t()}
+  def resume(watcher, opts \\ []), do: call_watcher(opts, [], watcher, :resume)
+
+  @doc """
+  Makes a watcher take a snapshot now and judge it; with a model (and
+  budget), the model checks it too, whatever the gate found. A paused
+  watcher takes the snapshot but raises nothing. Options: `:instance`.
+  """
+  @spec check_now(atom(), keyword()) :: :ok | {:error, Exception.t()}
+  def check_now(watcher, opts \\ []), do: call_watcher(opts, [], watcher, :check_now)
+
+  @doc """
+  Investigates now, across the chosen watchers, and returns a
+  `Beamlens.Report`: fresh snapshots judged by the gates, the key figures
+  of each domain, findings with evidence and entities, the alerts they
+  amount to, and, with a model, its answer to `question` after at most
+  `:max_iterations` turns of read-only Lua. Without a model (none
+  configured, budget spent, provider down) the report holds the facts and
+  says that no model was used. See `Beamlens.Investigation`.
+
+  Options: `:watchers` (names; default all running), `:timeout` (ms,
+  default 60000), `:max_iterations` (6), `:max_tokens` (30000),
+  `:fire_alerts` (default `false`: the alerts are only in the report),
+  `:instance`. One investigation runs at a time per node; another gets
+  `{:error, %Beamlens.Error{kind: :busy}}`.
+
+      {:ok, report} = Beamlens.investigate("why is memory growing?")
+      IO.puts(Beamlens.Report.to_text(report))
+  """
+  @spec investigate(String.t() | nil, keyword()) ::
+          {:ok, Beamlens.Report.t()} | {:error, Exception.t()}
+  def investigate(question \\ nil, opts \\ []) do
+    {instance, opts} = Keyword.pop(opts, :instance, __MODULE__)
+    Beamlens.Investigation.run(instance, question, opts)
+  end
+
+  @doc """
+  Prints what BeamLens sees now (`status/1` and the latest alerts) as text
+  short enough for a terminal. For IEx and
+  `bin/my_app rpc 'Beamlens.report()'`. Options: `:device` (default
+  `:stdio`), `:instance`.
+  """
+  @spec report(keyword()) :: :ok
+  def report(opts \\ []) do
+    {device, opts} = Keyword.pop(opts, :device, :stdio)
+    instance = instance!(opts, [])
+
+    if Process.whereis(Beamlens.History.name(instance)) do
+      status = status(instance: instance)
+      since = DateTime.add(DateTime.utc_now(), -3_600, :second)
+      recent = alerts(instance: instance, since: since, limit: 50)
+      latest = insights(instance: instance, since: since, limit: 1)
+      IO.write(device, Beamlens.Report.format_status(status, recent, latest))
+    else
+      IO.write(device, "BeamLens (#{inspect(instance)}) is not running on #{node()}.\n")
+    end
+  end
+
+  defp instance!(opts, allowed) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError, "expected the options to be a keyword list, got: #{inspect(opts)}"
+    end
+
+    case Enum.find(Keyword.keys(opts), &(&1 not in [:instance | allowed])) do
+      nil ->
+        :ok
+
+      key when allowed == [] ->
+        raise ArgumentError, "unknown option #{inspect(key)}; known: :instance"
+
+      _key ->
+        :ok
+    end
+
+    Keyword.get(opts, :instance, __MODULE__)
+  end
+
+  defp watcher_pids(instance) do
+    instance
+    |> Module.concat(Registry)
+    |> Registry.select([{{{:watcher, :"$1"}, :"$2", :_}, [], [{{:"$1", :"$2"}}]}])
+    |> Enum.sort()
+  rescue
+    ArgumentError -> []
+  end
+
+  defp call_watcher(opts, allowed, watcher, message) do
+    case Enum.find(Keyword.keys(opts), &(&1 not in [:instance | allowed])) do
+      nil ->
+        instance = Keyword.get(opts, :instance, __MODULE__)
+
+        case List.keyfind(watcher_pids(instance), watcher, 0) do
+          {_, pid} ->
+            try do
+              GenServer.call(pid, message, 5_000)
+            catch
+              :exit, reason ->
+                {:error,
+                 %Beamlens.Error{
+                   kind: :unavailable,
+                   message:
+                     "watcher #{inspect(watcher)} did not answer: #{inspect(reason, limit: 5)}"
+                 }}
+            end
+
+          nil ->
+            running = instance |> watcher_pids() |> Enum.map_join(", ", &inspect(elem(&1, 0)))
+
+            {:error,
+             %Beamlens.Error{
+               kind: :not_found,
+               message:
+                 "no watcher named #{inspect(watcher)} in #{inspect(instance)}; running: #{if running == "", do: "none", else: running}"
+             }}
+        end
+
+      key ->
+        {:error,
+         %Beamlens.Error{
+           kind: :bad_argument,
+           message:
+             "unknown option #{inspect(key)}; known: #{Enum.map_join([:instance | allowed], ", ", &inspect/1)}"
+         }}
+    end
+  end
+
   @doc """
   The version of BeamLens.
 
@@ -135,8 +379,13 @@ defmodule Beamlens do
 
     children =
       [
-        {Registry, keys: :unique, name: Module.concat(instance, Registry)},
-        {Task.Supervisor, name: Module.concat(instance, TaskSupervisor)}
+        {Registry,
+         keys: :unique,
+         name: Module.concat(instance, Registry),
+         meta: [llm_config: llm_config, coordinator: coordinator]},
+        {Task.Supervisor, name: Module.concat(instance, TaskSupervisor)},
+        {Beamlens.History, instance: instance, size: opts[:history_size]},
+        Beamlens.Usage
       ] ++
         log_store ++
         exception_store ++
@@ -165,7 +414,9 @@ defmodule Beamlens do
         do: [summarizer: {Beamlens.Coordinator.LLMSummarizer, llm_config: llm_config}],
         else: []
 
-    coordinator_opts = Keyword.merge(summarizer, Keyword.merge(opts, name: name, pg_scope: scope))
+    coordinator_opts =
+      Keyword.merge(summarizer, Keyword.merge(opts, name: name, pg_scope: scope))
+      |> Keyword.put(:history, Beamlens.History.name(instance))
 
     children = [
       %{id: {:pg, scope}, start: {__MODULE__, :start_pg, [scope]}},

@@ -31,6 +31,11 @@ defmodule Beamlens.Alert do
       model wrote. Repeats within the cooldown are folded into the open
       alert rather than fired again.
     * `:occurrences` - how many detections were folded into this alert.
+    * `:escalations` - each time the severity of this problem rose while it
+      was open: `%{at: DateTime.t(), severity: severity(), summary: String.t()}`,
+      oldest first (kept by `Beamlens.alerts/1`).
+    * `:last_seen_at` - when the latest detection folded into it was seen
+      (`DateTime`, UTC; the detection time until a repeat is folded).
   """
 
   @type severity :: :info | :warning | :critical
@@ -51,7 +56,9 @@ defmodule Beamlens.Alert do
           source: :gate | :llm,
           detected_at: DateTime.t(),
           fingerprint: String.t(),
-          occurrences: pos_integer()
+          occurrences: pos_integer(),
+          escalations: [%{at: DateTime.t(), severity: severity(), summary: String.t()}],
+          last_seen_at: DateTime.t() | nil
         }
 
   @enforce_keys [:watcher, :severity, :anomaly_type, :summary]
@@ -63,6 +70,7 @@ defmodule Beamlens.Alert do
     :summary,
     :detected_at,
     :fingerprint,
+    :last_seen_at,
     node: nil,
     state: :warning,
     observation: "",
@@ -70,7 +78,8 @@ defmodule Beamlens.Alert do
     evidence: %{snapshot_ids: [], values: %{}},
     entities: [],
     source: :gate,
-    occurrences: 1
+    occurrences: 1,
+    escalations: []
   ]
 
   @severities [:info, :warning, :critical]
@@ -94,12 +103,14 @@ defmodule Beamlens.Alert do
     end
 
     node = alert.node || node()
+    detected_at = alert.detected_at || DateTime.utc_now()
 
     %{
       alert
       | id: alert.id || new_id(),
         node: node,
-        detected_at: alert.detected_at || DateTime.utc_now(),
+        detected_at: detected_at,
+        last_seen_at: alert.last_seen_at || detected_at,
         fingerprint: fingerprint(alert.watcher, alert.anomaly_type, node)
     }
   end

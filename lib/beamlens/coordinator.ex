@@ -102,6 +102,7 @@ defmodule Beamlens.Coordinator do
       :summarizer_opts,
       :summarizer_timeout,
       :leader,
+      :history,
       :members_ref,
       :eligible_ref,
       members: [],
@@ -138,9 +139,15 @@ defmodule Beamlens.Coordinator do
   """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts \\ []) do
+    # :history is set by the Beamlens supervisor (Beamlens.History), not by users.
+    {history, opts} = Keyword.pop(opts, :history)
+
     case Options.validate(opts) do
-      {:ok, opts} -> GenServer.start_link(__MODULE__, opts, name: opts[:name])
-      {:error, error} -> raise error
+      {:ok, opts} ->
+        GenServer.start_link(__MODULE__, Keyword.put(opts, :history, history), name: opts[:name])
+
+      {:error, error} ->
+        raise error
     end
   end
 
@@ -217,6 +224,7 @@ defmodule Beamlens.Coordinator do
 
       state = %State{
         name: opts[:name],
+        history: opts[:history],
         scope: scope,
         group: group,
         engine: engine,
@@ -537,6 +545,7 @@ defmodule Beamlens.Coordinator do
   defp emit(%Insight{id: id} = insight, state) do
     event = if announced(state, id) == 0, do: :insight_produced, else: :insight_updated
     insight = %{insight | produced_by: node()}
+    Beamlens.History.insight(state.history, insight)
 
     Telemetry.execute(
       [:coordinator, event],

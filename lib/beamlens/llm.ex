@@ -68,6 +68,8 @@ defmodule Beamlens.LLM do
   (`usage/0`, `usage/1`). `set_budget/1` caps the tokens used in any
   60-minute window; once it is reached `chat_async/3` fails at once with
   reason `:budget_exceeded` and emits `[:beamlens, :llm, :budget_exceeded]`.
+  `handle_reply/2` also feeds `Beamlens.Usage` (tokens per caller over the
+  last hour, estimated when a provider reports none).
 
   ## Telemetry
 
@@ -137,7 +139,9 @@ defmodule Beamlens.LLM do
              provider: metadata.provider,
              model: metadata.model,
              started_at: started,
-             span_context: span_context
+             span_context: span_context,
+             # For Beamlens.Usage, when the provider reports no usage.
+             input_estimate: Beamlens.Usage.estimate(request)
            }}
 
         {:error, %LLMError{reason: :budget_exceeded} = error} ->
@@ -189,6 +193,12 @@ defmodule Beamlens.LLM do
   """
   @spec handle_reply(Pending.t(), term()) :: {:ok, Response.t()} | {:error, LLMError.t()}
   def handle_reply(%Pending{} = pending, raw) do
+    result = do_handle_reply(pending, raw)
+    Beamlens.Usage.record_reply(pending, result)
+    result
+  end
+
+  defp do_handle_reply(pending, raw) do
     now = System.monotonic_time()
     duration = now - pending.started_at
 

@@ -130,6 +130,13 @@ defmodule Beamlens.Options do
                    "`:function`, `:defaults` (see `Beamlens.Redactor`). Defaults to " <>
                    "`config :beamlens, :redact`, then the built-in rules."
              ],
+             history_size: [
+               type: :pos_integer,
+               default: 500,
+               doc:
+                 "Most alerts, and most insights, kept in memory for `Beamlens.alerts/1` and " <>
+                   "`Beamlens.insights/1`; the oldest are dropped first."
+             ],
              coordinator: [
                type: {:or, [:keyword, {:in, [false]}]},
                default: [],

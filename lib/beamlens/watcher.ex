@@ -63,6 +63,15 @@ defmodule Beamlens.Watcher do
     llm_paused_until: 0,
     reported_tokens: 0,
     llm_errors: %{},
+    # Operator controls (Beamlens.pause/2, check_now/2, status/1).
+    paused_until: nil,
+    paused_until_at: nil,
+    check_requested: false,
+    # Set while paused: what fires at the first verdict after the pause is
+    # raised even if it started during the pause.
+    raise_firing: false,
+    last_tick_at: nil,
+    last_check: nil,
     stats: %{checks: 0, llm_requests: 0, corrections: 0, compactions: 0, gate_fallbacks: 0}
   ]
 
@@ -146,9 +155,57 @@ defmodule Beamlens.Watcher do
     {:reply, info, state}
   end
 
+  # Operator controls: see Beamlens.pause/2, resume/2, check_now/2, status/1.
+  def handle_call(:status, _from, state), do: {:reply, Beamlens.Status.watcher(state), state}
+
+  def handle_call({:pause, ms}, _from, state) do
+    {until, at} =
+      case ms do
+        :infinity -> {:infinity, nil}
+        ms -> {clock(state) + ms, DateTime.add(DateTime.utc_now(), ms, :millisecond)}
+      end
+
+    Telemetry.execute([:watcher, :paused], %{count: 1}, %{watcher: state.name, for: ms})
+    {:reply, :ok, %{state | paused_until: until, paused_until_at: at}}
+  end
+
+  def handle_call(:resume, _from, state) do
+    Telemetry.execute([:watcher, :resumed], %{count: 1}, %{watcher: state.name})
+    {:reply, :ok, %{state | paused_until: nil, paused_until_at: nil}}
+  end
+
+  def handle_call(:check_now, _from, state) do
+    state = %{state | check_requested: true}
+    state = if state.snapshot_task, do: state, else: start_snapshot(state, :tick)
+    {:reply, :ok, state}
+  end
+
+  # What the watcher's own gate sees now, for Beamlens.investigate/2.
+  def handle_call(:gate_view, _from, state) do
+    view = %{
+      status: state.status,
+      reason: state.status_reason,
+      firing: Map.values(state.firing),
+      pending: state.pending,
+      metrics: state.metrics,
+      snapshot_id: match?([_ | _], state.snapshots) && elem(hd(state.snapshots), 0),
+      domain: state.domain
+    }
+
+    {:reply, view, state}
+  end
+
+  # An alert an investigation asked to fire (fire_alerts: true): delivered
+  # like the watcher's own, folded into an open alert of the same problem.
+  @impl true
+  def handle_cast({:fire_external, %Alert{} = alert}, state) do
+    {:noreply, deliver(state, alert.anomaly_type, false, &%{alert | occurrences: &1})}
+  end
+
   @impl true
   def handle_info(:tick, state) do
     Process.send_after(self(), :tick, state.opts[:interval])
+    state = %{state | last_tick_at: DateTime.utc_now()}
 
     if state.snapshot_task do
       {:noreply, %{state | skipped: state.skipped + 1}}
@@ -284,6 +341,7 @@ defmodule Beamlens.Watcher do
       state
       |> Map.put(:metrics, Map.new(metrics, &{&1.name, &1}))
       |> apply_verdict(verdict, id, snapshot)
+      |> check_served()
     else
       {:error, error} -> snapshot_failed(state, error_message(error))
     end
@@ -308,12 +366,24 @@ defmodule Beamlens.Watcher do
 
     groups =
       verdict.findings
-      |> Enum.filter(&(&1.status in ["new", "escalated"]))
+      |> Enum.filter(&(&1.status in ["new", "escalated"] or state.raise_firing))
       |> Enum.group_by(&anomaly_type(state, &1))
 
     state = update_status(state)
 
     cond do
+      # Paused: the gate keeps learning and the state stays current, but
+      # nothing is raised (no alert, no model).
+      paused?(state) ->
+        %{state | raise_firing: true}
+
+      state.raise_firing and state.wake == nil ->
+        state = %{state | raise_firing: false}
+
+        if reason = wake_reason(state, groups),
+          do: start_check(state, reason, snapshot_id, snapshot, verdict.findings, groups),
+          else: fire_gate_alerts(state, groups, snapshot_id)
+
       state.wake != nil ->
         # A check is running: its end fires the gate's alerts if needed.
         update_in(state.wake.gate_groups, &merge_groups(&1, groups, snapshot_id))
@@ -324,6 +394,31 @@ defmodule Beamlens.Watcher do
       true ->
         fire_gate_alerts(state, groups, snapshot_id)
     end
+  end
+
+  @doc false
+  def paused?(%{paused_until: nil}), do: false
+  def paused?(%{paused_until: :infinity}), do: true
+  def paused?(state), do: clock(state) < state.paused_until
+
+  # A check_now/2 in rules-only mode (or while paused) is served by the
+  # snapshot and the gate alone.
+  defp check_served(%{check_requested: false} = state), do: state
+
+  defp check_served(state) do
+    state = %{state | check_requested: false}
+
+    if state.wake,
+      do: state,
+      else: %{
+        state
+        | last_check: %{
+            at: DateTime.utc_now(),
+            reason: "check requested",
+            outcome: :rules_only,
+            tokens: 0
+          }
+      }
   end
 
   defp merge_groups(existing, groups, snapshot_id) do
@@ -351,6 +446,9 @@ defmodule Beamlens.Watcher do
     cond do
       now < state.llm_paused_until ->
         nil
+
+      state.check_requested ->
+        "check requested"
 
       map_size(groups) > 0 ->
         "gate findings"
@@ -766,9 +864,22 @@ defmodule Beamlens.Watcher do
     wake = state.wake
     state = %{state | wake: nil, last_wake_tick: state.tick, last_wake_at: clock(state)}
 
+    state = %{
+      state
+      | last_check: %{
+          at: DateTime.utc_now(),
+          reason: wake.reason,
+          outcome: outcome_name(outcome),
+          tokens: wake.tokens
+        }
+    }
+
+    # Paused while the check ran: raise nothing.
+    uncovered_source = if paused?(state), do: %{}, else: wake.gate_groups
+
     # The model's alerts cover their anomaly types; the gate covers the rest.
     uncovered =
-      wake.gate_groups
+      uncovered_source
       |> Enum.reject(fn {type, _} -> MapSet.member?(wake.fired_types, type) end)
 
     state =
@@ -927,6 +1038,8 @@ defmodule Beamlens.Watcher do
           watcher: state.name
         })
 
+        Beamlens.History.alert(Beamlens.History.name(state.instance), :folded, alert)
+
         put_in(state.open_alerts[fingerprint], %{alert: alert, fired_at: fired_at})
 
       previous ->
@@ -975,6 +1088,7 @@ defmodule Beamlens.Watcher do
     })
 
     notify_coordinator(state, alert)
+    Beamlens.History.alert(Beamlens.History.name(state.instance), :fired, alert)
 
     open_alerts =
       state.open_alerts

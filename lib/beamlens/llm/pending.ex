@@ -12,9 +12,10 @@ defmodule Beamlens.LLM.Pending do
           provider: atom(),
           model: String.t() | nil,
           started_at: integer(),
-          span_context: reference()
+          span_context: reference(),
+          input_estimate: non_neg_integer() | nil
         }
 
   @enforce_keys [:ref, :caller, :provider, :started_at, :span_context]
-  defstruct [:ref, :caller, :provider, :model, :started_at, :span_context]
+  defstruct [:ref, :caller, :provider, :model, :started_at, :span_context, :input_estimate]
 end
