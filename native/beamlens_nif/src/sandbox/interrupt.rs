@@ -11,11 +11,19 @@
 //! script cannot keep itself alive with `pcall`. Errors are still raised by
 //! mlua's handler, never by this code.
 //!
-//! The counter is thread-local: a run owns its thread from start to end,
-//! and [`install`] resets the counter at the start of each run.
+//! Between two budget checks it also reads the run's stop flags (the
+//! cancel flag and the watchdog's `expired` flag) every few steps: a check is
+//! due at once when either is set. A pattern-matching step can scan a whole
+//! string, so counting steps alone could let a deadline pass by seconds.
+//!
+//! The counter and the flags are thread-local: a run owns its thread from
+//! start to end, [`install`] sets them at the start of each run and
+//! [`clear`] at its end.
 
 use std::cell::Cell;
 use std::os::raw::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use mlua::{ffi, Lua, VmState};
 
@@ -24,6 +32,11 @@ use mlua::{ffi, Lua, VmState};
 /// around one nanosecond per step; a limit is noticed at most this many
 /// steps late.
 pub const BATCH: u32 = 256;
+
+/// Steps between two reads of the stop flags: often enough that a run
+/// stops within a few steps of its deadline, rarely enough to cost
+/// nothing measurable.
+const FLAG_EVERY: u32 = 8;
 
 type InterruptFn = unsafe extern "C-unwind" fn(*mut ffi::lua_State, c_int);
 
@@ -34,17 +47,27 @@ thread_local! {
     static BATCH_STARTED: Cell<u32> = const { Cell::new(BATCH) };
     /// mlua's own handler, called when the countdown runs out.
     static MLUA_HANDLER: Cell<Option<InterruptFn>> = const { Cell::new(None) };
+    /// The run's stop flags; `NEVER` outside a run.
+    static STOP_FLAGS: Cell<[*const AtomicBool; 2]> = const { Cell::new([&NEVER, &NEVER]) };
 }
+
+static NEVER: AtomicBool = AtomicBool::new(false);
+
+/// The flags that make the next interrupt step run a budget check. They
+/// are kept alive by the installed handler.
+pub struct StopFlags(pub [Arc<AtomicBool>; 2]);
 
 /// Installs `check` as the run's interrupt: it is called with the number of
 /// steps since its previous call and returns an error to stop the script.
-pub fn install<F>(lua: &Lua, check: F) -> mlua::Result<()>
+pub fn install<F>(lua: &Lua, flags: StopFlags, check: F) -> mlua::Result<()>
 where
     F: Fn(&Lua, u64) -> mlua::Result<VmState> + Send + 'static,
 {
+    let pointers = [Arc::as_ptr(&flags.0[0]), Arc::as_ptr(&flags.0[1])];
     lua.set_interrupt(move |lua| {
-        let steps = BATCH_STARTED.with(Cell::get);
-        let result = check(lua, u64::from(steps));
+        let _keep_alive = &flags;
+        let steps = uncounted_steps();
+        let result = check(lua, steps);
         let next = if result.is_ok() { BATCH } else { 1 };
         BATCH_STARTED.with(|c| c.set(next));
         COUNTDOWN.with(|c| c.set(next));
@@ -52,6 +75,7 @@ where
     });
     COUNTDOWN.with(|c| c.set(BATCH));
     BATCH_STARTED.with(|c| c.set(BATCH));
+    STOP_FLAGS.with(|c| c.set(pointers));
     // SAFETY: only the interrupt slot of the state's global callbacks is
     // read and replaced; mlua's handler stays reachable through
     // `MLUA_HANDLER` and is called exactly as Luau would call it.
@@ -62,6 +86,11 @@ where
             (*callbacks).interrupt = Some(counting_interrupt);
         })
     }
+}
+
+/// Forgets the run's stop flags; call before the handler is removed.
+pub fn clear() {
+    STOP_FLAGS.with(|c| c.set([&NEVER, &NEVER]));
 }
 
 /// Steps taken on this thread since the last budget check (not yet
@@ -77,12 +106,20 @@ unsafe extern "C-unwind" fn counting_interrupt(state: *mut ffi::lua_State, gc: c
     if gc >= 0 {
         return;
     }
-    let due = COUNTDOWN.with(|c| {
+    let (due, look) = COUNTDOWN.with(|c| {
         let left = c.get().saturating_sub(1);
         c.set(left);
-        left == 0
+        (left == 0, left % FLAG_EVERY == 0)
     });
-    if !due {
+    // SAFETY: the pointers are `NEVER` or flags kept alive by the handler
+    // installed for the running state (see `install` and `clear`).
+    let stop = look
+        && STOP_FLAGS.with(|c| {
+            c.get()
+                .iter()
+                .any(|flag| unsafe { (**flag).load(Ordering::Relaxed) })
+        });
+    if !due && !stop {
         return;
     }
     if let Some(handler) = MLUA_HANDLER.with(Cell::get) {

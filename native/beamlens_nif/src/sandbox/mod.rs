@@ -35,6 +35,7 @@ mod interrupt;
 pub mod limits;
 pub mod stdlib;
 pub mod value;
+mod watchdog;
 
 use std::fmt;
 use std::sync::atomic::AtomicBool;
@@ -297,8 +298,9 @@ pub fn run(
         callback_failure: Mutex::new(None),
     });
 
-    let lua = match prepare(&shared, callbacks) {
-        Ok(lua) => lua,
+    let _clear = ClearInterruptOnDrop;
+    let (lua, trampoline) = match prepare(&shared, callbacks) {
+        Ok(prepared) => prepared,
         Err(error) => return Err(failure(&shared, None, classify(&shared, &error))),
     };
 
@@ -307,12 +309,13 @@ pub fn run(
         .set_name("=script")
         .set_mode(ChunkMode::Text)
         .into_function()
-        .and_then(|function| function.call::<MultiValue>(()));
+        .and_then(|function| trampoline.call::<MultiValue>(function));
 
     let outcome = match result {
         Ok(values) => finish(&shared, values),
         Err(error) => Err(classify(&shared, &error)),
     };
+    interrupt::clear();
     lua.remove_interrupt();
     outcome
         .map(|value| Outcome {
@@ -322,6 +325,55 @@ pub fn run(
         })
         .map_err(|error| failure(&shared, Some(&lua), error))
 }
+
+/// Forgets the run's stop flags however the run ends (panics included).
+struct ClearInterruptOnDrop;
+
+impl Drop for ClearInterruptOnDrop {
+    fn drop(&mut self) {
+        interrupt::clear();
+    }
+}
+
+/// Longest error message kept, in bytes. Longer ones (`error(big)`, a
+/// callback's exception) are cut before they leave the Lua state.
+pub const MAX_MESSAGE: usize = 2048;
+
+/// Cuts `message` to at most `max` bytes (on a character boundary) and
+/// says so.
+pub fn truncate(message: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if message.len() <= max {
+        return message.into();
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... (message truncated)", &message[..end]).into()
+}
+
+/// Runs the script's function under `xpcall` with a handler that cuts
+/// string errors to [`MAX_MESSAGE`] bytes inside Lua, before mlua copies
+/// them out (three bytes per invalid byte) and adds a traceback. Other
+/// error values (the limits' and callbacks' errors) pass unchanged.
+const TRAMPOLINE: &str = r#"
+local cap, sub, type, xpcall, error = ...
+local function handler(e)
+    if type(e) == "string" and #e > cap then
+        return sub(e, 1, cap) .. "... (message truncated)"
+    end
+    return e
+end
+local function finish(ok, ...)
+    if ok then
+        return ...
+    end
+    error((...), 0)
+end
+return function(f)
+    return finish(xpcall(f, handler))
+end
+"#;
 
 /// The kind, message and line of an error, before output and stats are
 /// attached.
@@ -361,28 +413,53 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<Lua> {
+fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<(Lua, Function)> {
     check_callback_names(callbacks).map_err(mlua::Error::runtime)?;
     let lua = stdlib::new_state()?;
     let globals = lua.globals();
+    let string: Table = globals.raw_get("string")?;
+    let trampoline: Function = lua
+        .load(TRAMPOLINE)
+        .set_name("=run")
+        .set_mode(ChunkMode::Text)
+        .call((
+            MAX_MESSAGE,
+            string.raw_get::<Function>("sub")?,
+            globals.raw_get::<Function>("type")?,
+            globals.raw_get::<Function>("xpcall")?,
+            globals.raw_get::<Function>("error")?,
+        ))?;
 
     let tostring: Function = globals.raw_get("tostring")?;
     let print_shared = Arc::clone(shared);
     let print = lua.create_function(move |_, args: MultiValue| {
+        // The line is checked against what is left of `max_output` before
+        // each piece is converted or copied: a huge argument (or thousands
+        // of them) is refused before any memory is spent on it.
+        let max = print_shared.budget.limits.max_output;
+        let used = lock(&print_shared.output).len();
+        let over = || {
+            let kind = print_shared.budget.trip(ErrorKind::OutputLimit);
+            Err(mlua::Error::external(LimitHit(kind)))
+        };
         let mut line = String::new();
         for (i, arg) in args.iter().enumerate() {
             if i > 0 {
                 line.push('\t');
             }
             let text: mlua::LuaString = tostring.call(arg)?;
-            line.push_str(&String::from_utf8_lossy(&text.as_bytes()));
+            let bytes = text.as_bytes();
+            // Replacing invalid UTF-8 never shrinks the text.
+            if used + line.len() + bytes.len() + 1 > max {
+                return over();
+            }
+            line.push_str(&String::from_utf8_lossy(&bytes));
         }
         line.push('\n');
         let mut output = lock(&print_shared.output);
-        if output.len() + line.len() > print_shared.budget.limits.max_output {
+        if output.len() + line.len() > max {
             drop(output);
-            let kind = print_shared.budget.trip(ErrorKind::OutputLimit);
-            return Err(mlua::Error::external(LimitHit(kind)));
+            return over();
         }
         output.push_str(&line);
         Ok(())
@@ -407,7 +484,8 @@ fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<Lua> {
     lua.set_memory_limit(base.saturating_add(shared.budget.limits.max_memory))?;
 
     let interrupt_shared = Arc::clone(shared);
-    interrupt::install(&lua, move |lua, steps| {
+    let flags = interrupt::StopFlags(shared.budget.stop_flags());
+    interrupt::install(&lua, flags, move |lua, steps| {
         match interrupt_shared.budget.tick(steps) {
             Ok(()) => Ok(VmState::Continue),
             Err(kind) => {
@@ -419,7 +497,7 @@ fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<Lua> {
             }
         }
     })?;
-    Ok(lua)
+    Ok((lua, trampoline))
 }
 
 fn current_line(lua: &Lua, level: usize) -> Option<u32> {
@@ -502,25 +580,24 @@ fn call_callback(
     }
     let fail = |kind: ErrorKind, message: String| Ok(Err(CallbackFailure { kind, message }));
 
-    let mut json_args = Vec::with_capacity(args.len());
-    for arg in args.iter() {
-        match value::to_json(arg, budget.limits.max_output) {
-            Ok(json) => json_args.push(json),
-            Err(error) => {
-                let reason = match error {
-                    ConvertError::TooLarge(max) => format!("are larger than {max} bytes"),
-                    ConvertError::TooDeep => {
-                        format!("are nested deeper than {} levels", value::MAX_DEPTH)
-                    }
-                    ConvertError::Lua(message) => format!("could not be read: {message}"),
-                };
-                return fail(
-                    ErrorKind::CallbackError,
-                    format!("the arguments of callback {name} {reason}"),
-                );
-            }
+    // All arguments together are bounded by `max_output`, as their JSON.
+    let json_args = match value::to_json_array(args.iter(), budget.limits.max_output) {
+        Ok(Value::Array(items)) => items,
+        Ok(other) => vec![other],
+        Err(error) => {
+            let reason = match error {
+                ConvertError::TooLarge(max) => format!("are larger than {max} bytes in total"),
+                ConvertError::TooDeep => {
+                    format!("are nested deeper than {} levels", value::MAX_DEPTH)
+                }
+                ConvertError::Lua(message) => format!("could not be read: {message}"),
+            };
+            return fail(
+                ErrorKind::CallbackError,
+                format!("the arguments of callback {name} {reason}"),
+            );
         }
-    }
+    };
 
     let wait = budget.callback_wait();
     let answer = lock(&shared.host).call(name, json_args, wait);
@@ -528,7 +605,10 @@ fn call_callback(
         Ok(json) => Ok(Ok(value::to_lua(lua, &json)?)),
         Err(HostError::Failed(reason)) => fail(
             ErrorKind::CallbackError,
-            format!("callback {name} failed: {reason}"),
+            format!(
+                "callback {name} failed: {}",
+                truncate(&reason, MAX_MESSAGE / 2)
+            ),
         ),
         Err(HostError::TimedOut) if budget.past_deadline() => {
             limit(budget.trip(ErrorKind::Timeout))
@@ -598,8 +678,17 @@ fn memory_message(shared: &Shared) -> String {
     )
 }
 
-/// Decides what an error from Lua means.
+/// Decides what an error from Lua means; the message is at most
+/// [`MAX_MESSAGE`] bytes (plus a note).
 fn classify(shared: &Shared, error: &mlua::Error) -> Error {
+    let mut error = classify_full(shared, error);
+    if error.message.len() > MAX_MESSAGE {
+        error.message = truncate(&error.message, MAX_MESSAGE).into_owned();
+    }
+    error
+}
+
+fn classify_full(shared: &Shared, error: &mlua::Error) -> Error {
     if let Some(kind) = shared.budget.tripped() {
         return limit_error(shared, kind);
     }
@@ -617,6 +706,13 @@ fn classify(shared: &Shared, error: &mlua::Error) -> Error {
                 line,
             }
         }
+        // Luau's out-of-memory error, re-raised as a string by the
+        // trampoline's `xpcall`.
+        mlua::Error::RuntimeError(message) if strip_traceback(message) == OUT_OF_MEMORY => Error {
+            kind: ErrorKind::MemoryLimit,
+            message: memory_message(shared),
+            line: None,
+        },
         mlua::Error::RuntimeError(message) => {
             let (line, message) = split_location(strip_traceback(message));
             // An uncaught callback failure keeps the callback's kind.
@@ -641,6 +737,9 @@ fn classify(shared: &Shared, error: &mlua::Error) -> Error {
         }
     }
 }
+
+/// The message of Luau's memory error (`LUA_ERRMEM`).
+const OUT_OF_MEMORY: &str = "not enough memory";
 
 fn root(error: &mlua::Error) -> &mlua::Error {
     let mut current = error;
