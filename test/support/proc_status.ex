@@ -43,7 +43,7 @@ defmodule Beamlens.ProcStatus do
   after, and the peak RSS while it ran (`peak_growth_kb` is the peak above
   the RSS before).
   """
-  @spec measure((-> result)) :: {result, usage()} when result: term()
+  @spec measure((() -> result)) :: {result, usage()} when result: term()
   def measure(fun) when is_function(fun, 0) do
     :erlang.garbage_collect()
     before = read().vm_rss_kb
