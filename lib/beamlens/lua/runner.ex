@@ -198,10 +198,26 @@ defmodule Beamlens.Lua.Runner do
     end
   rescue
     exception ->
-      {:error, "#{inspect(exception.__struct__)}: #{Exception.message(exception)}"}
+      {:error, cut("#{inspect(exception.__struct__)}: #{Exception.message(exception)}")}
   catch
     kind, reason ->
-      {:error, "#{kind}: #{inspect(reason, limit: 10, printable_limit: 200)}"}
+      {:error, cut("#{kind}: #{inspect(reason, limit: 10, printable_limit: 200)}")}
+  end
+
+  # A callback's error message goes back to the script (and from there to
+  # the model): at most @max_message bytes of valid UTF-8.
+  @max_message 1_024
+
+  defp cut(message) when byte_size(message) <= @max_message, do: message
+
+  defp cut(message) do
+    valid =
+      case :unicode.characters_to_binary(binary_part(message, 0, @max_message)) do
+        valid when is_binary(valid) -> valid
+        {_incomplete_or_error, valid, _rest} -> valid
+      end
+
+    valid <> "... (message truncated)"
   end
 
   defp start_metadata(state) do
