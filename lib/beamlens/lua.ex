@@ -60,7 +60,9 @@ defmodule Beamlens.Lua do
 
   Scripts run in [Luau](https://luau.org) (a Lua 5.1 dialect) on the
   BeamLens native runtime's blocking thread pool, never on a scheduler.
-  Each run gets a fresh interpreter state; nothing survives between runs.
+  Each run gets its own global table, callbacks, limits and memory budget
+  in a sealed interpreter state reused from a small pool (a state whose run
+  broke a limit is discarded); nothing a script stores survives its run.
   Scripts can use the computing parts of the standard library (`string`,
   `table`, `math`, `utf8`, `bit32`, `buffer`, `coroutine`, `pcall`, ...),
   `os.clock` and `os.time`. They cannot reach `io`, the rest of `os`,

@@ -280,9 +280,12 @@ pub fn check_callback_names(names: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `code` in a fresh sandbox. `cancel` ends the run early when set
-/// (checked with the other limits, every few hundred interrupt steps, and
-/// before each callback call).
+/// Runs `code` in a sandbox. `cancel` ends the run early when set (read by
+/// the interrupt every few steps, and before each callback call).
+///
+/// The sealed state comes from a small pool (see [`Prepared`]): every run
+/// gets its own global table, its own callbacks, budget and memory limit,
+/// and a state whose run broke a limit is dropped instead of reused.
 pub fn run(
     code: &[u8],
     callbacks: &[String],
@@ -299,17 +302,18 @@ pub fn run(
     });
 
     let _clear = ClearInterruptOnDrop;
-    let (lua, trampoline) = match prepare(&shared, callbacks) {
+    let prepared = match checkout().and_then(|p| begin(&p, &shared, callbacks).map(|()| p)) {
         Ok(prepared) => prepared,
         Err(error) => return Err(failure(&shared, None, classify(&shared, &error))),
     };
+    let lua = &prepared.lua;
 
     let result = lua
         .load(code)
         .set_name("=script")
         .set_mode(ChunkMode::Text)
         .into_function()
-        .and_then(|function| trampoline.call::<MultiValue>(function));
+        .and_then(|function| prepared.trampoline.call::<MultiValue>(function));
 
     let outcome = match result {
         Ok(values) => finish(&shared, values),
@@ -317,13 +321,30 @@ pub fn run(
     };
     interrupt::clear();
     lua.remove_interrupt();
-    outcome
+    let result = outcome
         .map(|value| Outcome {
             value,
             output: take_output(&shared),
-            stats: stats(&shared, Some(&lua)),
+            stats: stats(&shared, Some(lua)),
         })
-        .map_err(|error| failure(&shared, Some(&lua), error))
+        .map_err(|error| failure(&shared, Some(lua), error));
+
+    let reusable = shared.budget.tripped().is_none()
+        && match &result {
+            Ok(_) => true,
+            Err(failure) => matches!(
+                failure.kind,
+                ErrorKind::Syntax
+                    | ErrorKind::Runtime
+                    | ErrorKind::NoReturn
+                    | ErrorKind::CallbackError
+                    | ErrorKind::CallbackTimeout
+            ),
+        };
+    if reusable && end(&prepared).is_ok() {
+        checkin(prepared);
+    }
+    result
 }
 
 /// Forgets the run's stop flags however the run ends (panics included).
@@ -413,11 +434,71 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<(Lua, Function)> {
-    check_callback_names(callbacks).map_err(mlua::Error::runtime)?;
+/// A sealed Lua state and the functions every run uses, kept between runs.
+///
+/// What a run can change in it and how the next run is protected:
+///
+/// * globals, library tables, the string metatable: read-only (Luau's
+///   sandbox), and each run gets a fresh global table (`begin`) whose reads
+///   fall through to the shared one; the state's globals index is set back
+///   to an empty table at the end of the run (`end`), so nothing the run
+///   stored stays reachable;
+/// * `math.random`'s generator: reseeded at the start of every run;
+/// * garbage: collected before a run when more than [`GARBAGE_SLACK`]
+///   bytes above the fresh state are in use, and the memory limit is set
+///   from what is in use when the run starts;
+/// * a run that broke a limit (or panicked) drops the state.
+struct Prepared {
+    lua: Lua,
+    trampoline: Function,
+    /// Makes the Lua function for one callback name ([`CALLBACK_WRAPPER`]).
+    make_callback: Function,
+    /// Read-only metatable of every run's global table.
+    env_meta: Table,
+    randomseed: Function,
+    /// Memory in use right after the state was prepared.
+    base_memory: usize,
+}
+
+/// Sealed states kept for reuse; at most [`POOL_SIZE`].
+static POOL: Mutex<Vec<Prepared>> = Mutex::new(Vec::new());
+
+/// States kept for reuse (one per concurrent run is enough).
+pub const POOL_SIZE: usize = 8;
+
+/// Garbage tolerated from earlier runs before a full collection.
+const GARBAGE_SLACK: usize = 256 * 1024;
+
+/// The run using a state, as reached by `print` and the callbacks.
+struct Current(Arc<Shared>);
+
+fn current(lua: &Lua) -> mlua::Result<Arc<Shared>> {
+    lua.app_data_ref::<Current>()
+        .map(|current| Arc::clone(&current.0))
+        .ok_or_else(|| mlua::Error::runtime("no run is in progress"))
+}
+
+fn checkout() -> mlua::Result<Prepared> {
+    let pooled = lock(&POOL).pop();
+    match pooled {
+        Some(prepared) => Ok(prepared),
+        None => build(),
+    }
+}
+
+fn checkin(prepared: Prepared) {
+    let mut pool = lock(&POOL);
+    if pool.len() < POOL_SIZE {
+        pool.push(prepared);
+    }
+}
+
+/// Builds and seals a state.
+fn build() -> mlua::Result<Prepared> {
     let lua = stdlib::new_state()?;
     let globals = lua.globals();
     let string: Table = globals.raw_get("string")?;
+    let math: Table = globals.raw_get("math")?;
     let trampoline: Function = lua
         .load(TRAMPOLINE)
         .set_name("=run")
@@ -431,15 +512,15 @@ fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<(Lua, Fun
         ))?;
 
     let tostring: Function = globals.raw_get("tostring")?;
-    let print_shared = Arc::clone(shared);
-    let print = lua.create_function(move |_, args: MultiValue| {
+    let print = lua.create_function(move |lua, args: MultiValue| {
+        let shared = current(lua)?;
         // The line is checked against what is left of `max_output` before
         // each piece is converted or copied: a huge argument (or thousands
         // of them) is refused before any memory is spent on it.
-        let max = print_shared.budget.limits.max_output;
-        let used = lock(&print_shared.output).len();
+        let max = shared.budget.limits.max_output;
+        let used = lock(&shared.output).len();
         let over = || {
-            let kind = print_shared.budget.trip(ErrorKind::OutputLimit);
+            let kind = shared.budget.trip(ErrorKind::OutputLimit);
             Err(mlua::Error::external(LimitHit(kind)))
         };
         let mut line = String::new();
@@ -456,7 +537,7 @@ fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<(Lua, Fun
             line.push_str(&String::from_utf8_lossy(&bytes));
         }
         line.push('\n');
-        let mut output = lock(&print_shared.output);
+        let mut output = lock(&shared.output);
         if output.len() + line.len() > max {
             drop(output);
             return over();
@@ -466,26 +547,84 @@ fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<(Lua, Fun
     })?;
     globals.raw_set("print", print)?;
 
-    if !callbacks.is_empty() {
-        let wrapper: Function = lua
-            .load(CALLBACK_WRAPPER)
-            .set_name("=callback")
-            .set_mode(ChunkMode::Text)
-            .into_function()?;
-        let error: Function = globals.raw_get("error")?;
-        for name in callbacks {
-            install_callback(&lua, &globals, shared, &wrapper, &error, name)?;
+    let raw = lua.create_function(|lua, mut args: MultiValue| {
+        let shared = current(lua)?;
+        let name = match args.pop_front() {
+            Some(LuaValue::String(name)) => name.to_str()?.to_string(),
+            _ => {
+                return Err(mlua::Error::runtime(
+                    "a callback was called without its name",
+                ))
+            }
+        };
+        match call_callback(lua, &shared, &name, args)? {
+            Ok(value) => Ok((true, value)),
+            Err(failure) => {
+                let message = failure.message.clone();
+                *lock(&shared.callback_failure) = Some(failure);
+                Ok((false, LuaValue::String(lua.create_string(message)?)))
+            }
         }
-    }
+    })?;
+    let make_callback: Function = lua
+        .load(CALLBACK_WRAPPER)
+        .set_name("=callback")
+        .set_mode(ChunkMode::Text)
+        .call((raw, globals.raw_get::<Function>("error")?))?;
+
+    let env_meta = lua.create_table()?;
+    env_meta.raw_set("__index", &globals)?;
+    env_meta.raw_set("__metatable", false)?;
+    let randomseed: Function = math.raw_get("randomseed")?;
 
     stdlib::seal(&lua)?;
+    env_meta.set_readonly(true);
+    lua.gc_collect()?;
+    let base_memory = lua.used_memory();
+    Ok(Prepared {
+        lua,
+        trampoline,
+        make_callback,
+        env_meta,
+        randomseed,
+        base_memory,
+    })
+}
 
-    let base = lua.used_memory();
-    lua.set_memory_limit(base.saturating_add(shared.budget.limits.max_memory))?;
+/// Readies a state for one run: its own global table with the run's
+/// callbacks, memory limit, random seed and interrupt.
+fn begin(prepared: &Prepared, shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<()> {
+    check_callback_names(callbacks).map_err(mlua::Error::runtime)?;
+    let lua = &prepared.lua;
+    lua.set_app_data(Current(Arc::clone(shared)));
+
+    lua.set_memory_limit(0)?;
+    if lua.used_memory() > prepared.base_memory + GARBAGE_SLACK {
+        lua.gc_collect()?;
+    }
+
+    let env = lua.create_table()?;
+    env.set_metatable(Some(prepared.env_meta.clone()))?;
+    for name in callbacks {
+        install_callback(lua, &env, prepared, name)?;
+    }
+    freeze_namespaces(&env, 0)?;
+    set_globals(lua, env)?;
+
+    static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = SEED.fetch_add(0x9e37_79b9, std::sync::atomic::Ordering::Relaxed)
+        ^ shared.budget.started.elapsed().as_nanos() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    prepared.randomseed.call::<()>(seed as f64)?;
+
+    let used = lua.used_memory();
+    lua.set_memory_limit(used.saturating_add(shared.budget.limits.max_memory))?;
 
     let interrupt_shared = Arc::clone(shared);
     let flags = interrupt::StopFlags(shared.budget.stop_flags());
-    interrupt::install(&lua, flags, move |lua, steps| {
+    interrupt::install(lua, flags, move |lua, steps| {
         match interrupt_shared.budget.tick(steps) {
             Ok(()) => Ok(VmState::Continue),
             Err(kind) => {
@@ -496,8 +635,32 @@ fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<(Lua, Fun
                 Err(mlua::Error::external(LimitHit(kind)))
             }
         }
-    })?;
-    Ok((lua, trampoline))
+    })
+}
+
+/// After a run: nothing of it stays reachable from the state.
+fn end(prepared: &Prepared) -> mlua::Result<()> {
+    let lua = &prepared.lua;
+    lua.remove_app_data::<Current>();
+    let empty = lua.create_table()?;
+    empty.set_metatable(Some(prepared.env_meta.clone()))?;
+    set_globals(lua, empty)?;
+    lua.set_memory_limit(0)?;
+    Ok(())
+}
+
+/// Makes `env` the state's global table: chunks loaded from now on use it,
+/// and Luau resolves their imports (`math.floor`, `beam.top`) against it
+/// (`safeenv`, as Luau's own sandbox does for each thread).
+fn set_globals(lua: &Lua, env: Table) -> mlua::Result<()> {
+    // SAFETY: `env` is pushed by `exec_raw`; it is marked safe and moved
+    // into the globals slot of the state, which leaves the stack as found.
+    unsafe {
+        lua.exec_raw::<()>(env, |state| {
+            mlua::ffi::lua_setsafeenv(state, -1, 1);
+            mlua::ffi::lua_replace(state, mlua::ffi::LUA_GLOBALSINDEX);
+        })
+    }
 }
 
 fn current_line(lua: &Lua, level: usize) -> Option<u32> {
@@ -507,32 +670,29 @@ fn current_line(lua: &Lua, level: usize) -> Option<u32> {
         .filter(|line| *line > 0)
 }
 
-/// Wraps a raw callback so that a failure is raised as a plain Lua error
+/// Makes the Lua function for a callback name: it calls the raw
+/// dispatcher with the name and raises a failure as a plain Lua error
 /// string pointing at the script line that made the call (`error(m, 2)`),
 /// without the Rust-side traceback a raised Rust error would carry.
 const CALLBACK_WRAPPER: &str = r#"
 local raw, error = ...
-return function(...)
-    local ok, value = raw(...)
-    if ok then
-        return value
+return function(name)
+    return function(...)
+        local ok, value = raw(name, ...)
+        if ok then
+            return value
+        end
+        error(value, 2)
     end
-    error(value, 2)
 end
 "#;
 
-/// Installs `name` ("a.b.c") as a Lua function that forwards to the host.
-fn install_callback(
-    lua: &Lua,
-    globals: &Table,
-    shared: &Arc<Shared>,
-    wrapper: &Function,
-    error: &Function,
-    name: &str,
-) -> mlua::Result<()> {
+/// Installs `name` ("a.b.c") in the run's global table `env` as a Lua
+/// function that forwards to the host.
+fn install_callback(lua: &Lua, env: &Table, prepared: &Prepared, name: &str) -> mlua::Result<()> {
     let parts: Vec<&str> = name.split('.').collect();
     let (last, namespaces) = parts.split_last().expect("split yields at least one part");
-    let mut table = globals.clone();
+    let mut table = env.clone();
     for part in namespaces {
         table = match table.raw_get::<LuaValue>(*part)? {
             LuaValue::Table(existing) => existing,
@@ -543,21 +703,22 @@ fn install_callback(
             }
         };
     }
-
-    let shared = Arc::clone(shared);
-    let name = name.to_string();
-    let raw = lua.create_function(move |lua, args: MultiValue| {
-        match call_callback(lua, &shared, &name, args)? {
-            Ok(value) => Ok((true, value)),
-            Err(failure) => {
-                let message = failure.message.clone();
-                *lock(&shared.callback_failure) = Some(failure);
-                Ok((false, LuaValue::String(lua.create_string(message)?)))
-            }
-        }
-    })?;
-    let wrapped: Function = wrapper.call((raw, error))?;
+    let wrapped: Function = prepared.make_callback.call(name)?;
     table.raw_set(*last, wrapped)
+}
+
+/// Makes the namespace tables under `table` read-only, so that a script
+/// cannot replace a callback (`beam.top = ...`).
+fn freeze_namespaces(table: &Table, depth: usize) -> mlua::Result<()> {
+    for pair in table.pairs::<LuaValue, LuaValue>() {
+        if let (_, LuaValue::Table(namespace)) = pair? {
+            if depth < 4 {
+                freeze_namespaces(&namespace, depth + 1)?;
+            }
+            namespace.set_readonly(true);
+        }
+    }
+    Ok(())
 }
 
 /// Calls a callback. `Err` is a broken limit (raised, sticky); `Ok(Err)` a

@@ -576,3 +576,35 @@ fn expensive_pattern_steps_meet_the_deadline() {
         Duration::from_secs(2),
     );
 }
+
+#[test]
+fn reused_states_share_nothing_between_runs() {
+    // Enough sequential runs that pooled states are reused.
+    for i in 0..20 {
+        let host = TestHost::default().with("ns.cb", |_| Ok(json!(1)));
+        let code = format!(
+            "assert(leaked == nil and x == nil, 'leaked') leaked = {i} \
+             assert(getmetatable(_G) == nil or true) \
+             local ok = pcall(function() ns.cb = nil end) assert(not ok, 'namespace writable') \
+             return ns.cb()"
+        );
+        let outcome = eval_with(&code, Limits::default(), host).unwrap();
+        assert_eq!(outcome.value, json!(1));
+        // The next run has no callbacks: the namespace is gone.
+        assert_eq!(value("return type(ns)"), json!("nil"));
+        // A run that breaks a limit does not hand on its state either.
+        fails(
+            "x = 1 while true do end",
+            small(),
+            ErrorKind::InstructionLimit,
+        );
+    }
+    // The random generator is reseeded for every run.
+    let first = value("math.randomseed(7) return math.random(1, 1000000)");
+    let again = value("return math.random(1, 1000000)");
+    let seeded = value("math.randomseed(7) return math.random(1, 1000000)");
+    assert_eq!(first, seeded);
+    // Had the seed survived, this would be the seeded sequence's second value.
+    let second = value("math.randomseed(7) math.random(1, 1000000) return math.random(1, 1000000)");
+    assert_ne!(again, second);
+}
