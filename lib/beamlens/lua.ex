@@ -80,9 +80,10 @@ defmodule Beamlens.Lua do
   dotted Lua identifiers that do not shadow a standard global (`string`,
   `print`, ...).
 
-  Each call runs in its own short-lived process, with `:callback_timeout`.
-  A callback that raises, exits, or times out makes the Lua call fail with a
-  readable error; the script may catch it with `pcall`, otherwise the run
+  Calls run in a helper process of the run (never in the caller), reused
+  from one call to the next, with `:callback_timeout` each. A callback that
+  raises, exits, or times out makes the Lua call fail with a readable
+  error (a helper that died or timed out is killed and replaced); the script may catch it with `pcall`, otherwise the run
   ends with `:callback_error` or `:callback_timeout`. Callbacks should be
   read-only and bounded (top-N, sampled).
 

@@ -663,11 +663,16 @@ fn set_globals(lua: &Lua, env: Table) -> mlua::Result<()> {
     }
 }
 
+/// The script line running at stack `level`, if that frame is the
+/// script's (not the trampoline's or a library wrapper's).
 fn current_line(lua: &Lua, level: usize) -> Option<u32> {
-    lua.inspect_stack(level, |debug| debug.current_line())
-        .flatten()
-        .and_then(|line| u32::try_from(line).ok())
-        .filter(|line| *line > 0)
+    lua.inspect_stack(level, |debug| {
+        let in_script = debug.source().source.as_deref() == Some("=script");
+        debug.current_line().filter(|_| in_script)
+    })
+    .flatten()
+    .and_then(|line| u32::try_from(line).ok())
+    .filter(|line| *line > 0)
 }
 
 /// Makes the Lua function for a callback name: it calls the raw
