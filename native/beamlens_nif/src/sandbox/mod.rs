@@ -20,13 +20,17 @@
 //!
 //! # A run
 //!
-//! [`run`] builds a fresh state ([`stdlib`]), installs `print` (captured,
-//! bounded) and one Lua function per callback name, seals the state,
-//! compiles the script and calls it. Limits ([`limits`]) are enforced by the
-//! interrupt (instructions, wall time, cancellation), the allocator
-//! (memory), `print` and the result conversion ([`value`]) (output), and the
-//! callback wrapper (callback count and time). The state is dropped at the
-//! end: nothing survives between runs.
+//! [`run`] takes a sealed state from a small pool (or builds one:
+//! [`stdlib`], a captured and bounded `print`, the callback dispatcher),
+//! gives it a fresh global table holding the run's callbacks, compiles the
+//! script and calls it through a trampoline that cuts error messages.
+//! Limits ([`limits`]) are enforced by the interrupt (instructions, wall
+//! time through a watchdog flag, cancellation), the allocator (memory),
+//! `print` and the result conversion ([`value`]) (output, measured as
+//! escaped JSON), and the callback wrapper (callback count, time, total
+//! argument size). At the end the run's global table is unhooked, so
+//! nothing it stored survives; a state whose run broke a limit is dropped
+//! (see `Prepared` for what is reset between runs).
 //!
 //! The sandbox is plain Rust: the [`Host`] trait is how it reaches the
 //! callbacks, and `nif_lua.rs` implements it by messaging an Elixir process.
