@@ -459,6 +459,8 @@ struct Prepared {
     make_callback: Function,
     /// Read-only metatable of every run's global table.
     env_meta: Table,
+    /// The (empty, read-only) global table between runs.
+    idle_env: Table,
     randomseed: Function,
     /// Memory in use right after the state was prepared.
     base_memory: usize,
@@ -583,6 +585,9 @@ fn build() -> mlua::Result<Prepared> {
 
     stdlib::seal(&lua)?;
     env_meta.set_readonly(true);
+    let idle_env = lua.create_table()?;
+    idle_env.set_metatable(Some(env_meta.clone()))?;
+    idle_env.set_readonly(true);
     lua.gc_collect()?;
     let base_memory = lua.used_memory();
     Ok(Prepared {
@@ -590,6 +595,7 @@ fn build() -> mlua::Result<Prepared> {
         trampoline,
         make_callback,
         env_meta,
+        idle_env,
         randomseed,
         base_memory,
     })
@@ -646,9 +652,7 @@ fn begin(prepared: &Prepared, shared: &Arc<Shared>, callbacks: &[String]) -> mlu
 fn end(prepared: &Prepared) -> mlua::Result<()> {
     let lua = &prepared.lua;
     lua.remove_app_data::<Current>();
-    let empty = lua.create_table()?;
-    empty.set_metatable(Some(prepared.env_meta.clone()))?;
-    set_globals(lua, empty)?;
+    set_globals(lua, prepared.idle_env.clone())?;
     lua.set_memory_limit(0)?;
     Ok(())
 }
