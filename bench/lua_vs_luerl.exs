@@ -1,8 +1,10 @@
 # BeamLens's Lua sandbox (Luau in Rust, off the schedulers) against luerl
 # (Lua in Erlang, the engine other Elixir tools use), on diagnostic-style
-# scripts. Both sides start from a fresh interpreter state for every run,
-# as BeamLens always does; BeamLens's figure is the full `Beamlens.Lua.eval/3`
-# round trip (runner process, native job, callbacks through Elixir).
+# scripts. Every run starts from clean globals on both sides: luerl from a
+# fresh `:luerl.init()`, BeamLens from a sealed Luau state of its pool with
+# a fresh global table (as every `Beamlens.Lua.eval/3` does); BeamLens's
+# figure is the full round trip (runner process, native job on its own
+# thread, callbacks through an Elixir helper process).
 #
 # Run with `bench/run` (installs Debian's erlang-luerl, builds the NIF in
 # release mode). Timings are medians of several rounds measured in this
@@ -66,7 +68,7 @@ defmodule LuaBench do
       "BeamLens Lua sandbox (Luau via mlua) vs luerl #{Application.spec(:luerl, :vsn) || "(Debian)"}"
     )
 
-    IO.puts("median of #{@rounds} rounds, microseconds per run, fresh state per run\n")
+    IO.puts("median of #{@rounds} rounds, microseconds per run, clean globals per run\n")
 
     header = ["script", "BeamLens us", "luerl us", "luerl / BeamLens"]
 
