@@ -47,18 +47,27 @@ defmodule LuaBench do
     end
   end
 
-  # Median over rounds of the mean time per run, in microseconds.
-  def measure(fun, iterations) do
-    fun.()
+  # Medians over rounds of the mean time per run, in microseconds. The two
+  # engines alternate round by round, so that both see the same load on a
+  # shared machine.
+  def measure_pair(ours, theirs, iterations) do
+    ours.()
+    theirs.()
 
     rounds =
       for _ <- 1..@rounds do
-        {micros, _} = :timer.tc(fn -> Enum.each(1..iterations, fn _ -> fun.() end) end)
-        micros / iterations
+        {per_run(ours, iterations), per_run(theirs, iterations)}
       end
 
-    rounds |> Enum.sort() |> Enum.at(div(@rounds, 2))
+    {median(Enum.map(rounds, &elem(&1, 0))), median(Enum.map(rounds, &elem(&1, 1)))}
   end
+
+  defp per_run(fun, iterations) do
+    {micros, _} = :timer.tc(fn -> Enum.each(1..iterations, fn _ -> fun.() end) end)
+    micros / iterations
+  end
+
+  defp median(values), do: values |> Enum.sort() |> Enum.at(div(length(values), 2))
 
   def run do
     Application.load(:luerl)
@@ -74,8 +83,7 @@ defmodule LuaBench do
 
     rows =
       for {name, code, iterations} <- scripts() do
-        ours = measure(beamlens(code), iterations)
-        theirs = measure(luerl(code), iterations)
+        {ours, theirs} = measure_pair(beamlens(code), luerl(code), iterations)
         [name, fmt(ours), fmt(theirs), "#{Float.round(theirs / ours, 1)}x"]
       end
 

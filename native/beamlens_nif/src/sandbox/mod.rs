@@ -323,8 +323,6 @@ pub fn run(
         Ok(values) => finish(&shared, values),
         Err(error) => Err(classify(&shared, &error)),
     };
-    interrupt::clear();
-    lua.remove_interrupt();
     let result = outcome
         .map(|value| Outcome {
             value,
@@ -332,6 +330,8 @@ pub fn run(
             stats: stats(&shared, Some(lua)),
         })
         .map_err(|error| failure(&shared, Some(lua), error));
+    interrupt::clear(Some(lua));
+    lua.remove_interrupt();
 
     let reusable = shared.budget.tripped().is_none()
         && match &result {
@@ -356,7 +356,7 @@ struct ClearInterruptOnDrop;
 
 impl Drop for ClearInterruptOnDrop {
     fn drop(&mut self) {
-        interrupt::clear();
+        interrupt::clear(None);
     }
 }
 

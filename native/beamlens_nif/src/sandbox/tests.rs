@@ -608,3 +608,30 @@ fn reused_states_share_nothing_between_runs() {
     let second = value("math.randomseed(7) math.random(1, 1000000) return math.random(1, 1000000)");
     assert_ne!(again, second);
 }
+
+/// Where a tight loop's time goes: `cargo test --release --lib loop_cost
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn loop_cost() {
+    let code = "local s = 0 for i = 1, 10000000 do s = s + i end return s";
+    let plain = mlua::Lua::new();
+    let started = Instant::now();
+    let _: f64 = plain.load(code).eval().unwrap();
+    let bare = started.elapsed();
+    plain.set_interrupt(|_| Ok(mlua::VmState::Continue));
+    let started = Instant::now();
+    let _: f64 = plain.load(code).eval().unwrap();
+    let mlua_interrupt = started.elapsed();
+    let limits = Limits {
+        max_instructions: Limits::MAX_INSTRUCTIONS,
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    eval_with(code, limits, TestHost::default()).unwrap();
+    let sandbox = started.elapsed();
+    println!(
+        "10M iterations: bare {bare:?}, mlua interrupt {mlua_interrupt:?}, sandbox {sandbox:?}"
+    );
+}
