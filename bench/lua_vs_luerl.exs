@@ -1,8 +1,10 @@
 # BeamLens's Lua sandbox (Luau in Rust, off the schedulers) against luerl
 # (Lua in Erlang, the engine other Elixir tools use), on diagnostic-style
-# scripts. Both sides start from a fresh interpreter state for every run,
-# as BeamLens always does; BeamLens's figure is the full `Beamlens.Lua.eval/3`
-# round trip (runner process, native job, callbacks through Elixir).
+# scripts. Every run starts from clean globals on both sides: luerl from a
+# fresh `:luerl.init()`, BeamLens from a sealed Luau state of its pool with
+# a fresh global table (as every `Beamlens.Lua.eval/3` does); BeamLens's
+# figure is the full round trip (runner process, native job on its own
+# thread, callbacks through an Elixir helper process).
 #
 # Run with `bench/run` (installs Debian's erlang-luerl, builds the NIF in
 # release mode). Timings are medians of several rounds measured in this
@@ -45,18 +47,27 @@ defmodule LuaBench do
     end
   end
 
-  # Median over rounds of the mean time per run, in microseconds.
-  def measure(fun, iterations) do
-    fun.()
+  # Medians over rounds of the mean time per run, in microseconds. The two
+  # engines alternate round by round, so that both see the same load on a
+  # shared machine.
+  def measure_pair(ours, theirs, iterations) do
+    ours.()
+    theirs.()
 
     rounds =
       for _ <- 1..@rounds do
-        {micros, _} = :timer.tc(fn -> Enum.each(1..iterations, fn _ -> fun.() end) end)
-        micros / iterations
+        {per_run(ours, iterations), per_run(theirs, iterations)}
       end
 
-    rounds |> Enum.sort() |> Enum.at(div(@rounds, 2))
+    {median(Enum.map(rounds, &elem(&1, 0))), median(Enum.map(rounds, &elem(&1, 1)))}
   end
+
+  defp per_run(fun, iterations) do
+    {micros, _} = :timer.tc(fn -> Enum.each(1..iterations, fn _ -> fun.() end) end)
+    micros / iterations
+  end
+
+  defp median(values), do: values |> Enum.sort() |> Enum.at(div(length(values), 2))
 
   def run do
     Application.load(:luerl)
@@ -66,14 +77,13 @@ defmodule LuaBench do
       "BeamLens Lua sandbox (Luau via mlua) vs luerl #{Application.spec(:luerl, :vsn) || "(Debian)"}"
     )
 
-    IO.puts("median of #{@rounds} rounds, microseconds per run, fresh state per run\n")
+    IO.puts("median of #{@rounds} rounds, microseconds per run, clean globals per run\n")
 
     header = ["script", "BeamLens us", "luerl us", "luerl / BeamLens"]
 
     rows =
       for {name, code, iterations} <- scripts() do
-        ours = measure(beamlens(code), iterations)
-        theirs = measure(luerl(code), iterations)
+        {ours, theirs} = measure_pair(beamlens(code), luerl(code), iterations)
         [name, fmt(ours), fmt(theirs), "#{Float.round(theirs / ours, 1)}x"]
       end
 

@@ -60,7 +60,9 @@ defmodule Beamlens.Lua do
 
   Scripts run in [Luau](https://luau.org) (a Lua 5.1 dialect) on the
   BeamLens native runtime's blocking thread pool, never on a scheduler.
-  Each run gets a fresh interpreter state; nothing survives between runs.
+  Each run gets its own global table, callbacks, limits and memory budget
+  in a sealed interpreter state reused from a small pool (a state whose run
+  broke a limit is discarded); nothing a script stores survives its run.
   Scripts can use the computing parts of the standard library (`string`,
   `table`, `math`, `utf8`, `bit32`, `buffer`, `coroutine`, `pcall`, ...),
   `os.clock` and `os.time`. They cannot reach `io`, the rest of `os`,
@@ -78,9 +80,10 @@ defmodule Beamlens.Lua do
   dotted Lua identifiers that do not shadow a standard global (`string`,
   `print`, ...).
 
-  Each call runs in its own short-lived process, with `:callback_timeout`.
-  A callback that raises, exits, or times out makes the Lua call fail with a
-  readable error; the script may catch it with `pcall`, otherwise the run
+  Calls run in a helper process of the run (never in the caller), reused
+  from one call to the next, with `:callback_timeout` each. A callback that
+  raises, exits, or times out makes the Lua call fail with a readable
+  error (a helper that died or timed out is killed and replaced); the script may catch it with `pcall`, otherwise the run
   ends with `:callback_error` or `:callback_timeout`. Callbacks should be
   read-only and bounded (top-N, sampled).
 

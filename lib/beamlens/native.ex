@@ -56,10 +56,16 @@ defmodule Beamlens.Native do
 
   # nif_runtime.rs
   def runtime_status, do: err()
-  def async_echo(_value, _delay_ms), do: err()
-  def async_panic(_message), do: err()
-  def sync_panic(_message), do: err()
-  def dirty_checksum(_data), do: err()
+
+  # Test-only NIFs: the native library exports them only when built with
+  # MIX_ENV=test (the `test-nifs` cargo feature, see
+  # Mix.Tasks.Compile.BeamlensNif), and only then do these stubs exist.
+  if Mix.env() == :test do
+    def async_echo(_value, _delay_ms), do: err()
+    def async_panic(_message), do: err()
+    def sync_panic(_message), do: err()
+    def dirty_checksum(_data), do: err()
+  end
 
   # nif_lua.rs
   def lua_eval(_code, _callback_names, _opts, _recipient), do: err()

@@ -156,13 +156,24 @@ defmodule Beamlens.LuaTest do
       refute Process.alive?(pid)
     end
 
-    test "callbacks run outside the caller, each in its own process" do
+    test "callbacks run outside the caller, in a helper replaced after a failure" do
       test = self()
-      callbacks = %{"whoami" => fn -> send(test, {:ran_in, self()}) && "ok" end}
-      assert {:ok, ["ok", "ok"]} = Lua.eval("return {whoami(), whoami()}", callbacks)
+
+      callbacks = %{
+        "whoami" => fn -> send(test, {:ran_in, self()}) && "ok" end,
+        "die" => fn -> Process.exit(self(), :kill) end
+      }
+
+      assert {:ok, ["ok", "ok", false, "ok"]} =
+               Lua.eval("return {whoami(), whoami(), (pcall(die)), whoami()}", callbacks)
+
       assert_receive {:ran_in, first}
       assert_receive {:ran_in, second}
-      assert first != self() and second != self() and first != second
+      assert_receive {:ran_in, third}
+      assert first != self() and first == second
+      # The helper was killed by the failing callback; a new one answered.
+      assert third != first
+      refute Process.alive?(first) or Process.alive?(third)
     end
 
     test "names that would shadow a Lua global are refused" do

@@ -6,10 +6,13 @@ defmodule Beamlens.Lua.Runner do
   # happens here can kill the caller, and the caller's exit only reaches it
   # through a monitor.
   #
-  # Each callback runs in its own unlinked process, so a callback that
+  # Callbacks run in a helper process of the run, started at the first
+  # call and reused for the next ones (a process per call cost more than
+  # the call itself). It is not linked to the runner, so a callback that
   # raises, exits or hangs costs the runner nothing: the runner waits at
-  # most `:callback_timeout` for it, then kills it and answers the script
-  # with an error.
+  # most `:callback_timeout` for an answer, then kills the helper (the next
+  # call starts a new one) and answers the script with an error. The
+  # helper exits with the runner.
   @moduledoc false
 
   alias Beamlens.{LuaError, Native, Telemetry}
@@ -56,6 +59,7 @@ defmodule Beamlens.Lua.Runner do
           callbacks: callbacks,
           config: config,
           started: System.monotonic_time(),
+          helper: nil,
           deadline: System.monotonic_time(:millisecond) + config.timeout + @reply_grace_ms
         }
 
@@ -92,13 +96,14 @@ defmodule Beamlens.Lua.Runner do
     receive do
       {^native_ref, {:lua_callback, reply, name, args}} ->
         case run_callback(state, name, args) do
-          {:finished, result} ->
+          {{:finished, result}, state} ->
             finish(state, result)
 
-          :caller_down ->
+          {:caller_down, state} ->
+            stop_helper(state)
             Native.lua_cancel(state.run)
 
-          answer ->
+          {answer, state} ->
             # Small answers are converted right away; large ones go
             # through a dirty scheduler.
             with :too_large <- Native.lua_callback_reply(reply, answer) do
@@ -112,6 +117,7 @@ defmodule Beamlens.Lua.Runner do
         finish(state, result)
 
       {:DOWN, ^caller_monitor, :process, _, _} ->
+        stop_helper(state)
         Native.lua_cancel(state.run)
     after
       max(state.deadline - System.monotonic_time(:millisecond), 0) ->
@@ -127,6 +133,7 @@ defmodule Beamlens.Lua.Runner do
   end
 
   defp finish(state, native_result) do
+    state = stop_helper(state)
     result = convert(native_result, state.config)
     Process.demonitor(state.caller_monitor, [:flush])
     emit_stop(state, native_result, result)
@@ -144,44 +151,69 @@ defmodule Beamlens.Lua.Runner do
     {:error, LuaError.from_native(other)}
   end
 
-  # Runs one callback in its own process and waits for it (bounded).
+  # Runs one callback in the helper process and waits for it (bounded).
+  # Returns `{answer, state}`.
   defp run_callback(state, name, args) do
     case Map.fetch(state.callbacks, name) do
       {:ok, fun} ->
-        {pid, monitor} = spawn_monitor(fn -> exit({:beamlens_callback, invoke(fun, args)}) end)
-        await_callback(state, pid, monitor)
+        state = ensure_helper(state)
+        {pid, _monitor} = state.helper
+        call = make_ref()
+        send(pid, {:beamlens_call, call, fun, args})
+        await_callback(state, call)
 
       :error ->
-        {:error, "no callback is registered under this name"}
+        {{:error, "no callback is registered under this name"}, state}
     end
   end
 
-  defp await_callback(state, pid, monitor) do
-    %{caller_monitor: caller_monitor, native_ref: native_ref} = state
+  defp await_callback(state, call) do
+    %{caller_monitor: caller_monitor, native_ref: native_ref, helper: {pid, monitor}} = state
     timeout = state.config.callback_timeout
 
     receive do
-      {:DOWN, ^monitor, :process, ^pid, {:beamlens_callback, answer}} ->
-        answer
+      {^call, answer} ->
+        {answer, state}
 
       {:DOWN, ^monitor, :process, ^pid, reason} ->
-        {:error,
-         "the callback process exited: " <> inspect(reason, limit: 10, printable_limit: 200)}
+        {{:error,
+          "the callback process exited: " <> inspect(reason, limit: 10, printable_limit: 200)},
+         %{state | helper: nil}}
 
       {:DOWN, ^caller_monitor, :process, _, _} ->
-        Process.exit(pid, :kill)
-        :caller_down
+        {:caller_down, state}
 
       # The run stopped waiting (its deadline came first) and has ended.
       {^native_ref, {tag, _} = result} when tag in [:ok, :error] ->
-        Process.exit(pid, :kill)
-        Process.demonitor(monitor, [:flush])
-        {:finished, result}
+        {{:finished, result}, state}
     after
-      timeout ->
-        Process.exit(pid, :kill)
-        Process.demonitor(monitor, [:flush])
-        :timeout
+      timeout -> {:timeout, stop_helper(state)}
+    end
+  end
+
+  defp ensure_helper(%{helper: nil} = state) do
+    runner = self()
+    %{state | helper: spawn_monitor(fn -> helper(runner, Process.monitor(runner)) end)}
+  end
+
+  defp ensure_helper(state), do: state
+
+  defp stop_helper(%{helper: nil} = state), do: state
+
+  defp stop_helper(%{helper: {pid, monitor}} = state) do
+    Process.exit(pid, :kill)
+    Process.demonitor(monitor, [:flush])
+    %{state | helper: nil}
+  end
+
+  defp helper(runner, runner_monitor) do
+    receive do
+      {:beamlens_call, call, fun, args} ->
+        send(runner, {call, invoke(fun, args)})
+        helper(runner, runner_monitor)
+
+      {:DOWN, ^runner_monitor, :process, _, _} ->
+        :ok
     end
   end
 
@@ -198,10 +230,26 @@ defmodule Beamlens.Lua.Runner do
     end
   rescue
     exception ->
-      {:error, "#{inspect(exception.__struct__)}: #{Exception.message(exception)}"}
+      {:error, cut("#{inspect(exception.__struct__)}: #{Exception.message(exception)}")}
   catch
     kind, reason ->
-      {:error, "#{kind}: #{inspect(reason, limit: 10, printable_limit: 200)}"}
+      {:error, cut("#{kind}: #{inspect(reason, limit: 10, printable_limit: 200)}")}
+  end
+
+  # A callback's error message goes back to the script (and from there to
+  # the model): at most @max_message bytes of valid UTF-8.
+  @max_message 1_024
+
+  defp cut(message) when byte_size(message) <= @max_message, do: message
+
+  defp cut(message) do
+    valid =
+      case :unicode.characters_to_binary(binary_part(message, 0, @max_message)) do
+        valid when is_binary(valid) -> valid
+        {_incomplete_or_error, valid, _rest} -> valid
+      end
+
+    valid <> "... (message truncated)"
   end
 
   defp start_metadata(state) do

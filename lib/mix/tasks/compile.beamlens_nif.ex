@@ -109,7 +109,7 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
   end
 
   defp run_cargo(cargo, crate_dir, profile) do
-    args = ["build", "--lib"] ++ if(profile == "release", do: ["--release"], else: [])
+    args = cargo_args(profile, Mix.env())
 
     port =
       Port.open({:spawn_executable, cargo}, [
@@ -122,6 +122,18 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
       ])
 
     collect(port, crate_dir, [], nil, "")
+  end
+
+  @doc false
+  # The cargo arguments for a profile and Mix environment. The NIFs that
+  # only tests need (`async_echo`, `async_panic`, `sync_panic`,
+  # `dirty_checksum`) are behind the crate's `test-nifs` feature, enabled
+  # in the :test environment only.
+  @spec cargo_args(String.t(), atom()) :: [String.t()]
+  def cargo_args(profile, env) do
+    ["build", "--lib"] ++
+      if(profile == "release", do: ["--release"], else: []) ++
+      if(env == :test, do: ["--features", "test-nifs"], else: [])
   end
 
   # Streams cargo's output to the shell and collects `error:`/`warning:`
@@ -244,7 +256,12 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
         |> :erlang.md5_update(content)
       end)
 
-    digest = state |> :erlang.md5_update(profile) |> :erlang.md5_final()
+    digest =
+      state
+      |> :erlang.md5_update(profile)
+      |> :erlang.md5_update(Enum.join(cargo_args(profile, Mix.env()), " "))
+      |> :erlang.md5_final()
+
     "#{profile} " <> Base.encode16(digest, case: :lower)
   end
 

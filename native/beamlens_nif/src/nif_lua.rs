@@ -18,9 +18,9 @@
 //! and a callback it waits for fails at once.
 //!
 //! Luau's interrupt stops a script within its timeout, including inside
-//! pattern matching; the native functions that run between two interrupt
-//! checks (`string.rep`, `table.concat`, `table.sort` without a comparator)
-//! are bounded by the memory limit. The runner still keeps its own deadline
+//! pattern matching; the library functions that could loop for long in C
+//! are replaced or wrapped (see `sandbox/stdlib.rs`), the others are
+//! bounded by the memory limit. The runner still keeps its own deadline
 //! (timeout + 5 s) and answers `:timeout` by itself should a reply never
 //! come.
 
@@ -46,6 +46,9 @@ pub const MAX_CONCURRENT_RUNS: usize = 8;
 /// Most elements (scalars, list items, map entries) accepted in one
 /// callback answer. Larger answers fail the call with a readable message.
 pub const MAX_CALLBACK_NODES: usize = 200_000;
+
+/// How long the Lua thread polls for a callback answer before it parks.
+const CALLBACK_SPIN: Duration = Duration::from_micros(50);
 
 /// Extra wait for a callback answer beyond the callback timeout.
 const CALLBACK_GRACE: Duration = Duration::from_millis(50);
@@ -352,6 +355,17 @@ impl Host for ElixirHost {
         let sent = self.send(|env| (atoms::lua_callback(), reply, name, args).encode(env));
         if !sent {
             return Err(HostError::Gone);
+        }
+        // Most callbacks answer within microseconds: poll (yielding the
+        // CPU) for a short while before parking the thread, which saves a
+        // thread wake-up per call.
+        let spin_until = std::time::Instant::now() + CALLBACK_SPIN;
+        while std::time::Instant::now() < spin_until {
+            match receiver.try_recv() {
+                Ok(answer) => return convert_answer(answer),
+                Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+                Err(mpsc::TryRecvError::Disconnected) => return Err(HostError::Gone),
+            }
         }
         // The runner enforces the callback timeout itself and answers
         // `:timeout`; the grace lets that answer arrive first.

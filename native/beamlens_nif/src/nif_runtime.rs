@@ -1,18 +1,11 @@
-//! NIF adapters for the shared runtime: loading, status, and the example
-//! jobs that prove the async and dirty-scheduler plumbing.
+//! NIF adapters for the shared runtime: loading, status, and (with the
+//! `test-nifs` feature, which only test builds enable) the example jobs
+//! that prove the async and dirty-scheduler plumbing.
 
-use std::time::Duration;
-
-use rustler::{Binary, Encoder, Env, Term};
+use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
-use crate::convert::{self, Json, Limits};
-use crate::error::{Error, Result};
-use crate::reply;
 use crate::runtime::{self, Config};
-
-/// Longest delay `async_echo/2` accepts.
-const MAX_ECHO_DELAY_MS: u64 = 60_000;
 
 /// Called by `:erlang.load_nif/2`. `load_info` is a map with optional
 /// `:worker_threads` and `:job_capacity`; bad values fail the load with a
@@ -64,55 +57,73 @@ fn runtime_status(env: Env) -> Term {
     })
 }
 
-/// Replies `{ref, {:ok, value}}` after `delay_ms`, with `value` converted to
-/// JSON and back (so it also exercises the term conversion).
-#[rustler::nif]
-fn async_echo<'a>(env: Env<'a>, value: Term<'a>, delay_ms: u64) -> Term<'a> {
-    let prepared = (|| {
-        if delay_ms > MAX_ECHO_DELAY_MS {
-            return Err(Error::bad_argument(
-                "delay_ms",
-                format!("must be at most {MAX_ECHO_DELAY_MS}, got {delay_ms}"),
-            ));
-        }
-        convert::term_to_json(value, "value", Limits::default())
-    })();
-    match prepared {
-        Ok(json) => reply::spawn(env, async move {
-            if delay_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+/// NIFs only the test suite calls, compiled with the `test-nifs` feature
+/// (MIX_ENV=test builds) only.
+#[cfg(feature = "test-nifs")]
+mod test_nifs {
+    use std::time::Duration;
+
+    use rustler::{Binary, Env, Term};
+
+    use crate::atoms;
+    use crate::convert::{self, Json, Limits};
+    use crate::error::{Error, Result};
+    use crate::reply;
+
+    /// Longest delay `async_echo/2` accepts.
+    const MAX_ECHO_DELAY_MS: u64 = 60_000;
+
+    /// Replies `{ref, {:ok, value}}` after `delay_ms`, with `value` converted to
+    /// JSON and back (so it also exercises the term conversion).
+    #[rustler::nif]
+    fn async_echo<'a>(env: Env<'a>, value: Term<'a>, delay_ms: u64) -> Term<'a> {
+        let prepared = (|| {
+            if delay_ms > MAX_ECHO_DELAY_MS {
+                return Err(Error::bad_argument(
+                    "delay_ms",
+                    format!("must be at most {MAX_ECHO_DELAY_MS}, got {delay_ms}"),
+                ));
             }
-            Ok(Json(json))
-        }),
-        Err(error) => reply::encode::<()>(env, Err(error)),
+            convert::term_to_json(value, "value", Limits::default())
+        })();
+        match prepared {
+            Ok(json) => reply::spawn(env, async move {
+                if delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                }
+                Ok(Json(json))
+            }),
+            Err(error) => reply::encode::<()>(env, Err(error)),
+        }
+    }
+
+    /// An async job that panics: the caller still gets exactly one reply,
+    /// `{ref, {:error, {:panic, message, %{}}}}`.
+    #[rustler::nif]
+    fn async_panic(env: Env, message: String) -> Term {
+        reply::spawn(env, async move {
+            if !message.is_empty() {
+                panic!("{message}");
+            }
+            Ok(atoms::ok())
+        })
+    }
+
+    /// A NIF body that panics: returns `{:error, {:panic, message, %{}}}`.
+    #[rustler::nif]
+    fn sync_panic(env: Env, message: String) -> Term {
+        reply::guarded(env, || -> Result<rustler::Atom> { panic!("{message}") })
+    }
+
+    /// 64-bit FNV-1a of a binary, computed on a dirty CPU scheduler so that a
+    /// large input never holds a normal scheduler.
+    #[rustler::nif(schedule = "DirtyCpu")]
+    fn dirty_checksum<'a>(env: Env<'a>, data: Binary) -> Term<'a> {
+        reply::guarded(env, || Ok(super::fnv1a(data.as_slice())))
     }
 }
 
-/// An async job that panics: the caller still gets exactly one reply,
-/// `{ref, {:error, {:panic, message, %{}}}}`.
-#[rustler::nif]
-fn async_panic(env: Env, message: String) -> Term {
-    reply::spawn(env, async move {
-        if !message.is_empty() {
-            panic!("{message}");
-        }
-        Ok(atoms::ok())
-    })
-}
-
-/// A NIF body that panics: returns `{:error, {:panic, message, %{}}}`.
-#[rustler::nif]
-fn sync_panic(env: Env, message: String) -> Term {
-    reply::guarded(env, || -> Result<rustler::Atom> { panic!("{message}") })
-}
-
-/// 64-bit FNV-1a of a binary, computed on a dirty CPU scheduler so that a
-/// large input never holds a normal scheduler.
-#[rustler::nif(schedule = "DirtyCpu")]
-fn dirty_checksum<'a>(env: Env<'a>, data: Binary) -> Term<'a> {
-    reply::guarded(env, || Ok(fnv1a(data.as_slice())))
-}
-
+#[cfg(any(test, feature = "test-nifs"))]
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -122,6 +133,32 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::fnv1a;
+    use std::ffi::CStr;
+
+    /// NIFs only the test suite needs; a build without `test-nifs` (every
+    /// build but MIX_ENV=test's) must not export them.
+    const TEST_ONLY: [&str; 4] = ["async_echo", "async_panic", "sync_panic", "dirty_checksum"];
+
+    #[test]
+    fn test_only_nifs_are_exported_only_with_the_feature() {
+        let names: Vec<String> = rustler::codegen_runtime::inventory::iter::<rustler::Nif>()
+            // SAFETY: rustler's generated names are static NUL-terminated
+            // strings.
+            .map(|nif| {
+                unsafe { CStr::from_ptr(nif.name) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert!(names.iter().any(|n| n == "lua_eval"), "{names:?}");
+        for name in TEST_ONLY {
+            assert_eq!(
+                names.iter().any(|n| n == name),
+                cfg!(feature = "test-nifs"),
+                "{name} in {names:?}"
+            );
+        }
+    }
 
     #[test]
     fn fnv1a_matches_reference_values() {

@@ -34,6 +34,9 @@ defmodule Mix.Tasks.Compile.BeamlensNifTest do
 
     [lib]
     crate-type = ["cdylib"]
+
+    [features]
+    test-nifs = []
     """)
 
     File.write!(Path.join(crate, "src/lib.rs"), "pub fn answer() -> u32 { 42 }\n")
@@ -103,5 +106,15 @@ defmodule Mix.Tasks.Compile.BeamlensNifTest do
     assert {:ok, []} = BeamlensNif.run([])
     assert :ok = BeamlensNif.clean()
     refute File.exists?(ctx.so)
+  end
+
+  test "test-only NIFs are built in the test environment only" do
+    for profile <- ["debug", "release"], env <- [:dev, :prod] do
+      refute "test-nifs" in BeamlensNif.cargo_args(profile, env)
+    end
+
+    assert ["--features", "test-nifs"] -- BeamlensNif.cargo_args("debug", :test) == []
+    # This suite runs in the test build, which has them.
+    assert function_exported?(Beamlens.Native, :async_panic, 1)
   end
 end

@@ -79,20 +79,34 @@ pub struct Budget {
     callbacks: AtomicU32,
     tripped: AtomicU8,
     cancel: Arc<AtomicBool>,
+    /// Set by the watchdog once the deadline has passed.
+    expired: Arc<AtomicBool>,
+    _watch: super::watchdog::Guard,
 }
 
 impl Budget {
     pub fn new(limits: Limits, cancel: Arc<AtomicBool>) -> Self {
         let started = Instant::now();
+        let deadline = started + limits.timeout;
+        let expired = Arc::new(AtomicBool::new(false));
+        let watch = super::watchdog::watch(deadline, &expired);
         Budget {
             limits,
             started,
-            deadline: started + limits.timeout,
+            deadline,
             steps: AtomicU64::new(0),
             callbacks: AtomicU32::new(0),
             tripped: AtomicU8::new(0),
             cancel,
+            expired,
+            _watch: watch,
         }
+    }
+
+    /// The flags whose setting must stop the run at its next step: the
+    /// cancel flag and the deadline's.
+    pub fn stop_flags(&self) -> [Arc<AtomicBool>; 2] {
+        [self.cancel.clone(), self.expired.clone()]
     }
 
     /// Counts `steps` interrupt checks, then checks every limit.

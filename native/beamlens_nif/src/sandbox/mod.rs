@@ -20,13 +20,17 @@
 //!
 //! # A run
 //!
-//! [`run`] builds a fresh state ([`stdlib`]), installs `print` (captured,
-//! bounded) and one Lua function per callback name, seals the state,
-//! compiles the script and calls it. Limits ([`limits`]) are enforced by the
-//! interrupt (instructions, wall time, cancellation), the allocator
-//! (memory), `print` and the result conversion ([`value`]) (output), and the
-//! callback wrapper (callback count and time). The state is dropped at the
-//! end: nothing survives between runs.
+//! [`run`] takes a sealed state from a small pool (or builds one:
+//! [`stdlib`], a captured and bounded `print`, the callback dispatcher),
+//! gives it a fresh global table holding the run's callbacks, compiles the
+//! script and calls it through a trampoline that cuts error messages.
+//! Limits ([`limits`]) are enforced by the interrupt (instructions, wall
+//! time through a watchdog flag, cancellation), the allocator (memory),
+//! `print` and the result conversion ([`value`]) (output, measured as
+//! escaped JSON), and the callback wrapper (callback count, time, total
+//! argument size). At the end the run's global table is unhooked, so
+//! nothing it stored survives; a state whose run broke a limit is dropped
+//! (see `Prepared` for what is reset between runs).
 //!
 //! The sandbox is plain Rust: the [`Host`] trait is how it reaches the
 //! callbacks, and `nif_lua.rs` implements it by messaging an Elixir process.
@@ -35,6 +39,7 @@ mod interrupt;
 pub mod limits;
 pub mod stdlib;
 pub mod value;
+mod watchdog;
 
 use std::fmt;
 use std::sync::atomic::AtomicBool;
@@ -279,9 +284,12 @@ pub fn check_callback_names(names: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `code` in a fresh sandbox. `cancel` ends the run early when set
-/// (checked with the other limits, every few hundred interrupt steps, and
-/// before each callback call).
+/// Runs `code` in a sandbox. `cancel` ends the run early when set (read by
+/// the interrupt every few steps, and before each callback call).
+///
+/// The sealed state comes from a small pool (see [`Prepared`]): every run
+/// gets its own global table, its own callbacks, budget and memory limit,
+/// and a state whose run broke a limit is dropped instead of reused.
 pub fn run(
     code: &[u8],
     callbacks: &[String],
@@ -297,31 +305,100 @@ pub fn run(
         callback_failure: Mutex::new(None),
     });
 
-    let lua = match prepare(&shared, callbacks) {
-        Ok(lua) => lua,
+    let _clear = ClearInterruptOnDrop;
+    let prepared = match checkout().and_then(|p| begin(&p, &shared, callbacks).map(|()| p)) {
+        Ok(prepared) => prepared,
         Err(error) => return Err(failure(&shared, None, classify(&shared, &error))),
     };
+    let lua = &prepared.lua;
 
     let result = lua
         .load(code)
         .set_name("=script")
         .set_mode(ChunkMode::Text)
         .into_function()
-        .and_then(|function| function.call::<MultiValue>(()));
+        .and_then(|function| prepared.trampoline.call::<MultiValue>(function));
 
     let outcome = match result {
         Ok(values) => finish(&shared, values),
         Err(error) => Err(classify(&shared, &error)),
     };
-    lua.remove_interrupt();
-    outcome
+    let result = outcome
         .map(|value| Outcome {
             value,
             output: take_output(&shared),
-            stats: stats(&shared, Some(&lua)),
+            stats: stats(&shared, Some(lua)),
         })
-        .map_err(|error| failure(&shared, Some(&lua), error))
+        .map_err(|error| failure(&shared, Some(lua), error));
+    interrupt::clear(Some(lua));
+    lua.remove_interrupt();
+
+    let reusable = shared.budget.tripped().is_none()
+        && match &result {
+            Ok(_) => true,
+            Err(failure) => matches!(
+                failure.kind,
+                ErrorKind::Syntax
+                    | ErrorKind::Runtime
+                    | ErrorKind::NoReturn
+                    | ErrorKind::CallbackError
+                    | ErrorKind::CallbackTimeout
+            ),
+        };
+    if reusable && end(&prepared).is_ok() {
+        checkin(prepared);
+    }
+    result
 }
+
+/// Forgets the run's stop flags however the run ends (panics included).
+struct ClearInterruptOnDrop;
+
+impl Drop for ClearInterruptOnDrop {
+    fn drop(&mut self) {
+        interrupt::clear(None);
+    }
+}
+
+/// Longest error message kept, in bytes. Longer ones (`error(big)`, a
+/// callback's exception) are cut before they leave the Lua state.
+pub const MAX_MESSAGE: usize = 2048;
+
+/// Cuts `message` to at most `max` bytes (on a character boundary) and
+/// says so.
+pub fn truncate(message: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if message.len() <= max {
+        return message.into();
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... (message truncated)", &message[..end]).into()
+}
+
+/// Runs the script's function under `xpcall` with a handler that cuts
+/// string errors to [`MAX_MESSAGE`] bytes inside Lua, before mlua copies
+/// them out (three bytes per invalid byte) and adds a traceback. Other
+/// error values (the limits' and callbacks' errors) pass unchanged.
+const TRAMPOLINE: &str = r#"
+local cap, sub, type, xpcall, error = ...
+local function handler(e)
+    if type(e) == "string" and #e > cap then
+        return sub(e, 1, cap) .. "... (message truncated)"
+    end
+    return e
+end
+local function finish(ok, ...)
+    if ok then
+        return ...
+    end
+    error((...), 0)
+end
+return function(f)
+    return finish(xpcall(f, handler))
+end
+"#;
 
 /// The kind, message and line of an error, before output and stats are
 /// attached.
@@ -361,53 +438,203 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<Lua> {
-    check_callback_names(callbacks).map_err(mlua::Error::runtime)?;
+/// A sealed Lua state and the functions every run uses, kept between runs.
+///
+/// What a run can change in it and how the next run is protected:
+///
+/// * globals, library tables, the string metatable: read-only (Luau's
+///   sandbox), and each run gets a fresh global table (`begin`) whose reads
+///   fall through to the shared one; the state's globals index is set back
+///   to an empty table at the end of the run (`end`), so nothing the run
+///   stored stays reachable;
+/// * `math.random`'s generator: reseeded at the start of every run;
+/// * garbage: collected before a run when more than [`GARBAGE_SLACK`]
+///   bytes above the fresh state are in use, and the memory limit is set
+///   from what is in use when the run starts;
+/// * a run that broke a limit (or panicked) drops the state.
+struct Prepared {
+    lua: Lua,
+    trampoline: Function,
+    /// Makes the Lua function for one callback name ([`CALLBACK_WRAPPER`]).
+    make_callback: Function,
+    /// Read-only metatable of every run's global table.
+    env_meta: Table,
+    /// The (empty, read-only) global table between runs.
+    idle_env: Table,
+    randomseed: Function,
+    /// Memory in use right after the state was prepared.
+    base_memory: usize,
+}
+
+/// Sealed states kept for reuse; at most [`POOL_SIZE`].
+static POOL: Mutex<Vec<Prepared>> = Mutex::new(Vec::new());
+
+/// States kept for reuse (one per concurrent run is enough).
+pub const POOL_SIZE: usize = 8;
+
+/// Garbage tolerated from earlier runs before a full collection.
+const GARBAGE_SLACK: usize = 256 * 1024;
+
+/// The run using a state, as reached by `print` and the callbacks.
+struct Current(Arc<Shared>);
+
+fn current(lua: &Lua) -> mlua::Result<Arc<Shared>> {
+    lua.app_data_ref::<Current>()
+        .map(|current| Arc::clone(&current.0))
+        .ok_or_else(|| mlua::Error::runtime("no run is in progress"))
+}
+
+fn checkout() -> mlua::Result<Prepared> {
+    let pooled = lock(&POOL).pop();
+    match pooled {
+        Some(prepared) => Ok(prepared),
+        None => build(),
+    }
+}
+
+fn checkin(prepared: Prepared) {
+    let mut pool = lock(&POOL);
+    if pool.len() < POOL_SIZE {
+        pool.push(prepared);
+    }
+}
+
+/// Builds and seals a state.
+fn build() -> mlua::Result<Prepared> {
     let lua = stdlib::new_state()?;
     let globals = lua.globals();
+    let string: Table = globals.raw_get("string")?;
+    let math: Table = globals.raw_get("math")?;
+    let trampoline: Function = lua
+        .load(TRAMPOLINE)
+        .set_name("=run")
+        .set_mode(ChunkMode::Text)
+        .call((
+            MAX_MESSAGE,
+            string.raw_get::<Function>("sub")?,
+            globals.raw_get::<Function>("type")?,
+            globals.raw_get::<Function>("xpcall")?,
+            globals.raw_get::<Function>("error")?,
+        ))?;
 
     let tostring: Function = globals.raw_get("tostring")?;
-    let print_shared = Arc::clone(shared);
-    let print = lua.create_function(move |_, args: MultiValue| {
+    let print = lua.create_function(move |lua, args: MultiValue| {
+        let shared = current(lua)?;
+        // The line is checked against what is left of `max_output` before
+        // each piece is converted or copied: a huge argument (or thousands
+        // of them) is refused before any memory is spent on it.
+        let max = shared.budget.limits.max_output;
+        let used = lock(&shared.output).len();
+        let over = || {
+            let kind = shared.budget.trip(ErrorKind::OutputLimit);
+            Err(mlua::Error::external(LimitHit(kind)))
+        };
         let mut line = String::new();
         for (i, arg) in args.iter().enumerate() {
             if i > 0 {
                 line.push('\t');
             }
             let text: mlua::LuaString = tostring.call(arg)?;
-            line.push_str(&String::from_utf8_lossy(&text.as_bytes()));
+            let bytes = text.as_bytes();
+            // Replacing invalid UTF-8 never shrinks the text.
+            if used + line.len() + bytes.len() + 1 > max {
+                return over();
+            }
+            line.push_str(&String::from_utf8_lossy(&bytes));
         }
         line.push('\n');
-        let mut output = lock(&print_shared.output);
-        if output.len() + line.len() > print_shared.budget.limits.max_output {
+        let mut output = lock(&shared.output);
+        if output.len() + line.len() > max {
             drop(output);
-            let kind = print_shared.budget.trip(ErrorKind::OutputLimit);
-            return Err(mlua::Error::external(LimitHit(kind)));
+            return over();
         }
         output.push_str(&line);
         Ok(())
     })?;
     globals.raw_set("print", print)?;
 
-    if !callbacks.is_empty() {
-        let wrapper: Function = lua
-            .load(CALLBACK_WRAPPER)
-            .set_name("=callback")
-            .set_mode(ChunkMode::Text)
-            .into_function()?;
-        let error: Function = globals.raw_get("error")?;
-        for name in callbacks {
-            install_callback(&lua, &globals, shared, &wrapper, &error, name)?;
+    let raw = lua.create_function(|lua, mut args: MultiValue| {
+        let shared = current(lua)?;
+        let name = match args.pop_front() {
+            Some(LuaValue::String(name)) => name.to_str()?.to_string(),
+            _ => {
+                return Err(mlua::Error::runtime(
+                    "a callback was called without its name",
+                ))
+            }
+        };
+        match call_callback(lua, &shared, &name, args)? {
+            Ok(value) => Ok((true, value)),
+            Err(failure) => {
+                let message = failure.message.clone();
+                *lock(&shared.callback_failure) = Some(failure);
+                Ok((false, LuaValue::String(lua.create_string(message)?)))
+            }
         }
-    }
+    })?;
+    let make_callback: Function = lua
+        .load(CALLBACK_WRAPPER)
+        .set_name("=callback")
+        .set_mode(ChunkMode::Text)
+        .call((raw, globals.raw_get::<Function>("error")?))?;
+
+    let env_meta = lua.create_table()?;
+    env_meta.raw_set("__index", &globals)?;
+    env_meta.raw_set("__metatable", false)?;
+    let randomseed: Function = math.raw_get("randomseed")?;
 
     stdlib::seal(&lua)?;
+    env_meta.set_readonly(true);
+    let idle_env = lua.create_table()?;
+    idle_env.set_metatable(Some(env_meta.clone()))?;
+    idle_env.set_readonly(true);
+    lua.gc_collect()?;
+    let base_memory = lua.used_memory();
+    Ok(Prepared {
+        lua,
+        trampoline,
+        make_callback,
+        env_meta,
+        idle_env,
+        randomseed,
+        base_memory,
+    })
+}
 
-    let base = lua.used_memory();
-    lua.set_memory_limit(base.saturating_add(shared.budget.limits.max_memory))?;
+/// Readies a state for one run: its own global table with the run's
+/// callbacks, memory limit, random seed and interrupt.
+fn begin(prepared: &Prepared, shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<()> {
+    check_callback_names(callbacks).map_err(mlua::Error::runtime)?;
+    let lua = &prepared.lua;
+    lua.set_app_data(Current(Arc::clone(shared)));
+
+    lua.set_memory_limit(0)?;
+    if lua.used_memory() > prepared.base_memory + GARBAGE_SLACK {
+        lua.gc_collect()?;
+    }
+
+    let env = lua.create_table()?;
+    env.set_metatable(Some(prepared.env_meta.clone()))?;
+    for name in callbacks {
+        install_callback(lua, &env, prepared, name)?;
+    }
+    freeze_namespaces(&env, 0)?;
+    set_globals(lua, env)?;
+
+    static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = SEED.fetch_add(0x9e37_79b9, std::sync::atomic::Ordering::Relaxed)
+        ^ shared.budget.started.elapsed().as_nanos() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    prepared.randomseed.call::<()>(seed as f64)?;
+
+    let used = lua.used_memory();
+    lua.set_memory_limit(used.saturating_add(shared.budget.limits.max_memory))?;
 
     let interrupt_shared = Arc::clone(shared);
-    interrupt::install(&lua, move |lua, steps| {
+    let flags = interrupt::StopFlags(shared.budget.stop_flags());
+    interrupt::install(lua, flags, move |lua, steps| {
         match interrupt_shared.budget.tick(steps) {
             Ok(()) => Ok(VmState::Continue),
             Err(kind) => {
@@ -418,43 +645,67 @@ fn prepare(shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<Lua> {
                 Err(mlua::Error::external(LimitHit(kind)))
             }
         }
-    })?;
-    Ok(lua)
+    })
 }
 
+/// After a run: nothing of it stays reachable from the state.
+fn end(prepared: &Prepared) -> mlua::Result<()> {
+    let lua = &prepared.lua;
+    lua.remove_app_data::<Current>();
+    set_globals(lua, prepared.idle_env.clone())?;
+    lua.set_memory_limit(0)?;
+    Ok(())
+}
+
+/// Makes `env` the state's global table: chunks loaded from now on use it,
+/// and Luau resolves their imports (`math.floor`, `beam.top`) against it
+/// (`safeenv`, as Luau's own sandbox does for each thread).
+fn set_globals(lua: &Lua, env: Table) -> mlua::Result<()> {
+    // SAFETY: `env` is pushed by `exec_raw`; it is marked safe and moved
+    // into the globals slot of the state, which leaves the stack as found.
+    unsafe {
+        lua.exec_raw::<()>(env, |state| {
+            mlua::ffi::lua_setsafeenv(state, -1, 1);
+            mlua::ffi::lua_replace(state, mlua::ffi::LUA_GLOBALSINDEX);
+        })
+    }
+}
+
+/// The script line running at stack `level`, if that frame is the
+/// script's (not the trampoline's or a library wrapper's).
 fn current_line(lua: &Lua, level: usize) -> Option<u32> {
-    lua.inspect_stack(level, |debug| debug.current_line())
-        .flatten()
-        .and_then(|line| u32::try_from(line).ok())
-        .filter(|line| *line > 0)
+    lua.inspect_stack(level, |debug| {
+        let in_script = debug.source().source.as_deref() == Some("=script");
+        debug.current_line().filter(|_| in_script)
+    })
+    .flatten()
+    .and_then(|line| u32::try_from(line).ok())
+    .filter(|line| *line > 0)
 }
 
-/// Wraps a raw callback so that a failure is raised as a plain Lua error
+/// Makes the Lua function for a callback name: it calls the raw
+/// dispatcher with the name and raises a failure as a plain Lua error
 /// string pointing at the script line that made the call (`error(m, 2)`),
 /// without the Rust-side traceback a raised Rust error would carry.
 const CALLBACK_WRAPPER: &str = r#"
 local raw, error = ...
-return function(...)
-    local ok, value = raw(...)
-    if ok then
-        return value
+return function(name)
+    return function(...)
+        local ok, value = raw(name, ...)
+        if ok then
+            return value
+        end
+        error(value, 2)
     end
-    error(value, 2)
 end
 "#;
 
-/// Installs `name` ("a.b.c") as a Lua function that forwards to the host.
-fn install_callback(
-    lua: &Lua,
-    globals: &Table,
-    shared: &Arc<Shared>,
-    wrapper: &Function,
-    error: &Function,
-    name: &str,
-) -> mlua::Result<()> {
+/// Installs `name` ("a.b.c") in the run's global table `env` as a Lua
+/// function that forwards to the host.
+fn install_callback(lua: &Lua, env: &Table, prepared: &Prepared, name: &str) -> mlua::Result<()> {
     let parts: Vec<&str> = name.split('.').collect();
     let (last, namespaces) = parts.split_last().expect("split yields at least one part");
-    let mut table = globals.clone();
+    let mut table = env.clone();
     for part in namespaces {
         table = match table.raw_get::<LuaValue>(*part)? {
             LuaValue::Table(existing) => existing,
@@ -465,21 +716,22 @@ fn install_callback(
             }
         };
     }
-
-    let shared = Arc::clone(shared);
-    let name = name.to_string();
-    let raw = lua.create_function(move |lua, args: MultiValue| {
-        match call_callback(lua, &shared, &name, args)? {
-            Ok(value) => Ok((true, value)),
-            Err(failure) => {
-                let message = failure.message.clone();
-                *lock(&shared.callback_failure) = Some(failure);
-                Ok((false, LuaValue::String(lua.create_string(message)?)))
-            }
-        }
-    })?;
-    let wrapped: Function = wrapper.call((raw, error))?;
+    let wrapped: Function = prepared.make_callback.call(name)?;
     table.raw_set(*last, wrapped)
+}
+
+/// Makes the namespace tables under `table` read-only, so that a script
+/// cannot replace a callback (`beam.top = ...`).
+fn freeze_namespaces(table: &Table, depth: usize) -> mlua::Result<()> {
+    for pair in table.pairs::<LuaValue, LuaValue>() {
+        if let (_, LuaValue::Table(namespace)) = pair? {
+            if depth < 4 {
+                freeze_namespaces(&namespace, depth + 1)?;
+            }
+            namespace.set_readonly(true);
+        }
+    }
+    Ok(())
 }
 
 /// Calls a callback. `Err` is a broken limit (raised, sticky); `Ok(Err)` a
@@ -502,25 +754,24 @@ fn call_callback(
     }
     let fail = |kind: ErrorKind, message: String| Ok(Err(CallbackFailure { kind, message }));
 
-    let mut json_args = Vec::with_capacity(args.len());
-    for arg in args.iter() {
-        match value::to_json(arg, budget.limits.max_output) {
-            Ok(json) => json_args.push(json),
-            Err(error) => {
-                let reason = match error {
-                    ConvertError::TooLarge(max) => format!("are larger than {max} bytes"),
-                    ConvertError::TooDeep => {
-                        format!("are nested deeper than {} levels", value::MAX_DEPTH)
-                    }
-                    ConvertError::Lua(message) => format!("could not be read: {message}"),
-                };
-                return fail(
-                    ErrorKind::CallbackError,
-                    format!("the arguments of callback {name} {reason}"),
-                );
-            }
+    // All arguments together are bounded by `max_output`, as their JSON.
+    let json_args = match value::to_json_array(args.iter(), budget.limits.max_output) {
+        Ok(Value::Array(items)) => items,
+        Ok(other) => vec![other],
+        Err(error) => {
+            let reason = match error {
+                ConvertError::TooLarge(max) => format!("are larger than {max} bytes in total"),
+                ConvertError::TooDeep => {
+                    format!("are nested deeper than {} levels", value::MAX_DEPTH)
+                }
+                ConvertError::Lua(message) => format!("could not be read: {message}"),
+            };
+            return fail(
+                ErrorKind::CallbackError,
+                format!("the arguments of callback {name} {reason}"),
+            );
         }
-    }
+    };
 
     let wait = budget.callback_wait();
     let answer = lock(&shared.host).call(name, json_args, wait);
@@ -528,7 +779,10 @@ fn call_callback(
         Ok(json) => Ok(Ok(value::to_lua(lua, &json)?)),
         Err(HostError::Failed(reason)) => fail(
             ErrorKind::CallbackError,
-            format!("callback {name} failed: {reason}"),
+            format!(
+                "callback {name} failed: {}",
+                truncate(&reason, MAX_MESSAGE / 2)
+            ),
         ),
         Err(HostError::TimedOut) if budget.past_deadline() => {
             limit(budget.trip(ErrorKind::Timeout))
@@ -598,8 +852,17 @@ fn memory_message(shared: &Shared) -> String {
     )
 }
 
-/// Decides what an error from Lua means.
+/// Decides what an error from Lua means; the message is at most
+/// [`MAX_MESSAGE`] bytes (plus a note).
 fn classify(shared: &Shared, error: &mlua::Error) -> Error {
+    let mut error = classify_full(shared, error);
+    if error.message.len() > MAX_MESSAGE {
+        error.message = truncate(&error.message, MAX_MESSAGE).into_owned();
+    }
+    error
+}
+
+fn classify_full(shared: &Shared, error: &mlua::Error) -> Error {
     if let Some(kind) = shared.budget.tripped() {
         return limit_error(shared, kind);
     }
@@ -617,6 +880,13 @@ fn classify(shared: &Shared, error: &mlua::Error) -> Error {
                 line,
             }
         }
+        // Luau's out-of-memory error, re-raised as a string by the
+        // trampoline's `xpcall`.
+        mlua::Error::RuntimeError(message) if strip_traceback(message) == OUT_OF_MEMORY => Error {
+            kind: ErrorKind::MemoryLimit,
+            message: memory_message(shared),
+            line: None,
+        },
         mlua::Error::RuntimeError(message) => {
             let (line, message) = split_location(strip_traceback(message));
             // An uncaught callback failure keeps the callback's kind.
@@ -641,6 +911,9 @@ fn classify(shared: &Shared, error: &mlua::Error) -> Error {
         }
     }
 }
+
+/// The message of Luau's memory error (`LUA_ERRMEM`).
+const OUT_OF_MEMORY: &str = "not enough memory";
 
 fn root(error: &mlua::Error) -> &mlua::Error {
     let mut current = error;

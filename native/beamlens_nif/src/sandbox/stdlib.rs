@@ -15,8 +15,37 @@
 //! sandbox mode makes the globals, every library table and the string
 //! metatable read-only, and gives the script its own global table whose
 //! reads fall through to the shared one.
+//!
+//! # Native functions that could outrun the limits
+//!
+//! Luau's interrupt never runs inside a C library function, and the memory
+//! limit only bounds what a function allocates, not how long it loops. The
+//! library functions that could loop for long without allocating are
+//! replaced or wrapped here:
+//!
+//! * `string.find` with a plain pattern (the 4th argument, or a pattern
+//!   without special characters) used a quadratic search
+//!   (`lmemfind`); it is done here with `memchr::memmem` (linear).
+//! * `string.split` compared the separator at every position (quadratic);
+//!   it is reimplemented with `memmem`, and its pieces count against the
+//!   memory limit as they are created.
+//! * `table.sort` without a comparator compared with the VM's `<` in C
+//!   (no interrupt, and each string comparison can read megabytes); it now
+//!   always sorts with a Lua comparator, so every comparison is an
+//!   interrupt point.
+//! * `table.move` looped over the whole requested range (2^31 steps for an
+//!   empty table); Luau's `LuauTableMoveTimeoutFix` flag, switched on
+//!   here, bounds it by the tables' sizes.
+//!
+//! Pattern matching (`find`, `match`, `gmatch`, `gsub`) calls the interrupt
+//! at every matcher step, and the interrupt reads the run's deadline flag every
+//! few steps (see `interrupt.rs`); the other functions are bounded by the
+//! memory limit (`rep`, `format`, `concat`, `create`, buffers) or by Luau's
+//! stack limit of 8,000 values (`unpack`, `byte`, `select`).
 
-use mlua::{Lua, LuaOptions, StdLib, Table};
+use std::sync::Once;
+
+use mlua::{Function, IntoLuaMulti, Lua, LuaOptions, MultiValue, StdLib, Table, Value};
 
 /// Globals removed after the libraries are loaded. `load`, `dofile` and
 /// `loadfile` do not exist in Luau; they are listed so that a future switch
@@ -56,6 +85,8 @@ pub fn new_state() -> mlua::Result<Lua> {
         globals.raw_set(*name, mlua::Nil)?;
     }
 
+    replace_unbounded(&lua, &globals)?;
+
     // `os` keeps its clocks only.
     let os: Table = globals.raw_get("os")?;
     let clocks = lua.create_table()?;
@@ -64,6 +95,129 @@ pub fn new_state() -> mlua::Result<Lua> {
     globals.raw_set("os", clocks)?;
 
     Ok(lua)
+}
+
+/// Characters that make a pattern more than a plain string (Luau's
+/// `SPECIALS`).
+const SPECIALS: &[u8] = b"^$*+?.([%-";
+
+/// Wraps `table.sort`: sorts with a Lua comparator when none is given.
+const SORT: &str = r#"
+local sort = ...
+local function less(a, b)
+    return a < b
+end
+return function(t, comp)
+    if comp == nil then
+        return sort(t, less)
+    end
+    return sort(t, comp)
+end
+"#;
+
+fn replace_unbounded(lua: &Lua, globals: &Table) -> mlua::Result<()> {
+    static FLAGS: Once = Once::new();
+    FLAGS.call_once(|| {
+        // A global Luau setting: `table.move` bounded by the tables' sizes.
+        let _ = Lua::set_fflag("LuauTableMoveTimeoutFix", true);
+    });
+
+    let string: Table = globals.raw_get("string")?;
+    let find: Function = string.raw_get("find")?;
+    string.raw_set(
+        "find",
+        lua.create_function(move |lua, args: MultiValue| plain_find(lua, &find, args))?,
+    )?;
+    string.raw_set("split", lua.create_function(split)?)?;
+
+    let table: Table = globals.raw_get("table")?;
+    let sort: Function = lua
+        .load(SORT)
+        .set_name("=table.sort")
+        .call(table.raw_get::<Function>("sort")?)?;
+    table.raw_set("sort", sort)
+}
+
+/// `string.find`: plain searches in linear time, the rest by Luau.
+fn plain_find(lua: &Lua, find: &Function, args: MultiValue) -> mlua::Result<MultiValue> {
+    let (Some(Value::String(s)), Some(Value::String(p))) = (args.front(), args.get(1)) else {
+        return find.call(args);
+    };
+    let pattern = p.as_bytes();
+    let plain = args
+        .get(3)
+        .is_some_and(|v| !matches!(v, Value::Nil | Value::Boolean(false)));
+    if !plain && pattern.iter().any(|b| SPECIALS.contains(b)) {
+        return find.call(args);
+    }
+    let haystack = s.as_bytes();
+    let len = haystack.len() as i64;
+    let init = match args.get(2) {
+        None | Some(Value::Nil) => 1,
+        Some(Value::Integer(i)) => *i,
+        Some(Value::Number(n)) if n.is_finite() => *n as i64,
+        Some(Value::String(text)) => match text
+            .to_str()
+            .ok()
+            .and_then(|t| t.trim().parse::<f64>().ok())
+        {
+            Some(n) if n.is_finite() => n as i64,
+            _ => {
+                return Err(mlua::Error::runtime(
+                    "invalid argument #3 to 'find' (number expected, got string)",
+                ))
+            }
+        },
+        Some(other) => {
+            return Err(mlua::Error::runtime(format!(
+                "invalid argument #3 to 'find' (number expected, got {})",
+                other.type_name()
+            )))
+        }
+    };
+    // Luau's `posrelat`, then the same clamping as `str_find_aux`.
+    let init = if init < 0 {
+        (init + len + 1).max(0)
+    } else {
+        init
+    };
+    let init = init.max(1);
+    if init > len + 1 {
+        return Value::Nil.into_lua_multi(lua);
+    }
+    let start = (init - 1) as usize;
+    match memchr::memmem::find(&haystack[start..], &pattern) {
+        Some(at) => {
+            let first = (start + at + 1) as i64;
+            (first, first + pattern.len() as i64 - 1).into_lua_multi(lua)
+        }
+        None => Value::Nil.into_lua_multi(lua),
+    }
+}
+
+/// `string.split(s, sep)`, as Luau defines it (`sep` defaults to `","`; an
+/// empty separator splits into bytes), in linear time.
+fn split(lua: &Lua, (s, sep): (mlua::LuaString, Option<mlua::LuaString>)) -> mlua::Result<Table> {
+    let haystack = s.as_bytes();
+    let sep_bytes = sep.as_ref().map(|sep| sep.as_bytes());
+    let needle: &[u8] = sep_bytes.as_deref().unwrap_or(b",");
+    let table = lua.create_table()?;
+    let mut n = 0;
+    if needle.is_empty() {
+        for i in 0..haystack.len() {
+            n += 1;
+            table.raw_set(n, lua.create_string(&haystack[i..=i])?)?;
+        }
+        return Ok(table);
+    }
+    let mut span_start = 0;
+    for at in memchr::memmem::find_iter(&haystack, needle) {
+        n += 1;
+        table.raw_set(n, lua.create_string(&haystack[span_start..at])?)?;
+        span_start = at + needle.len();
+    }
+    table.raw_set(n + 1, lua.create_string(&haystack[span_start..])?)?;
+    Ok(table)
 }
 
 /// Makes every shared table read-only and gives scripts a private global
@@ -111,6 +265,48 @@ mod tests {
         // Globals written by the script stay in its own table.
         lua.load("x = 1").exec().unwrap();
         assert_eq!(lua.load("return x").eval::<i32>().unwrap(), 1);
+    }
+
+    #[test]
+    fn replaced_functions_keep_their_meaning() {
+        let lua = sealed();
+        let eval = |code: &str| -> String { lua.load(code).eval().unwrap() };
+        let cases = [
+            ("return tostring(string.find('hello world', 'o w'))", "5"),
+            (
+                "return table.concat({string.find('hello', 'l', 1, true)}, ',')",
+                "3,3",
+            ),
+            (
+                "return table.concat({('hello'):find('l', -2, true)}, ',')",
+                "4,4",
+            ),
+            ("return table.concat({('hello'):find('', 3)}, ',')", "3,2"),
+            ("return tostring(('hello'):find('x', 1, true))", "nil"),
+            ("return tostring(('hello'):find('l', 10, true))", "nil"),
+            (
+                "return table.concat({('a.b'):find('.', 1, true)}, ',')",
+                "2,2",
+            ),
+            ("return table.concat({('abc'):find('b.')}, ',')", "2,3"),
+            ("return table.concat(('a,b,,c'):split(','), '|')", "a|b||c"),
+            ("return table.concat(('a<>b<>'):split('<>'), '|')", "a|b|"),
+            ("return table.concat(('abc'):split(''), '|')", "a|b|c"),
+            ("return tostring(#(''):split(','))", "1"),
+            ("return table.concat(('x,y'):split(), '|')", "x|y"),
+            (
+                "local t = {3, 1, 2} table.sort(t) return table.concat(t, ',')",
+                "1,2,3",
+            ),
+            (
+                "local t = {3, 1, 2} table.sort(t, function(a, b) return a > b end) \
+                 return table.concat(t, ',')",
+                "3,2,1",
+            ),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(eval(code), expected, "{code}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -413,4 +413,225 @@ fn locations_are_split() {
     assert_eq!(split_location("script:12: oops"), (Some(12), "oops"));
     assert_eq!(split_location("oops"), (None, "oops"));
     assert_eq!(strip_traceback("x\nstack traceback:\n  here"), "x");
+}
+
+/// Limits for the native-path tests: a generous instruction budget, so that
+/// the wall clock or the memory limit is what must stop the script.
+fn hostile() -> Limits {
+    Limits {
+        timeout: Duration::from_millis(300),
+        max_instructions: Limits::MAX_INSTRUCTIONS,
+        max_memory: 16 * 1024 * 1024,
+        ..small()
+    }
+}
+
+/// Fails with `kind` well within `bound` of wall time.
+fn fails_within(code: &str, limits: Limits, kind: ErrorKind, bound: Duration) -> Failure {
+    let started = Instant::now();
+    let failure = fails(code, limits, kind);
+    assert!(
+        started.elapsed() < bound,
+        "{code}: took {:?}",
+        started.elapsed()
+    );
+    failure
+}
+
+#[test]
+fn print_refuses_a_huge_line_before_building_it() {
+    // 6,000 references to one 7 MiB string of invalid UTF-8: the line would
+    // be 120 GB once converted.
+    fails_within(
+        "local s = string.rep('\\255', 7 * 1024 * 1024) local t = {} \
+         for i = 1, 6000 do t[i] = s end print(unpack(t)) return 1",
+        Limits {
+            max_memory: 64 * 1024 * 1024,
+            ..hostile()
+        },
+        ErrorKind::OutputLimit,
+        Duration::from_secs(2),
+    );
+    // Output that fits is kept, byte for byte once converted.
+    let outcome = eval("print('a', 1, nil) return 1").unwrap();
+    assert_eq!(outcome.output, "a\t1\tnil\n");
+}
+
+#[test]
+fn callback_arguments_are_bounded_in_total() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let host = TestHost::default().with("cb.take", move |_| {
+        seen.fetch_add(1, Ordering::Relaxed);
+        Ok(json!(1))
+    });
+    // 3,000 arguments of 1 KB each: each is far below max_output (4 KB),
+    // together they are 3 MB.
+    let failure = eval_with(
+        "local s = string.rep('x', 1000) local t = {} for i = 1, 3000 do t[i] = s end \
+         return cb.take(unpack(t))",
+        hostile(),
+        host,
+    )
+    .unwrap_err();
+    assert_eq!(failure.kind, ErrorKind::CallbackError);
+    assert!(failure.message.contains("in total"), "{failure}");
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn results_are_bounded_after_json_escaping() {
+    // 3,000 control characters are 18,000 bytes of JSON.
+    fails(
+        "return string.rep('\\1', 3000)",
+        Limits {
+            max_output: 10_000,
+            ..small()
+        },
+        ErrorKind::OutputLimit,
+    );
+}
+
+#[test]
+fn error_messages_are_cut() {
+    let failure = fails(
+        "error(string.rep('\\255', 8 * 1024 * 1024))",
+        Limits {
+            max_memory: 32 * 1024 * 1024,
+            ..small()
+        },
+        ErrorKind::Runtime,
+    );
+    assert!(
+        failure.message.len() < MAX_MESSAGE + 100,
+        "{}",
+        failure.message.len()
+    );
+    assert!(failure.message.ends_with("(message truncated)"));
+    // A short message keeps its line.
+    let failure = fails("local x = 1\nerror('boom')", small(), ErrorKind::Runtime);
+    assert_eq!((failure.line, failure.message.as_str()), (Some(2), "boom"));
+}
+
+#[test]
+fn table_move_of_a_huge_range_is_bounded() {
+    fails_within(
+        "table.move({}, 1, 2147483646, 2, {}) while true do end",
+        hostile(),
+        ErrorKind::Timeout,
+        Duration::from_secs(2),
+    );
+}
+
+#[test]
+fn plain_find_and_split_are_linear() {
+    let started = Instant::now();
+    // Quadratic with Luau's `lmemfind` or its `split`: 2 MB x 1 MB.
+    let outcome = eval_with(
+        "local s = string.rep('a', 2000000) local p = string.rep('a', 1000000) .. 'b' \
+         return {string.find(s, p), string.find(s, p, 1, true), #s:split(p)}",
+        // Quadratic would be hours; linear is milliseconds (more in debug).
+        Limits {
+            timeout: Duration::from_secs(5),
+            ..hostile()
+        },
+        TestHost::default(),
+    )
+    .unwrap();
+    // Neither find matches (nil, nil); split gives one piece.
+    assert_eq!(outcome.value, json!({"3": 1}));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn sorting_without_a_comparator_is_interrupted() {
+    // Without a comparator, Luau sorts in C, out of the interrupt's reach.
+    fails_within(
+        "local t = table.create(2000000, 1) for i = 1, #t, 7 do t[i] = i end \
+         table.sort(t) return 1",
+        Limits {
+            timeout: Duration::from_millis(100),
+            max_memory: 64 * 1024 * 1024,
+            ..hostile()
+        },
+        ErrorKind::Timeout,
+        Duration::from_secs(2),
+    );
+}
+
+#[test]
+fn expensive_pattern_steps_meet_the_deadline() {
+    // `%b` scans the rest of the string at every start position.
+    fails_within(
+        "local s = '(' .. string.rep('a', 8 * 1024 * 1024) return string.find(s, '%b()')",
+        Limits {
+            max_memory: 64 * 1024 * 1024,
+            ..hostile()
+        },
+        ErrorKind::Timeout,
+        Duration::from_secs(2),
+    );
+}
+
+#[test]
+fn reused_states_share_nothing_between_runs() {
+    // Enough sequential runs that pooled states are reused.
+    for i in 0..20 {
+        let host = TestHost::default().with("ns.cb", |_| Ok(json!(1)));
+        let code = format!(
+            "assert(leaked == nil and x == nil, 'leaked') leaked = {i} \
+             assert(getmetatable(_G) == nil or true) \
+             local ok = pcall(function() ns.cb = nil end) assert(not ok, 'namespace writable') \
+             return ns.cb()"
+        );
+        let outcome = eval_with(&code, Limits::default(), host).unwrap();
+        assert_eq!(outcome.value, json!(1));
+        // The next run has no callbacks: the namespace is gone.
+        assert_eq!(value("return type(ns)"), json!("nil"));
+        // A run that breaks a limit does not hand on its state either.
+        fails(
+            "x = 1 while true do end",
+            small(),
+            ErrorKind::InstructionLimit,
+        );
+    }
+    // The random generator is reseeded for every run.
+    let first = value("math.randomseed(7) return math.random(1, 1000000)");
+    let again = value("return math.random(1, 1000000)");
+    let seeded = value("math.randomseed(7) return math.random(1, 1000000)");
+    assert_eq!(first, seeded);
+    // Had the seed survived, this would be the seeded sequence's second value.
+    let second = value("math.randomseed(7) math.random(1, 1000000) return math.random(1, 1000000)");
+    assert_ne!(again, second);
+}
+
+/// Where a tight loop's time goes: `cargo test --release --lib loop_cost
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn loop_cost() {
+    let code = "local s = 0 for i = 1, 10000000 do s = s + i end return s";
+    let plain = mlua::Lua::new();
+    let started = Instant::now();
+    let _: f64 = plain.load(code).eval().unwrap();
+    let bare = started.elapsed();
+    plain.set_interrupt(|_| Ok(mlua::VmState::Continue));
+    let started = Instant::now();
+    let _: f64 = plain.load(code).eval().unwrap();
+    let mlua_interrupt = started.elapsed();
+    let limits = Limits {
+        max_instructions: Limits::MAX_INSTRUCTIONS,
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    eval_with(code, limits, TestHost::default()).unwrap();
+    let sandbox = started.elapsed();
+    println!(
+        "10M iterations: bare {bare:?}, mlua interrupt {mlua_interrupt:?}, sandbox {sandbox:?}"
+    );
 }

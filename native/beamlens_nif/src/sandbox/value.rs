@@ -72,6 +72,15 @@ struct Size {
 }
 
 impl Size {
+    /// Fails if `bytes` more would go over the limit, without counting them.
+    fn check(&self, bytes: usize) -> Result<(), ConvertError> {
+        if self.used.saturating_add(bytes) > self.max {
+            Err(ConvertError::TooLarge(self.max))
+        } else {
+            Ok(())
+        }
+    }
+
     fn add(&mut self, bytes: usize) -> Result<(), ConvertError> {
         self.used = self.used.saturating_add(bytes);
         if self.used > self.max {
@@ -105,7 +114,10 @@ fn convert(value: &LuaValue, depth: usize, size: &mut Size) -> Result<Value, Con
         }
         LuaValue::String(s) => {
             let bytes = s.as_bytes();
-            size.add(bytes.len() + 2)?;
+            // The cheap lower bound first, so that a huge string is refused
+            // before it is scanned; then its exact size once escaped.
+            size.check(bytes.len() + 2)?;
+            size.add(json_string_len(&bytes))?;
             Value::String(String::from_utf8_lossy(&bytes).into_owned())
         }
         LuaValue::Table(table) => table_to_json(table, depth, size)?,
@@ -115,6 +127,26 @@ fn convert(value: &LuaValue, depth: usize, size: &mut Size) -> Result<Value, Con
             Value::String(name)
         }
     })
+}
+
+/// The length of `bytes` as a JSON string, quotes included, after invalid
+/// UTF-8 is replaced (3 bytes per replacement character) and control
+/// characters, quotes and backslashes are escaped as `serde_json` does.
+pub fn json_string_len(bytes: &[u8]) -> usize {
+    let mut len = 2;
+    for chunk in bytes.utf8_chunks() {
+        for &byte in chunk.valid().as_bytes() {
+            len += match byte {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+                0..=0x1f => 6,
+                _ => 1,
+            };
+        }
+        if !chunk.invalid().is_empty() {
+            len += 3;
+        }
+    }
+    len
 }
 
 /// Lua numbers are doubles: integral ones within the exact range become
@@ -170,7 +202,7 @@ fn table_to_json(table: &Table, depth: usize, size: &mut Size) -> Result<Value, 
     let mut map = Map::new();
     for (key, value) in &entries {
         let key = key_to_string(key);
-        size.add(key.len() + 3)?;
+        size.add(json_string_len(key.as_bytes()) + 1)?;
         let value = convert(value, depth + 1, size)?;
         map.insert(key, value);
     }
@@ -306,6 +338,25 @@ mod tests {
 
         let cyclic = eval(&lua, "local t = {} t.self = t return t");
         assert_eq!(to_json(&cyclic, 1 << 20), Err(ConvertError::TooDeep));
+    }
+
+    #[test]
+    fn sizes_count_json_escaping() {
+        for text in ["plain", "quote\" back\\ nl\n", "\u{1}\u{1f}", "hé €", ""] {
+            let encoded = serde_json::to_string(text).unwrap();
+            assert_eq!(json_string_len(text.as_bytes()), encoded.len(), "{text:?}");
+        }
+        // Every invalid byte sequence becomes one U+FFFD (3 bytes).
+        assert_eq!(json_string_len(b"\xff"), 5);
+        let lua = Lua::new();
+        // 3,000 control characters: 3 KB of Lua, 18 KB of JSON.
+        let controls = eval(&lua, "return string.rep('\\1', 3000)");
+        assert_eq!(
+            to_json(&controls, 10_000),
+            Err(ConvertError::TooLarge(10_000))
+        );
+        let invalid = eval(&lua, "return string.rep('\\255', 3000)");
+        assert_eq!(to_json(&invalid, 8_000), Err(ConvertError::TooLarge(8_000)));
     }
 
     #[test]
