@@ -1,3 +1,4 @@
 [
-  inputs: ["{mix,.formatter}.exs", "{config,lib,test,bench}/**/*.{ex,exs}"]
+  import_deps: [:ecto, :ecto_sql],
+  inputs: ["{mix,.formatter}.exs", "{config,lib,test,bench,priv}/**/*.{ex,exs}"]
 ]

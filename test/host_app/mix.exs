@@ -28,7 +28,10 @@ defmodule HostApp.MixProject do
   # copied (not its telemetry stand-in: this app has the real library).
   @library_support ~w(loopback_server.ex llm_fixtures.ex eventually.ex watcher_case.ex)
   defp elixirc_paths(:test),
-    do: ["lib", "test/support" | Enum.map(@library_support, &Path.expand("../support/#{&1}", __DIR__))]
+    do: [
+      "lib",
+      "test/support" | Enum.map(@library_support, &Path.expand("../support/#{&1}", __DIR__))
+    ]
 
   defp elixirc_paths(_), do: ["lib"]
 

@@ -33,7 +33,9 @@ defmodule HostApp.ExceptionAlertsTest do
     burst = assert_alert(:exception, "exception_burst", 20_000)
     Task.await(crashes, 20_000)
 
-    assert new.summary =~ "new kind(s) of exception in the last 5 minutes (HostApp.Orders.PaymentError)"
+    assert new.summary =~
+             "new kind(s) of exception in the last 5 minutes (HostApp.Orders.PaymentError)"
+
     assert {"exception", "HostApp.Orders.PaymentError"} in new.entities
 
     assert burst.summary =~ "mostly HostApp.Orders.PaymentError"
