@@ -14,7 +14,11 @@ defmodule HostApp.MixProject do
       start_permanent: Mix.env() == :prod,
       elixirc_paths: elixirc_paths(Mix.env()),
       deps: deps(),
-      aliases: aliases()
+      aliases: aliases(),
+      # Not *_test.exs: the library's own `mix test` looks for those in all
+      # of test/, this directory included.
+      test_pattern: "*_hosttest.exs",
+      test_load_filters: [&String.ends_with?(&1, "_hosttest.exs")]
     ]
   end
 
