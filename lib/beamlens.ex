@@ -133,6 +133,11 @@ defmodule Beamlens do
         do: [Beamlens.Domain.Exception.ExceptionStore],
         else: []
 
+    sup_tracker =
+      if Enum.any?(opts[:watchers], &(&1[:domain_module] == Beamlens.Domain.Sup)),
+        do: [Beamlens.Domain.Sup.Tracker],
+        else: []
+
     children =
       [
         {Registry, keys: :unique, name: Module.concat(instance, Registry)},
@@ -140,6 +145,7 @@ defmodule Beamlens do
       ] ++
         log_store ++
         exception_store ++
+        sup_tracker ++
         coordinator_children ++
         [
           %{
@@ -226,5 +232,5 @@ defmodule Beamlens do
       else: opts
   end
 
-  defp log_domains, do: [Beamlens.Domain.Logger, Beamlens.Domain.Sup, Beamlens.Domain.Exception]
+  defp log_domains, do: [Beamlens.Domain.Logger, Beamlens.Domain.Exception]
 end
