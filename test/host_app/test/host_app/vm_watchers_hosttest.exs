@@ -28,24 +28,29 @@ defmodule HostApp.VmWatchersTest do
       restart: :permanent
     }
 
-    start_supervised!(
-      %{
-        id: HostApp.GatewaySupervisor,
-        start:
-          {Supervisor, :start_link,
+    # A supervisor of the app's own tree whose child cannot start.
+    gateways = %{
+      id: HostApp.GatewaySupervisor,
+      start:
+        {Supervisor, :start_link,
+         [
+           [flaky],
            [
-             [flaky],
-             [
-               strategy: :one_for_one,
-               max_restarts: 1_000,
-               max_seconds: 1,
-               name: HostApp.GatewaySupervisor
-             ]
-           ]},
-        type: :supervisor
-      },
-      restart: :temporary
-    )
+             strategy: :one_for_one,
+             max_restarts: 1_000,
+             max_seconds: 1,
+             name: HostApp.GatewaySupervisor
+           ]
+         ]},
+      type: :supervisor
+    }
+
+    {:ok, _} = Supervisor.start_child(HostApp.Supervisor, gateways)
+
+    on_exit(fn ->
+      Supervisor.terminate_child(HostApp.Supervisor, HostApp.GatewaySupervisor)
+      Supervisor.delete_child(HostApp.Supervisor, HostApp.GatewaySupervisor)
+    end)
 
     alert = assert_alert(:sup, "restart_storm", 20_000)
     assert {"supervisor", "HostApp.GatewaySupervisor"} in alert.entities
