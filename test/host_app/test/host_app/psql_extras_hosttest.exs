@@ -78,7 +78,16 @@ defmodule HostApp.PsqlExtrasTest do
     assert blocked["blocking_statement"] == normalised_holder
     assert is_integer(blocked["blocked_pid"]) and is_integer(blocked["blocking_pid"])
 
-    assert Enum.any?(result["long"], &(&1["query"] == normalised_waiter))
+    assert long = Enum.find(result["long"], &(&1["query"] == normalised_waiter))
+    # A Postgrex.Interval, shown as text.
+    assert is_binary(long["duration"]) and long["duration"] != ""
+
+    # BeamLens's own diagnostics (tagged through Ecto's telemetry_options)
+    # stay out of the statistics.
+    {:ok, store} = Beamlens.Domain.Ecto.TelemetryStore.lookup(Repo)
+    before = Beamlens.Domain.Ecto.TelemetryStore.totals(store).queries
+    lua!("return {ecto.locks(), ecto.blocking(), ecto.connections()}")
+    assert Beamlens.Domain.Ecto.TelemetryStore.totals(store).queries == before
 
     # Literals never reach the model.
     refute inspect(result) =~ "paid"
