@@ -97,4 +97,21 @@ defmodule HostApp.PsqlExtrasTest do
     assert_receive {:ran, ^waiter}, 10_000
     send(waiter, :release)
   end
+
+  test "every diagnostic answers on the real database, as rows of plain values" do
+    result =
+      lua!("""
+      return {cache_hit = ecto.cache_hit(), index_usage = ecto.index_usage(),
+              bloat = ecto.bloat(), connections = ecto.connections()}
+      """)
+
+    # Decimals come as text.
+    assert [%{"name" => "index hit rate", "ratio" => ratio} | _] = result["cache_hit"]
+    assert is_binary(ratio)
+    assert Enum.any?(result["index_usage"], &(&1["name"] == "orders"))
+    assert is_list(result["bloat"])
+    # This test's own connections, with their client address as text.
+    assert [%{"username" => "postgres", "client_address" => address} | _] = result["connections"]
+    assert address =~ "127.0.0.1"
+  end
 end
