@@ -151,7 +151,9 @@ defmodule Beamlens.LuaHostileTest do
     {"callback too slow", ~S|return cb.sleep()|, [:callback_timeout]},
     {"slow callbacks until the deadline", ~S|for i = 1, 100 do pcall(cb.sleep) end return 1|,
      [:timeout]},
-    {"callback answer too large", ~S|return #cb.huge()|, [:callback_error]},
+    # Building the 300,000-element answer can outlast the 200 ms callback
+    # timeout on a loaded machine: either way the answer never reaches Lua.
+    {"callback answer too large", ~S|return #cb.huge()|, [:callback_error, :callback_timeout]},
     {"callback answer too deep", ~S|return cb.deep()|, [:callback_error]},
     {"callback with too many arguments", ~S|return cb.echo(1, 2, 3)|, [:callback_error]},
     {"callback argument too large", ~S|return cb.echo(string.rep("x", 1e6))|, [:callback_error]},
