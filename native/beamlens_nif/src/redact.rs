@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use regex::bytes::{Captures, Regex, RegexBuilder};
+use regex::bytes::{Regex, RegexBuilder};
 
 /// What a masked secret becomes.
 pub const MASK: &str = "[REDACTED]";
@@ -54,10 +54,11 @@ enum Action {
     Mask,
     /// The whole match becomes this marker.
     Marker(&'static str),
-    /// Group 1 is kept, the rest becomes `[REDACTED]`.
-    KeepPrefix,
-    /// Like `KeepPrefix`, with a separator between the prefix and the mask.
-    KeepPrefixSpaced,
+    /// The text up to the first of these bytes (and the blanks after it) is
+    /// kept, the rest becomes `[REDACTED]`.
+    KeepPrefix(&'static [u8]),
+    /// The first word is kept, the rest becomes ` [REDACTED]`.
+    KeepWord,
     /// `scheme://user:` kept, the password masked, `@` kept.
     UrlPassword,
     /// `user:` kept, the password masked, `@host` kept.
@@ -143,7 +144,7 @@ impl Redactor {
         if defaults {
             // PEM private keys, to their end or to the end of the text.
             add(
-                r"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?s:.)*?(?:-----END[A-Z ]{0,40}PRIVATE KEY-----|\z)",
+                r"-----BEGIN[A-Z ]*PRIVATE KEY-----(?s:.)*?(?:-----END[A-Z ]*PRIVATE KEY-----|\z)",
                 Action::Marker("[REDACTED PRIVATE KEY]"),
             )?;
             // JSON Web Tokens: header and payload are base64url JSON ("eyJ").
@@ -154,7 +155,7 @@ impl Redactor {
             // scheme://user:password@host; the password may hold `@` or `/`
             // (unencoded): everything up to the token's last `@` goes.
             add(
-                r#"\b([a-zA-Z][a-zA-Z0-9+.-]{0,30}://[^\s:/@"'<>]{0,256}:)([^\s"'<>]+)@"#,
+                r#"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@"'<>]*:)([^\s"'<>]+)@"#,
                 Action::UrlPassword,
             )?;
             // Authorization headers, whatever the scheme.
@@ -165,20 +166,20 @@ impl Redactor {
             // Bearer tokens anywhere.
             add(
                 r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]{8,}=*",
-                Action::KeepPrefixSpaced,
+                Action::KeepWord,
             )?;
             // Basic credentials anywhere: base64 of "user:password".
             add(r"(?i)\b(basic)\s+([A-Za-z0-9+/]{4,}={0,2})", Action::Basic)?;
             // Cookie headers: the whole value.
             add(
                 r#"(?i)\b((?:set-)?cookie\\?["']?\s*[:=]\s*)[^\r\n"\\]+"#,
-                Action::KeepPrefix,
+                Action::KeepPrefix(b":="),
             )?;
             add(TOKENS, Action::Mask)?;
             // Cloud connection strings: `AccountKey=...;`, SAS signatures.
             add(
                 r#"(?i)\b((?:AccountKey|SharedAccessKey|SharedAccessSignature|sig)=)[^;&\s"']+"#,
-                Action::KeepPrefix,
+                Action::KeepPrefix(b"="),
             )?;
         }
 
@@ -194,18 +195,18 @@ impl Redactor {
         if defaults {
             // user:password@host outside URLs (`redis: app:pw@cache:6379`).
             add(
-                r#"\b([A-Za-z0-9._-]{1,64}:)([^\s"'<>\[\]:]{1,256})@([A-Za-z0-9])"#,
+                r#"\b([A-Za-z0-9._-]+:)([^\s"'<>\[\]:]+)@([A-Za-z0-9])"#,
                 Action::UserPassword,
             )?;
             // `curl -u user:password`, `--user user:password`.
             add(
-                r"((?:^|\s)(?:-u|--user|--proxy-user)(?:\s+|=)[^\s:]{1,64}:)\S+",
-                Action::KeepPrefix,
+                r"((?:^|\s)(?:-u|--user|--proxy-user)(?:\s+|=)[^\s:]+:)\S+",
+                Action::KeepPrefix(b":"),
             )?;
             // AWS secret access keys without their key name.
             add(r"[A-Za-z0-9/+=]{40,}", Action::AwsSecret)?;
             add(
-                r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b",
+                r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b",
                 Action::Email,
             )?;
             add(r"\b(?:[0-9][ .-]?){12,18}[0-9]\b", Action::Card)?;
@@ -220,14 +221,43 @@ impl Redactor {
     pub fn redact<'t>(&self, text: &'t [u8], nodes: &[&[u8]]) -> Cow<'t, [u8]> {
         let mut current: Cow<'t, [u8]> = Cow::Borrowed(text);
         for rule in &self.rules {
-            let replaced = rule
-                .regex
-                .replace_all(&current, |caps: &Captures| rewrite(rule.action, caps, nodes));
-            if let Cow::Owned(new) = replaced {
+            if let Some(new) = rule.apply(&current, nodes) {
                 current = Cow::Owned(new);
             }
         }
         current
+    }
+}
+
+impl Rule {
+    /// The text with this rule applied, or `None` when nothing changed.
+    /// Only whole matches are asked of the regex: its parts are found by
+    /// the rewrite, which knows their shape (capture groups would cost
+    /// microseconds per match).
+    fn apply(&self, text: &[u8], nodes: &[&[u8]]) -> Option<Vec<u8>> {
+        let mut out: Vec<u8> = Vec::new();
+        let mut last = 0;
+        let mut emit = |start: usize, end: usize, new: &[u8]| {
+            if last == 0 && out.is_empty() {
+                out.reserve(text.len() + 64);
+            }
+            out.extend_from_slice(&text[last..start]);
+            out.extend_from_slice(new);
+            last = end;
+        };
+        let mut changed = false;
+        for m in self.regex.find_iter(text) {
+            if let Some(new) = rewrite(self.action, m.as_bytes(), nodes) {
+                emit(m.start(), m.end(), &new);
+                changed = true;
+            }
+        }
+        if changed {
+            out.extend_from_slice(&text[last..]);
+            Some(out)
+        } else {
+            None
+        }
     }
 }
 
@@ -254,7 +284,7 @@ fn key_value_pattern(words: &[&str]) -> String {
     format!(
         concat!(
             r#"(?i)\b("#,
-            r#"([A-Za-z0-9_.-]{{0,64}}?(?:{})s?)"#,
+            r#"([A-Za-z0-9_.-]*?(?:{})s?)"#,
             r#"(?:\\?["']?\s*(?:=>|[:=])|\\?["']\s*,)\s*)"#,
             r#"(\\"[^"\\]*\\"|"[^"]*"|'[^']*'|~c"[^"]*"|~c'[^']*'|\[[^\[\]]*\]|\{{[^{{}}]*\}}|%\{{[^{{}}]*\}}"#,
             r#"|[^\s"',;&}}\])\[{{%\\][^\s"',;&}}\])\\]*)"#
@@ -263,80 +293,139 @@ fn key_value_pattern(words: &[&str]) -> String {
     )
 }
 
-fn rewrite(action: Action, caps: &Captures, nodes: &[&[u8]]) -> Vec<u8> {
-    let whole = &caps[0];
-    let group = |i: usize| caps.get(i).map_or(&b""[..], |m| m.as_bytes());
-    let join = |parts: &[&[u8]]| parts.concat();
+/// The replacement of a match (`None`: keep it).
+fn rewrite<'m>(action: Action, whole: &'m [u8], nodes: &[&[u8]]) -> Option<Cow<'m, [u8]>> {
+    let mask = MASK.as_bytes();
+    let join = |parts: &[&[u8]]| Some(Cow::Owned(parts.concat()));
     match action {
-        Action::Mask => MASK.as_bytes().to_vec(),
-        Action::Marker(marker) => marker.as_bytes().to_vec(),
-        Action::KeepPrefix => join(&[group(1), MASK.as_bytes()]),
-        Action::KeepPrefixSpaced => join(&[group(1), b" ", MASK.as_bytes()]),
-        Action::UrlPassword => join(&[group(1), MASK.as_bytes(), b"@"]),
+        Action::Mask => Some(Cow::Borrowed(mask)),
+        Action::Marker(marker) => Some(Cow::Borrowed(marker.as_bytes())),
+        Action::KeepPrefix(delimiters) => {
+            let end = position(whole, |c| delimiters.contains(&c)).map_or(whole.len(), |i| i + 1);
+            join(&[&whole[..skip_blanks(whole, end)], mask])
+        }
+        Action::KeepWord => {
+            let end = position(whole, |c| c.is_ascii_whitespace()).unwrap_or(whole.len());
+            join(&[&whole[..end], b" ", mask])
+        }
+        Action::UrlPassword => {
+            // scheme://user:password@
+            let scheme = find(whole, b"://").map_or(0, |i| i + 3);
+            let colon = scheme + position(&whole[scheme..], |c| c == b':')?;
+            let password = &whole[colon + 1..whole.len() - 1];
+            (password != mask).then(|| Cow::Owned([&whole[..=colon], mask, b"@"].concat()))
+        }
         Action::UserPassword => {
-            if group(2) == MASK.as_bytes() {
-                whole.to_vec()
-            } else {
-                join(&[group(1), MASK.as_bytes(), b"@", group(3)])
-            }
+            // user:password@h
+            let colon = position(whole, |c| c == b':')?;
+            let at = whole.len() - 2;
+            let password = &whole[colon + 1..at];
+            (password != mask).then(|| Cow::Owned([&whole[..=colon], mask, &whole[at..]].concat()))
         }
         Action::Authorization => {
-            if group(3).starts_with(b"[REDACTED") {
-                whole.to_vec()
+            let (prefix, value) = split_key_value(whole)?;
+            // The opening quote of the value stays with the prefix.
+            let quote = match value {
+                [b'\\', b'"' | b'\'', ..] => 2,
+                [b'"' | b'\'', ..] => 1,
+                _ => 0,
+            };
+            let (prefix, value) = whole.split_at(prefix.len() + quote);
+            let mut scheme_end = 0;
+            let lower = value.to_ascii_lowercase();
+            for scheme in [&b"basic"[..], b"bearer", b"digest", b"token", b"negotiate"] {
+                if lower.starts_with(scheme)
+                    && value.get(scheme.len()).is_some_and(u8::is_ascii_whitespace)
+                {
+                    let end = skip_blanks(value, scheme.len());
+                    if end < value.len() {
+                        scheme_end = end;
+                    }
+                }
+            }
+            let credential = &value[scheme_end..];
+            if credential.starts_with(b"[REDACTED") {
+                None
             } else {
-                join(&[group(1), group(2), MASK.as_bytes()])
+                join(&[prefix, &value[..scheme_end], mask])
             }
         }
         Action::Basic => {
-            if decodes_to_credentials(group(2)) {
-                join(&[group(1), b" ", MASK.as_bytes()])
-            } else {
-                whole.to_vec()
-            }
+            let end = position(whole, |c| c.is_ascii_whitespace())?;
+            let encoded = &whole[skip_blanks(whole, end)..];
+            decodes_to_credentials(encoded)
+                .then(|| Cow::Owned([&whole[..end], b" ", mask].concat()))
         }
-        Action::KeyValue => key_value(caps),
+        Action::KeyValue => {
+            let (prefix, value) = split_key_value(whole)?;
+            let key_end = position(whole, |c| {
+                !(c.is_ascii_alphanumeric() || b"_.-".contains(&c))
+            })
+            .unwrap_or(whole.len());
+            key_value(prefix, &whole[..key_end], value).map(Cow::Owned)
+        }
         Action::AwsSecret => {
             let has = |f: fn(&u8) -> bool| whole.iter().any(f);
-            if whole.len() == 40
+            let aws = whole.len() == 40
                 && has(u8::is_ascii_uppercase)
                 && has(u8::is_ascii_lowercase)
                 && has(u8::is_ascii_digit)
-                && !whole.contains(&b'=')
-            {
-                MASK.as_bytes().to_vec()
-            } else {
-                whole.to_vec()
-            }
+                && !whole.contains(&b'=');
+            aws.then_some(Cow::Borrowed(mask))
         }
-        Action::Email => {
-            if nodes.contains(&whole) {
-                whole.to_vec()
-            } else {
-                b"[EMAIL]".to_vec()
-            }
-        }
-        Action::Card => {
-            if is_card(whole) {
-                b"[CARD]".to_vec()
-            } else {
-                whole.to_vec()
-            }
-        }
+        Action::Email => (!nodes.contains(&whole)).then_some(Cow::Borrowed(b"[EMAIL]")),
+        Action::Card => is_card(whole).then_some(Cow::Borrowed(b"[CARD]")),
     }
 }
 
-fn key_value(caps: &Captures) -> Vec<u8> {
-    let whole = &caps[0];
-    let prefix = &caps[1];
-    let key = &caps[2];
-    let value = &caps[3];
+/// Splits a match of a `key<separator>value` rule after its separator:
+/// `key`, then `\`, a quote, blanks, one of `=>`, `:`, `=`, `,`, blanks,
+/// then an optional quote (which belongs to the value for the key-value rule
+/// and to the prefix for the Authorization rule; the callers know which).
+fn split_key_value(whole: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut i = position(whole, |c| {
+        b"\\\"':=,".contains(&c) || c.is_ascii_whitespace()
+    })?;
+    if whole.get(i) == Some(&b'\\') {
+        i += 1;
+    }
+    if matches!(whole.get(i), Some(b'"' | b'\'')) {
+        i += 1;
+    }
+    i = skip_blanks(whole, i);
+    if whole[i..].starts_with(b"=>") {
+        i += 2;
+    } else if matches!(whole.get(i), Some(b':' | b'=' | b',')) {
+        i += 1;
+    }
+    i = skip_blanks(whole, i);
+    Some((&whole[..i], &whole[i..]))
+}
+
+fn position(text: &[u8], f: impl Fn(u8) -> bool) -> Option<usize> {
+    text.iter().position(|&c| f(c))
+}
+
+fn find(text: &[u8], needle: &[u8]) -> Option<usize> {
+    text.windows(needle.len()).position(|w| w == needle)
+}
+
+fn skip_blanks(text: &[u8], from: usize) -> usize {
+    from + text[from..]
+        .iter()
+        .take_while(|c| c.is_ascii_whitespace())
+        .count()
+}
+
+/// `prefix` is the key and separator, `value` what follows.
+fn key_value(prefix: &[u8], key: &[u8], value: &[u8]) -> Option<Vec<u8>> {
     let keep = value.starts_with(b"[REDACTED")
         || value == b"?"
         || (value.len() > 1 && value[0] == b'$' && value[1].is_ascii_digit())
         // A count under a plural key: `input_tokens: 1200`.
         || (is_plural(key) && value.iter().all(|c| c.is_ascii_digit() || *c == b'.'));
     if keep {
-        return whole.to_vec();
+        return None;
     }
     let masked: &[u8] = match value {
         [b'\\', b'"', ..] => br#"\"[REDACTED]\""#,
@@ -344,7 +433,7 @@ fn key_value(caps: &Captures) -> Vec<u8> {
         [b'\'', ..] => b"'[REDACTED]'",
         _ => MASK.as_bytes(),
     };
-    [prefix, masked].concat()
+    Some([prefix, masked].concat())
 }
 
 /// Whether a key that matched a secret word ends in an `s` the word does not
@@ -385,31 +474,29 @@ fn decodes_to_credentials(text: &[u8]) -> bool {
 /// 13 to 19 digits (separators dropped), a card network's first digit and a
 /// valid Luhn checksum.
 pub fn is_card(text: &[u8]) -> bool {
-    let digits: Vec<u32> = text
-        .iter()
-        .filter(|c| c.is_ascii_digit())
-        .map(|c| u32::from(c - b'0'))
-        .collect();
-    if !(13..=19).contains(&digits.len()) || !(2..=6).contains(&digits[0]) {
+    let mut digits = [0u8; 19];
+    let mut n = 0;
+    for &c in text {
+        if c.is_ascii_digit() {
+            if n == digits.len() {
+                return false;
+            }
+            digits[n] = c - b'0';
+            n += 1;
+        }
+    }
+    if n < 13 || !(2..=6).contains(&digits[0]) {
         return false;
     }
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            if i % 2 == 1 {
-                let doubled = d * 2;
-                if doubled > 9 {
-                    doubled - 9
-                } else {
-                    doubled
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
+    let mut sum = 0u32;
+    for (i, &d) in digits[..n].iter().rev().enumerate() {
+        let d = u32::from(d);
+        sum += match (i % 2 == 1, d * 2) {
+            (true, doubled) if doubled > 9 => doubled - 9,
+            (true, doubled) => doubled,
+            (false, _) => d,
+        };
+    }
     sum % 10 == 0
 }
 
@@ -452,6 +539,13 @@ mod tests {
             ),
             ("curl -u admin:s3cret http://x", "curl -u admin:[REDACTED] http://x"),
             ("Authorization: Bearer [REDACTED]", "Authorization: Bearer [REDACTED]"),
+            (
+                r#"[{"authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l"}]"#,
+                r#"[{"authorization", "Basic [REDACTED]"}]"#,
+            ),
+            (r#"{\"Authorization\":\"Bearer abc\"}"#, r#"{\"Authorization\":\"Bearer [REDACTED]\"}"#),
+            ("x-api-key: abcdef123", "x-api-key: [REDACTED]"),
+            ("ghp_16C7e42F292c6912E7710c838347Ae178B4a", "[REDACTED]"),
         ];
         for (text, expected) in cases {
             assert_eq!(redact(text), expected, "{text}");
@@ -474,7 +568,10 @@ mod tests {
     #[test]
     fn nodes_are_kept() {
         let r = redactor();
-        let out = r.redact(b"node beamlens@host.example.com up", &[b"beamlens@host.example.com"]);
+        let out = r.redact(
+            b"node beamlens@host.example.com up",
+            &[b"beamlens@host.example.com"],
+        );
         assert_eq!(&*out, b"node beamlens@host.example.com up");
     }
 
