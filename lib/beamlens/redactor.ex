@@ -495,9 +495,7 @@ defmodule Beamlens.Redactor do
   # A key ending in a word, after a non-letter, at the start, or at a
   # camelCase step (`dbPassword`); captures the word and a plural `s`.
   defp key_regex(words) do
-    Regex.compile!(
-      "(?:^|[^a-zA-Z]|(?<=[a-z])(?=[A-Z]))(?i:(" <> alternation(words) <> ")(s?))$"
-    )
+    Regex.compile!("(?:^|[^a-zA-Z]|(?<=[a-z])(?=[A-Z]))(?i:(" <> alternation(words) <> ")(s?))$")
   end
 
   defp alternation(words) do
