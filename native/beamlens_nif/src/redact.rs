@@ -497,7 +497,7 @@ pub fn is_card(text: &[u8]) -> bool {
             (false, _) => d,
         };
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]
