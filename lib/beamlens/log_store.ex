@@ -287,23 +287,9 @@ defmodule Beamlens.LogStore do
   end
 
   # Messages are redacted when read, so a secret cut in half here would
-  # escape the redactor's shapes: a cut message loses its last, partial
-  # word too.
+  # escape the redactor's shapes: the cut drops the partial last word.
   @doc false
-  def cut(text, limit) do
-    if String.length(text) <= limit do
-      text
-    else
-      text = String.slice(text, 0, limit)
-      binary_part(text, 0, last_blank(text, byte_size(text) - 1)) <> " [cut]"
-    end
-  end
-
-  defp last_blank(_text, -1), do: 0
-
-  defp last_blank(text, i) do
-    if :binary.at(text, i) in ~c" \t\r\n", do: i, else: last_blank(text, i - 1)
-  end
+  def cut(text, limit), do: Beamlens.Redactor.truncate(text, limit)
 
   defp module(%{meta: %{mfa: {m, _, _}}}), do: Beamlens.Domain.id(m)
   defp module(%{meta: %{module: m}}) when is_atom(m), do: Beamlens.Domain.id(m)

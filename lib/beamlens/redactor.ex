@@ -205,6 +205,33 @@ defmodule Beamlens.Redactor do
   def redact_text(other, redactor),
     do: redact(inspect(other, limit: 20, printable_limit: 1_000), redactor)
 
+  @doc """
+  Cuts `text` to at most `limit` characters for storage, so that redaction
+  when it is read still sees whole secrets: a cut text loses its last,
+  partial word too, and ends with `" [cut]"`. Text within the limit is
+  returned as it is.
+
+      iex> Beamlens.Redactor.truncate("token sk-ant-api03-abcdef", 20)
+      "token [cut]"
+  """
+  @spec truncate(String.t(), non_neg_integer()) :: String.t()
+  def truncate(text, limit) when byte_size(text) <= limit, do: text
+
+  def truncate(text, limit) do
+    if String.length(text) <= limit do
+      text
+    else
+      text = String.slice(text, 0, limit)
+      binary_part(text, 0, last_blank(text, byte_size(text) - 1)) <> " [cut]"
+    end
+  end
+
+  defp last_blank(_text, -1), do: 0
+
+  defp last_blank(text, i) do
+    if :binary.at(text, i) in ~c" \t\r\n", do: i, else: last_blank(text, i - 1)
+  end
+
   ## Walking terms
 
   defp walk(_term, _ctx, depth) when depth > @max_depth, do: "[nested too deep]"

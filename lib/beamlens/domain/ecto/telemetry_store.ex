@@ -283,7 +283,7 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
         _ -> "(message unavailable)"
       end
 
-    %{exception: Beamlens.Domain.id(module), message: String.slice(message, 0, 500)}
+    %{exception: Beamlens.Domain.id(module), message: Redactor.truncate(message, 500)}
   end
 
   defp error_info({:error, reason}),

@@ -648,7 +648,7 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
   end
 
   defp cap(text) when byte_size(text) <= @max_message, do: text
-  defp cap(text), do: String.slice(text, 0, @max_message)
+  defp cap(text), do: Redactor.truncate(text, @max_message)
 
   @doc false
   def frames(stacktrace) do
