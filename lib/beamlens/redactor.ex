@@ -207,12 +207,13 @@ defmodule Beamlens.Redactor do
 
   @doc """
   Cuts `text` to at most `limit` characters for storage, so that redaction
-  when it is read still sees whole secrets: a cut text loses its last,
-  partial word too, and ends with `" [cut]"`. Text within the limit is
+  when it is read still sees whole secrets: a cut text also loses its last,
+  partial word (when that word is shorter than 256 bytes: longer runs are
+  data, not a secret, and are cut as they are). Text within the limit is
   returned as it is.
 
       iex> Beamlens.Redactor.truncate("token sk-ant-api03-abcdef", 20)
-      "token [cut]"
+      "token"
   """
   @spec truncate(String.t(), non_neg_integer()) :: String.t()
   def truncate(text, limit) when byte_size(text) <= limit, do: text
@@ -222,14 +223,19 @@ defmodule Beamlens.Redactor do
       text
     else
       text = String.slice(text, 0, limit)
-      binary_part(text, 0, last_blank(text, byte_size(text) - 1)) <> " [cut]"
+      size = byte_size(text)
+
+      case last_blank(text, size - 1, max(size - 256, 0)) do
+        nil -> text
+        blank -> binary_part(text, 0, blank)
+      end
     end
   end
 
-  defp last_blank(_text, -1), do: 0
+  defp last_blank(_text, i, stop) when i < stop, do: nil
 
-  defp last_blank(text, i) do
-    if :binary.at(text, i) in ~c" \t\r\n", do: i, else: last_blank(text, i - 1)
+  defp last_blank(text, i, stop) do
+    if :binary.at(text, i) in ~c" \t\r\n", do: i, else: last_blank(text, i - 1, stop)
   end
 
   ## Walking terms

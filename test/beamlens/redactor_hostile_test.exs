@@ -180,11 +180,11 @@ defmodule Beamlens.RedactorHostileTest do
 
       cut = assert_bounded(fn -> LogStore.cut(text, 1_024) end, 1_000, 50_000)
       refute cut =~ "sk-ant"
-      assert String.ends_with?(cut, " [cut]")
+      assert cut == String.duplicate("x", 1_000)
 
       big = fill("a", 4 * @mb)
       cut = assert_bounded(fn -> LogStore.cut(big, 1_024) end, @text_ms, @text_kb)
-      assert cut == " [cut]"
+      assert cut == fill("a", 1_024)
     end
   end
 
