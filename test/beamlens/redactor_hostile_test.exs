@@ -9,6 +9,7 @@ defmodule Beamlens.RedactorHostileTest do
   #
   # Measures the whole VM: run alone.
   use Beamlens.CoordinatorCase, async: false
+  use Beamlens.WatcherCase
 
   alias Beamlens.{Alert, LogStore, Redactor}
   alias Beamlens.Watcher.Agent
@@ -235,6 +236,47 @@ defmodule Beamlens.RedactorHostileTest do
       assert alert.observation == "owner [EMAIL]"
       assert alert.hypothesis == "leaked Bearer [REDACTED]"
       assert alert.evidence.values == %{"api_key" => "[REDACTED]"}
+    end
+  end
+
+  describe "watcher" do
+    defmodule LeakyDomain do
+      use Beamlens.Domain
+      def name, do: :leaky
+      def description, do: "a domain whose snapshots fail with secrets"
+      def metrics(_snapshot), do: []
+
+      def snapshot do
+        raise "connect to ecto://app:pg-S3cret-77@db failed, password=pg-S3cret-77 " <>
+                String.duplicate("a-", 50_000)
+      end
+    end
+
+    test "snapshot errors are redacted before logs and telemetry" do
+      instance = Module.concat(__MODULE__, "Leaky#{System.unique_integer([:positive])}")
+
+      log =
+        ExUnit.CaptureLog.capture_log(fn ->
+          assert_bounded(
+            fn ->
+              Beamlens.WatcherCase.start_beamlens(instance,
+                watchers: [[name: :leaky, domain_module: LeakyDomain]]
+              )
+
+              assert_receive {:telemetry, [:beamlens, :watcher, :snapshot_failed], _, meta},
+                             10_000
+
+              refute inspect(meta) =~ "pg-S3cret-77"
+              assert meta.error =~ "password=[REDACTED]"
+            end,
+            @text_ms,
+            @text_kb
+          )
+
+          stop_supervised!(instance)
+        end)
+
+      refute log =~ "pg-S3cret-77"
     end
   end
 
