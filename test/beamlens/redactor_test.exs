@@ -407,6 +407,18 @@ defmodule Beamlens.RedactorTest do
 
       start_store(window_ms: 1_000, slots: 5)
 
+      handler = "redactor-e2e-tool-calls-#{System.unique_integer([:positive])}"
+      test = self()
+
+      :telemetry.attach(
+        handler,
+        [:beamlens, :watcher, :tool_call],
+        fn _event, _measurements, meta, _ -> send(test, {:tool_call, meta}) end,
+        nil
+      )
+
+      on_exit(fn -> :telemetry.detach(handler) end)
+
       mailer = spawn_link(fn -> Process.sleep(:infinity) end)
       Process.register(mailer, :"mailer_carol.white@example.net")
       :persistent_term.put({__MODULE__, :mailer}, inspect(mailer))
@@ -479,6 +491,18 @@ defmodule Beamlens.RedactorTest do
         refute decoded =~ secret, "#{secret} reached the provider"
       end
 
+      # Tool-call telemetry carries the model's arguments and the results,
+      # redacted too (the beam script holds a secret of its own).
+      tool_calls = for {:tool_call, meta} <- Process.info(self(), :messages) |> elem(1), do: meta
+      assert tool_calls != []
+      seen = inspect(tool_calls, limit: :infinity, printable_limit: :infinity)
+      refute seen =~ "lua-arg-secret-1"
+      assert seen =~ "password=[REDACTED]"
+
+      for secret <- @secrets do
+        refute seen =~ secret, "#{secret} reached tool-call telemetry"
+      end
+
       # The planted data did reach the model, scrubbed.
       for seen <- [
             "login failed for [EMAIL] password=[REDACTED]",
@@ -535,7 +559,7 @@ defmodule Beamlens.RedactorTest do
   defp lua("beam") do
     pid = :persistent_term.get({__MODULE__, :mailer}, "#PID<0.0.0>")
 
-    ~s[print("AKIA" .. "IOSFODNN7EXAMPLE") ] <>
+    ~s[local note = "password=lua-arg-secret-1" print("AKIA" .. "IOSFODNN7EXAMPLE") ] <>
       ~s[return {mailer = beam.process_info("#{pid}"), card = "5555" .. "5555" .. "5555" .. "4444"}]
   end
 
