@@ -668,8 +668,8 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
     |> String.replace(~r/\(\s*\?(?:\s*,\s*\?)+\s*\)/, "(?...)")
     |> String.replace(~r/\s+/, " ")
     |> String.trim()
-    |> truncate(max_bytes)
     |> Redactor.redact()
+    |> truncate(max_bytes)
   end
 
   defp truncate(text, max) when byte_size(text) <= max, do: text

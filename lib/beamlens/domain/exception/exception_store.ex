@@ -548,7 +548,7 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
       group: state.groups[hash].id,
       kind: Atom.to_string(entry.kind),
       exception: entry.exception,
-      message: String.slice(message, 0, 200),
+      message: Redactor.truncate(message, 200),
       source: Atom.to_string(entry.source)
     }
 
