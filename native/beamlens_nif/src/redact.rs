@@ -602,10 +602,15 @@ mod tests {
         // Warm up, then compare 64 KB with 512 KB: 8x the text, well under
         // 64x the time (a quadratic rule would take 64x).
         let _ = r.redact(unit(1_000).as_bytes(), &[]);
+        // The fastest of three runs: a loaded machine only adds time.
         let time = |text: &str| {
-            let start = Instant::now();
-            let _ = r.redact(text.as_bytes(), &[]);
-            start.elapsed().as_secs_f64()
+            (0..3)
+                .map(|_| {
+                    let start = Instant::now();
+                    let _ = r.redact(text.as_bytes(), &[]);
+                    start.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
         };
         let small = time(&unit(32_000));
         let large = time(&unit(256_000));
