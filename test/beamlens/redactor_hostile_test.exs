@@ -281,8 +281,13 @@ defmodule Beamlens.RedactorHostileTest do
   end
 
   defmodule Capture do
+    # Elixir < 1.15 hands handlers the OTP report; later versions translate
+    # it first (a primary filter) and mark it with :crash_reason.
     def log(%{msg: {:report, %{label: {:gen_server, :terminate}}}} = event, %{config: %{pid: pid}}),
         do: send(pid, {:crash_report, event})
+
+    def log(%{level: :error, meta: %{crash_reason: _}} = event, %{config: %{pid: pid}}),
+      do: send(pid, {:crash_report, event})
 
     def log(_event, _config), do: :ok
   end
