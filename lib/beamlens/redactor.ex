@@ -225,9 +225,10 @@ defmodule Beamlens.Redactor do
       text = String.slice(text, 0, limit)
       size = byte_size(text)
 
+      # A copy: a part would keep the whole original alive in the store.
       case last_blank(text, size - 1, max(size - 256, 0)) do
-        nil -> text
-        blank -> binary_part(text, 0, blank)
+        nil -> :binary.copy(text)
+        blank -> :binary.copy(binary_part(text, 0, blank))
       end
     end
   end

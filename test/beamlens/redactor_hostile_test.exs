@@ -186,6 +186,8 @@ defmodule Beamlens.RedactorHostileTest do
       big = fill("a", 4 * @mb)
       cut = assert_bounded(fn -> LogStore.cut(big, 1_024) end, @text_ms, @text_kb)
       assert cut == fill("a", 1_024)
+      # Stored on its own: the 4 MB original is not kept alive by the cut.
+      assert :binary.referenced_byte_size(cut) == 1_024
     end
   end
 
