@@ -86,7 +86,8 @@ defmodule Beamlens.Alert do
 
   @doc """
   Builds an alert, filling in `:id`, `:node`, `:detected_at` and
-  `:fingerprint`.
+  `:fingerprint`. Its text (summary, observation, hypothesis, evidence and
+  entities) is redacted with `Beamlens.Redactor`.
 
       iex> alert = Beamlens.Alert.new(watcher: :ets, severity: :warning,
       ...>   anomaly_type: "ets_memory_growth", summary: "ETS memory doubled")
@@ -107,7 +108,12 @@ defmodule Beamlens.Alert do
 
     %{
       alert
-      | id: alert.id || new_id(),
+      | summary: redact(alert.summary),
+        observation: redact(alert.observation),
+        hypothesis: redact(alert.hypothesis),
+        evidence: Beamlens.Redactor.redact(alert.evidence),
+        entities: Beamlens.Redactor.redact(alert.entities),
+        id: alert.id || new_id(),
         node: node,
         detected_at: detected_at,
         last_seen_at: alert.last_seen_at || detected_at,
@@ -127,6 +133,12 @@ defmodule Beamlens.Alert do
     |> Base.encode16(case: :lower)
     |> binary_part(0, 16)
   end
+
+  # Text in an alert goes to logs, telemetry handlers and other nodes:
+  # it is redacted here, whoever built the alert.
+  defp redact(nil), do: nil
+  defp redact(text) when is_binary(text), do: Beamlens.Redactor.redact(text)
+  defp redact(other), do: Beamlens.Redactor.redact_text(other)
 
   defp new_id do
     Base.encode32(:rand.bytes(10), case: :lower, padding: false)

@@ -285,6 +285,13 @@ defmodule Beamlens.Coordinator do
     {:noreply, %{state | acked: acked}}
   end
 
+  # Anything else (a stray or malformed cast) is dropped: five crashes in a
+  # minute would stop BeamLens.
+  def handle_cast(message, state) do
+    Logger.debug("Beamlens.Coordinator ignored an unexpected cast: #{brief(message)}")
+    {:noreply, state}
+  end
+
   @impl true
   def handle_call(:insights, _from, state) do
     insights =
@@ -325,6 +332,11 @@ defmodule Beamlens.Coordinator do
       end
 
     {:reply, reply, state}
+  end
+
+  def handle_call(message, _from, state) do
+    Logger.debug("Beamlens.Coordinator refused an unexpected call: #{brief(message)}")
+    {:reply, {:error, :unknown_call}, state}
   end
 
   @impl true
@@ -386,8 +398,17 @@ defmodule Beamlens.Coordinator do
   def handle_info({:EXIT, _pid, _reason}, state), do: {:noreply, state}
 
   def handle_info(message, state) do
-    Logger.debug("Beamlens.Coordinator ignored an unexpected message: #{inspect(message)}")
+    Logger.debug("Beamlens.Coordinator ignored an unexpected message: #{brief(message)}")
     {:noreply, state}
+  end
+
+  # Unexpected messages may be huge or hold secrets: log a bounded, redacted
+  # rendering.
+  defp brief(message) do
+    message
+    |> inspect(limit: 5, printable_limit: 100)
+    |> String.slice(0, 300)
+    |> Beamlens.Redactor.redact()
   end
 
   @impl true
@@ -624,8 +645,10 @@ defmodule Beamlens.Coordinator do
           emit(
             %{
               insight
-              | summary: String.slice(summary, 0, @max_summary_chars),
-                root_cause_hypothesis: String.slice(hypothesis, 0, @max_summary_chars),
+              | summary:
+                  summary |> Beamlens.Redactor.redact() |> String.slice(0, @max_summary_chars),
+                root_cause_hypothesis:
+                  hypothesis |> Beamlens.Redactor.redact() |> String.slice(0, @max_summary_chars),
                 summary_source: :summarizer
             },
             state

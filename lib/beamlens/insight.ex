@@ -123,8 +123,8 @@ defmodule Beamlens.Insight do
       id: map["id"],
       version: map["version"],
       correlation_type: kind(map["correlation_type"]),
-      summary: map["summary"],
-      root_cause_hypothesis: map["root_cause_hypothesis"],
+      summary: redact(map["summary"]),
+      root_cause_hypothesis: redact(map["root_cause_hypothesis"]),
       confidence: map["confidence"] * 1.0,
       root_cause: root_cause(map["root_cause"]),
       rules: Enum.map(map["rules"], &rule/1),
@@ -150,8 +150,8 @@ defmodule Beamlens.Insight do
       nodes: Enum.map(map["nodes"], &existing_atom/1),
       alert_ids: map["alert_ids"],
       lag_ms: map["lag_ms"],
-      shared: map["shared"],
-      text: map["text"]
+      shared: redact(map["shared"]),
+      text: redact(map["text"])
     }
   end
 
@@ -164,10 +164,15 @@ defmodule Beamlens.Insight do
       anomaly_type: map["anomaly_type"],
       watcher: existing_atom(map["watcher"]),
       node: existing_atom(map["node"]),
-      entity: map["entity"],
+      entity: redact(map["entity"]),
       rule: map["rule"]
     }
   end
+
+  # Insight text is built from alert entities and goes to logs and
+  # telemetry: redacted like alert text.
+  defp redact(text) when is_binary(text), do: Beamlens.Redactor.redact(text)
+  defp redact(other), do: other
 
   defp kind("causal"), do: :causal
   defp kind("symptomatic"), do: :symptomatic

@@ -18,6 +18,9 @@ defmodule Beamlens.LogStore do
   @levels [:emergency, :alert, :critical, :error, :warning, :notice, :info, :debug]
   @max_keys 500
   @message_limit 1024
+  @format_chars 4096
+  @format_depth 20
+  @format_max_size 8192
   @handler_id :beamlens_log_store
 
   # counter indexes
@@ -266,14 +269,29 @@ defmodule Beamlens.LogStore do
     if :ets.member(table, key) or :ets.info(table, :size) < @max_keys, do: key, else: "other"
   end
 
+  # Formatting runs in the process that logs, so it is bounded before it
+  # starts: reports are printed to depth 20 and about 4096 characters (a
+  # crash report of a process whose state is a million-element list costs
+  # as much as a small one), and the text is cut at 8 KiB.
   defp format(event) do
     event
-    |> :logger_formatter.format(%{single_line: true, template: [:msg], max_size: @message_limit})
+    |> :logger_formatter.format(%{
+      single_line: true,
+      template: [:msg],
+      chars_limit: @format_chars,
+      depth: @format_depth,
+      max_size: @format_max_size
+    })
     |> IO.chardata_to_string()
-    |> String.slice(0, @message_limit)
+    |> cut(@message_limit)
   rescue
     _ -> "(unformattable log event)"
   end
+
+  # Messages are redacted when read, so a secret cut in half here would
+  # escape the redactor's shapes: the cut drops the partial last word.
+  @doc false
+  def cut(text, limit), do: Beamlens.Redactor.truncate(text, limit)
 
   defp module(%{meta: %{mfa: {m, _, _}}}), do: Beamlens.Domain.id(m)
   defp module(%{meta: %{module: m}}) when is_atom(m), do: Beamlens.Domain.id(m)

@@ -74,6 +74,11 @@ defmodule Beamlens.Native do
   def lua_cancel(_run), do: err()
   def lua_status, do: err()
 
+  # nif_redact.rs
+  def redactor_new(_words, _defaults), do: err()
+  def redact_text(_redactor, _text, _nodes), do: err()
+  def redact_text_dirty(_redactor, _text, _nodes), do: err()
+
   # nif_llm.rs
   def llm_provider_new(_config), do: err()
   def llm_chat(_providers, _request, _caller), do: err()

@@ -12,19 +12,34 @@ defmodule Beamlens.Redactor do
 
   ## What the defaults remove
 
-    * bearer tokens and `Authorization` header values (`Bearer`, `Basic`, ...);
-    * API keys by their shape: `sk-...` (OpenAI, Anthropic and compatible),
-      Stripe `sk_live_...`, AWS access key ids (`AKIA...`), GitHub
-      (`ghp_...`, `github_pat_...`), GitLab (`glpat-...`), Slack (`xox...`),
-      Google (`AIza...`), SendGrid, JSON Web Tokens, PEM private keys;
-    * passwords in URLs (`postgres://user:[REDACTED]@host/db`);
-    * values of secret-looking keys in text (`password=...`, `api_key: ...`,
-      `"client_secret":"..."`, cookies) and in data (the value of a map key
-      or keyword such as `:password`, `"access_token"`, `"Authorization"`);
+    * bearer tokens, `Authorization` header values (`Bearer`, `Basic`, ...)
+      and `Basic` credentials anywhere (base64 of `user:password`);
+    * API keys by their shape: `sk-...` (OpenAI, Anthropic `sk-ant-` and
+      compatible), Stripe `sk_live_...`, AWS access key ids (`AKIA...`) and
+      secret keys (40 mixed-case base64 characters, even without their key
+      name), GitHub (`ghp_...`, `github_pat_...`), GitLab (`glpat-...`),
+      Slack (`xoxb-...`), Google (`AIza...`), SendGrid, Hugging Face, npm,
+      PyPI, Groq, Replicate, Shopify, DigitalOcean, JSON Web Tokens, PEM
+      private keys;
+    * passwords in URLs (`postgres://user:[REDACTED]@host/db`, also when
+      the password holds `@` or `/`), in `user:password@host` outside URLs
+      and in `curl -u user:password`;
+    * cloud connection strings (`AccountKey=...`, `SharedAccessKey=...`,
+      `sig=...`);
+    * values of secret-looking keys in text (`password=...`, `apiKey: ...`,
+      `DB_PassWord=...`, `"client_secret":"..."`, escaped JSON
+      `\\"token\\":\\"...\\"`, `secrets: [...]`, cookies) and in data (the
+      value of a map key or keyword such as `:password`, `"access_token"`,
+      `"Authorization"`, `sessionId`, `:req_cookies`; every element of a
+      list or tuple under such a key; counts under plural keys such as
+      `tokens: 5` are kept);
     * email addresses (`[EMAIL]`; the names of this node and of connected
       nodes, which look like addresses, are kept);
-    * card numbers: 13 to 19 digits, spaces or dashes allowed, with a card
-      network prefix and a valid Luhn checksum (`[CARD]`).
+    * card numbers: 13 to 19 digits, spaces, dots or dashes allowed, with a
+      card network prefix and a valid Luhn checksum (`[CARD]`).
+
+  The built-in rules run in native code as finite automata: time is linear
+  in the text, whatever the text.
 
   ## Configuration
 
@@ -62,10 +77,10 @@ defmodule Beamlens.Redactor do
 
   require Logger
 
+  alias Beamlens.Native
+
   defstruct defaults: true,
-            rules: [],
-            anchors: nil,
-            card: nil,
+            native: nil,
             custom: [],
             keys: nil,
             key_anchors: nil,
@@ -83,22 +98,20 @@ defmodule Beamlens.Redactor do
 
   @key {__MODULE__, :current}
   @mask "[REDACTED]"
+  @failed "[REDACTION FAILED]"
   @max_depth 40
   @option_keys [:patterns, :keys, :function, :defaults]
+  # Text up to this size is redacted on the calling scheduler (tens of
+  # microseconds); longer text on a dirty CPU scheduler.
+  @inline_bytes 16_384
 
-  # Key names whose values are secret: a key ending in one of these.
+  # Key names whose values are secret: a key ending in one of these, in any
+  # letter case, with `_`, `-` or nothing between the parts (`api_key`,
+  # `X-Api-Key`, `apiKey`), optionally plural (`secrets`, `tokens`).
   @secret_words ~w(password passwd passphrase pwd secret token api_key api-key apikey
-                   access_key access-key private_key private-key client_secret
-                   session_id sessionid cookie credential credentials signature
-                   secret_key_base userinfo authorization auth)
-
-  @card_prefixes ~c"23456"
-
-  # Literal text that every built-in rule needs, besides the secret key words
-  # (which the key=value, Authorization and cookie rules need) and the card
-  # rule (digits).
-  @anchors ~w(@ eyJ -----BEGIN sk- sk_ pk_ rk_ AKIA ASIA AGPA AIDA AROA AIPA ANPA ANVA ABIA ACCA
-              ghp_ gho_ ghu_ ghs_ ghr_ github_pat_ glpat- xox AIza SG. earer EARER)
+                   access_key access-key private_key private-key account_key
+                   shared_access_key client_secret session_id sessionid cookie credential
+                   credentials signature secret_key_base userinfo authorization auth)
 
   @doc """
   Builds a redactor from options (see the module docs).
@@ -169,11 +182,16 @@ defmodule Beamlens.Redactor do
   Redacts a term with the current redactor (or the given one): strings are
   scrubbed, maps, lists and tuples are walked, values of secret keys are
   masked. Other terms are returned unchanged.
+
+  Time is linear in the size of the text whatever the text is (the built-in
+  rules are finite automata in native code; text over 16 KiB is handled on a
+  dirty scheduler). Custom `:patterns` are Erlang regexes and cost what they
+  cost.
   """
   @spec redact(term(), t() | nil) :: term()
   def redact(term, redactor \\ nil) do
     redactor = redactor || current()
-    walk(term, %{redactor: redactor, nodes: nil}, 0)
+    walk(term, %{redactor: redactor, nodes: node_names()}, 0)
   end
 
   @doc """
@@ -186,6 +204,40 @@ defmodule Beamlens.Redactor do
 
   def redact_text(other, redactor),
     do: redact(inspect(other, limit: 20, printable_limit: 1_000), redactor)
+
+  @doc """
+  Cuts `text` to at most `limit` characters for storage, so that redaction
+  when it is read still sees whole secrets: a cut text also loses its last,
+  partial word (when that word is shorter than 256 bytes: longer runs are
+  data, not a secret, and are cut as they are). Text within the limit is
+  returned as it is.
+
+      iex> Beamlens.Redactor.truncate("token sk-ant-api03-abcdef", 20)
+      "token"
+  """
+  @spec truncate(String.t(), non_neg_integer()) :: String.t()
+  def truncate(text, limit) when byte_size(text) <= limit, do: text
+
+  def truncate(text, limit) do
+    if String.length(text) <= limit do
+      text
+    else
+      text = String.slice(text, 0, limit)
+      size = byte_size(text)
+
+      # A copy: a part would keep the whole original alive in the store.
+      case last_blank(text, size - 1, max(size - 256, 0)) do
+        nil -> :binary.copy(text)
+        blank -> :binary.copy(binary_part(text, 0, blank))
+      end
+    end
+  end
+
+  defp last_blank(_text, i, stop) when i < stop, do: nil
+
+  defp last_blank(text, i, stop) do
+    if :binary.at(text, i) in ~c" \t\r\n", do: i, else: last_blank(text, i - 1, stop)
+  end
 
   ## Walking terms
 
@@ -212,9 +264,10 @@ defmodule Beamlens.Redactor do
   defp walk(list, ctx, depth) when is_list(list), do: walk_list(list, ctx, depth)
 
   defp walk({key, value}, ctx, depth) do
-    if secret_key?(key, ctx),
-      do: {key, mask(value, ctx, depth)},
-      else: {walk(key, ctx, depth + 1), walk(value, ctx, depth + 1)}
+    case secret_key(key, ctx) do
+      nil -> {walk(key, ctx, depth + 1), walk(value, ctx, depth + 1)}
+      kind -> {key, mask(value, kind, ctx, depth)}
+    end
   end
 
   defp walk(tuple, ctx, depth) when is_tuple(tuple) do
@@ -225,9 +278,10 @@ defmodule Beamlens.Redactor do
 
   defp walk_map(map, ctx, depth) do
     Map.new(map, fn {key, value} ->
-      if secret_key?(key, ctx),
-        do: {key, mask(value, ctx, depth)},
-        else: {walk(key, ctx, depth + 1), walk(value, ctx, depth + 1)}
+      case secret_key(key, ctx) do
+        nil -> {walk(key, ctx, depth + 1), walk(value, ctx, depth + 1)}
+        kind -> {key, mask(value, kind, ctx, depth)}
+      end
     end)
   end
 
@@ -239,95 +293,106 @@ defmodule Beamlens.Redactor do
 
   defp walk_list(tail, ctx, depth), do: walk(tail, ctx, depth + 1)
 
-  # The value of a secret key: scalars are masked, containers are walked
-  # (a `credentials` map still shows its non-secret fields).
-  defp mask(value, _ctx, _depth) when is_binary(value) or is_number(value), do: @mask
-  defp mask(value, _ctx, _depth) when value in [nil, true, false], do: value
-  defp mask(value, _ctx, _depth) when is_atom(value), do: @mask
+  # The value of a secret key (`kind` says which: `:singular`, `:plural` or
+  # `:cookie`). Scalars are masked, except counts under a plural key
+  # (`tokens: 5`); every element of a list or tuple is masked (`tokens:
+  # ["a", "b"]`); maps are walked, so a `credentials` map still shows its
+  # non-secret fields, except under a cookie key (`req_cookies`), where
+  # every value is a cookie.
+  defp mask(_value, _kind, _ctx, depth) when depth > @max_depth, do: "[nested too deep]"
+  defp mask(value, :plural, _ctx, _depth) when is_number(value), do: value
+  defp mask(value, _kind, _ctx, _depth) when is_binary(value) or is_number(value), do: @mask
+  defp mask(value, _kind, _ctx, _depth) when value in [nil, true, false], do: value
+  defp mask(value, _kind, _ctx, _depth) when is_atom(value), do: @mask
 
-  defp mask(value, ctx, depth) when is_list(value) do
-    if List.ascii_printable?(value, 200) and value != [],
+  defp mask(value, kind, ctx, depth) when is_list(value) do
+    if value != [] and List.ascii_printable?(value, 200),
       do: @mask,
-      else: walk(value, ctx, depth + 1)
+      else: mask_list(value, kind, ctx, depth + 1)
   end
 
-  defp mask(value, ctx, depth), do: walk(value, ctx, depth + 1)
+  defp mask(%{__struct__: _} = value, kind, ctx, depth) do
+    value |> Map.from_struct() |> mask(kind, ctx, depth) |> Map.put(:__struct__, value.__struct__)
+  end
 
-  defp secret_key?(key, ctx) when is_atom(key) and key not in [nil, true, false],
-    do: secret_key?(Atom.to_string(key), ctx)
+  defp mask(value, :cookie, ctx, depth) when is_map(value),
+    do: Map.new(value, fn {key, v} -> {key, mask(v, :cookie, ctx, depth + 1)} end)
+
+  defp mask(value, _kind, ctx, depth) when is_map(value), do: walk(value, ctx, depth + 1)
+
+  defp mask(value, kind, ctx, depth) when is_tuple(value),
+    do: value |> Tuple.to_list() |> mask_list(kind, ctx, depth + 1) |> List.to_tuple()
+
+  defp mask(value, _kind, ctx, depth), do: walk(value, ctx, depth + 1)
+
+  defp mask_list([], _kind, _ctx, _depth), do: []
+
+  defp mask_list([head | tail], kind, ctx, depth),
+    do: [mask(head, kind, ctx, depth) | mask_list(tail, kind, ctx, depth)]
+
+  defp mask_list(tail, kind, ctx, depth), do: mask(tail, kind, ctx, depth)
+
+  defp secret_key(key, ctx) when is_atom(key) and key not in [nil, true, false],
+    do: secret_key(Atom.to_string(key), ctx)
 
   # A cheap scan for the key words first (keys are short: lower-casing
   # them costs little); the regex only when one is there.
-  defp secret_key?(key, %{redactor: %{keys: %Regex{} = keys, key_anchors: anchors}})
-       when is_binary(key) and byte_size(key) <= 64,
-       do:
-         :binary.match(String.downcase(key, :ascii), anchors) != :nomatch and
-           Regex.match?(keys, key)
+  defp secret_key(key, %{redactor: %{keys: %Regex{} = keys, key_anchors: anchors}})
+       when is_binary(key) and byte_size(key) <= 64 do
+    if :binary.match(String.downcase(key, :ascii), anchors) != :nomatch do
+      case Regex.run(keys, key, capture: :all_but_first) do
+        nil -> nil
+        [word, plural] -> key_kind(String.downcase(word, :ascii), plural)
+      end
+    end
+  end
 
-  defp secret_key?(_key, _ctx), do: false
+  defp secret_key(_key, _ctx), do: nil
+
+  defp key_kind("cookie", _plural), do: :cookie
+  defp key_kind(_word, ""), do: :singular
+  defp key_kind(_word, _plural), do: :plural
 
   ## Text
 
   defp text(text, %{redactor: redactor} = ctx) do
     text
-    |> apply_rules(rules_for(text, redactor), ctx)
-    |> apply_rules(redactor.custom, ctx)
+    |> native(redactor.native, ctx)
+    |> apply_custom(redactor.custom)
     |> apply_function(redactor.function)
   end
 
-  # Most strings (names, pids, function names, numbers) can hold no secret:
-  # every built-in rule needs one of a few literal anchors (`@`, `eyJ`,
-  # `sk-`, `AKIA`, a secret key word in its usual spellings...), found with
-  # one `:binary.match/2` scan, or, for card numbers, a run of 13 digits.
-  # Only then do the rules run.
-  defp rules_for(text, _redactor) when byte_size(text) < 5, do: []
-  defp rules_for(_text, %{anchors: nil}), do: []
+  # Every built-in rule needs at least 5 bytes.
+  defp native(text, _native, _ctx) when byte_size(text) < 5, do: text
+  defp native(text, nil, _ctx), do: text
+  defp native(_text, :unavailable, _ctx), do: @failed
 
-  defp rules_for(text, redactor) do
-    cond do
-      :binary.match(text, redactor.anchors) != :nomatch ->
-        redactor.rules
+  defp native(text, native, ctx) do
+    result =
+      if byte_size(text) <= @inline_bytes,
+        do: Native.redact_text(native, text, ctx.nodes),
+        else: Native.redact_text_dirty(native, text, ctx.nodes)
 
-      redactor.card != nil and Regex.match?(elem(redactor.card, 0), text) ->
-        [elem(redactor.card, 1)]
-
-      true ->
-        []
-    end
+    if is_binary(result), do: result, else: @failed
   end
 
-  defp apply_rules(text, rules, ctx) do
+  defp apply_custom(text, rules) do
     Enum.reduce(rules, text, fn {regex, replacement}, acc ->
-      replace(acc, regex, replacement, ctx)
+      Regex.replace(regex, acc, replacement)
     end)
   end
-
-  defp replace(text, regex, :email, _ctx) do
-    if Regex.match?(regex, text) do
-      nodes = node_names()
-      Regex.replace(regex, text, fn match -> if match in nodes, do: match, else: "[EMAIL]" end)
-    else
-      text
-    end
-  end
-
-  defp replace(text, regex, :card, _ctx) do
-    Regex.replace(regex, text, fn match -> if card?(match), do: "[CARD]", else: match end)
-  end
-
-  defp replace(text, regex, replacement, _ctx), do: Regex.replace(regex, text, replacement)
 
   defp apply_function(text, nil), do: text
 
   defp apply_function(text, fun) do
     case fun.(text) do
       result when is_binary(result) -> result
-      _ -> "[REDACTION FAILED]"
+      _ -> @failed
     end
   rescue
-    _ -> "[REDACTION FAILED]"
+    _ -> @failed
   catch
-    _, _ -> "[REDACTION FAILED]"
+    _, _ -> @failed
   end
 
   defp node_names do
@@ -336,11 +401,11 @@ defmodule Beamlens.Redactor do
 
   @doc false
   # 13 to 19 digits (separators dropped), a card network's first digit and
-  # a valid Luhn checksum.
+  # a valid Luhn checksum. The native rules use the same test.
   def card?(text) do
     digits = for <<c <- text>>, c in ?0..?9, do: c - ?0
 
-    length(digits) in 13..19 and (hd(digits) + ?0) in @card_prefixes and luhn?(digits)
+    length(digits) in 13..19 and (hd(digits) + ?0) in ~c"23456" and luhn?(digits)
   end
 
   defp luhn?(digits) do
@@ -404,21 +469,32 @@ defmodule Beamlens.Redactor do
         {regex, replacement} -> {regex, replacement}
       end)
 
-    rules = if(defaults, do: default_rules(words), else: key_value_rules(words))
-    key_anchors = word_anchors(words)
-    anchors = if defaults, do: @anchors ++ key_anchors, else: key_anchors
-
     %__MODULE__{
       defaults: defaults,
-      rules: rules,
-      anchors: if(rules != [], do: :binary.compile_pattern(anchors)),
-      card: if(defaults, do: {~r/\d(?:[ -]?\d){12}/, List.last(rules)}),
+      native: native_rules(words, defaults),
       custom: custom,
       keys: key_regex(words),
       key_anchors: if(words != [], do: :binary.compile_pattern(lowercase_anchors(words))),
       function: function,
       extra: %{patterns: length(patterns), keys: length(keys)}
     }
+  end
+
+  # The built-in text rules, compiled once in native code. Without the
+  # native library nothing can be checked, so text fails closed.
+  defp native_rules([], false), do: nil
+
+  defp native_rules(words, defaults) do
+    case Native.redactor_new(words, defaults) do
+      {:ok, native} ->
+        native
+
+      {:error, {_kind, message, _details}} ->
+        raise ArgumentError, "invalid :redact option :keys: #{message}"
+    end
+  rescue
+    e in ErlangError ->
+      if e.original == :nif_not_loaded, do: :unavailable, else: reraise(e, __STACKTRACE__)
   end
 
   defp lowercase_anchors(words) do
@@ -431,21 +507,6 @@ defmodule Beamlens.Redactor do
         String.replace(&1, ~r/[_-]/, "")
       ]
     )
-    |> Enum.uniq()
-  end
-
-  # A word as it may be written in text: api_key, api-key, apikey, Api-Key, ApiKey,
-  # in lower case, capitalised or upper case.
-  defp word_anchors(words) do
-    words
-    |> Enum.flat_map(fn word ->
-      parts = String.split(word, ["_", "-"])
-
-      for separator <- ["_", "-", ""],
-          title? <- [false, true],
-          do: Enum.map_join(parts, separator, &if(title?, do: String.capitalize(&1), else: &1))
-    end)
-    |> Enum.flat_map(&[&1, String.capitalize(&1), String.upcase(&1)])
     |> Enum.uniq()
   end
 
@@ -465,8 +526,10 @@ defmodule Beamlens.Redactor do
 
   defp key_regex([]), do: nil
 
+  # A key ending in a word, after a non-letter, at the start, or at a
+  # camelCase step (`dbPassword`); captures the word and a plural `s`.
   defp key_regex(words) do
-    Regex.compile!("(?:^|[^a-z])(?:" <> alternation(words) <> ")$", "i")
+    Regex.compile!("(?:^|[^a-zA-Z]|(?<=[a-z])(?=[A-Z]))(?i:(" <> alternation(words) <> ")(s?))$")
   end
 
   defp alternation(words) do
@@ -476,70 +539,6 @@ defmodule Beamlens.Redactor do
     |> Enum.map_join("|", fn word ->
       word |> Regex.escape() |> String.replace(~r/(?:\\-|_)/, "[_-]?")
     end)
-  end
-
-  # Rules run in this order: the specific shapes first, then the generic
-  # `key=value` rule, so that e.g. `Authorization: Bearer x` keeps its scheme.
-  defp default_rules(words) do
-    [
-      # PEM private keys.
-      {~r/-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END[A-Z ]*PRIVATE KEY-----|\z)/,
-       "[REDACTED PRIVATE KEY]"},
-      # JSON Web Tokens (header and payload are base64url JSON: "eyJ").
-      {~r/\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*/, @mask},
-      # Credentials in URLs: scheme://user:password@host.
-      {~r{\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@"'<>]*:)[^\s@/"'<>]+@}, "\\1#{@mask}@"},
-      # Authorization headers, whatever the scheme.
-      {~r/\b((?:proxy-)?authorization(?:["']?\s*(?:=>|[:=])|["']\s*,)\s*["']?)((?:basic|bearer|digest|token|negotiate)\s+)?+(?!\[REDACTED)[^\s"',;}\[\]]+/i,
-       "\\1\\2#{@mask}"},
-      # Bearer tokens anywhere.
-      {~r/\b(bearer)\s+[A-Za-z0-9\-._~+\/]{8,}=*/i, "\\1 #{@mask}"},
-      # Cookies: the whole header value.
-      {~r/\b((?:set-)?cookie["']?\s*[:=]\s*)[^\r\n"]+/i, "\\1#{@mask}"},
-      # API keys by their shape.
-      {~r/\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{10,}/, @mask},
-      {~r/\bsk-[A-Za-z0-9][A-Za-z0-9_-]{19,}/, @mask},
-      {~r/\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b/, @mask},
-      {~r/\bgh[pousr]_[A-Za-z0-9]{30,}/, @mask},
-      {~r/\bgithub_pat_[A-Za-z0-9_]{20,}/, @mask},
-      {~r/\bglpat-[A-Za-z0-9_-]{20,}/, @mask},
-      {~r/\bxox[abposr]-[A-Za-z0-9-]{10,}/, @mask},
-      {~r/\bAIza[0-9A-Za-z_-]{35}/, @mask},
-      {~r/\bSG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}/, @mask}
-    ] ++
-      key_value_rules(words) ++
-      [
-        {~r/\b[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b/,
-         :email},
-        {~r/\b(?:\d[ -]?){12,18}\d\b/, :card}
-      ]
-  end
-
-  # `password=x`, `api_key: "x"`, `"client_secret":"x"`, `token => 'x'`.
-  defp key_value_rules([]), do: []
-
-  defp key_value_rules(words) do
-    # Authorization headers have their own rule, which keeps the scheme.
-    key = "[A-Za-z0-9_.-]*?(?:" <> alternation(words -- ["authorization"]) <> ")"
-
-    regex =
-      Regex.compile!(
-        "\\b(" <>
-          key <>
-          "(?:[\"']?\\s*(?:=>|[:=])|[\"']\\s*,)\\s*)(?!\\[REDACTED|\\?|\\$\\d)(\"[^\"]*\"|'[^']*'|[^\\s\"',;&}\\])]+)",
-        "i"
-      )
-
-    [
-      {regex,
-       fn _match, prefix, value ->
-         case value do
-           "\"" <> _ -> prefix <> "\"" <> @mask <> "\""
-           "'" <> _ -> prefix <> "'" <> @mask <> "'"
-           _ -> prefix <> @mask
-         end
-       end}
-    ]
   end
 
   defimpl Inspect do

@@ -313,6 +313,8 @@ defmodule Beamlens.Watcher do
   end
 
   defp snapshot_failed(state, message) do
+    message = Beamlens.Redactor.redact_text(message)
+
     if state.last_error != message do
       Logger.warning("BeamLens watcher #{inspect(state.name)}: #{message}")
     end
@@ -844,8 +846,8 @@ defmodule Beamlens.Watcher do
     Telemetry.execute([:watcher, :tool_call], %{count: 1}, %{
       watcher: state.name,
       tool: call.name,
-      arguments: call.arguments,
-      result: String.slice(text, 0, 500),
+      arguments: Beamlens.Redactor.redact(call.arguments),
+      result: text |> Beamlens.Redactor.redact() |> String.slice(0, 500),
       error?: error?
     })
 

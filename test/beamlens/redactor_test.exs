@@ -54,6 +54,35 @@ defmodule Beamlens.RedactorTest do
     {"Visa card", "charge declined for card 4111 1111 1111 1111 (visa)", "4111 1111 1111 1111"},
     {"Mastercard", "card=5555-5555-5555-4444", "5555-5555-5555-4444"},
     {"Amex", "amex 378282246310005 failed", "378282246310005"},
+    {"camelCase key", ~s(config: %{apiKey: "k9Fq2LmZ8xWv"}) <> " apiKey=k9Fq2LmZ8xWv",
+     "k9Fq2LmZ8xWv"},
+    {"camelCase session id", "sessionId: 5f0c1e9a7b3d", "5f0c1e9a7b3d"},
+    {"mixed-case key", "DB_PassWord=Pg-Adm1n-Zz", "Pg-Adm1n-Zz"},
+    {"escaped JSON", ~S({\"password\":\"esc4ped-pw\",\"user\":\"bob\"}), "esc4ped-pw"},
+    {"AWS secret key alone",
+     "creds AKIAIOSFODNN7EXAMPLE / wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLE12",
+     "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLE12"},
+    {"user:pass outside a URL", "redis at default:r3d1s-pw@cache.internal:6379 refused",
+     "r3d1s-pw"},
+    {"password with @ and / in a URL", "postgres://app:p@ss/w0rd@db.internal/app failed",
+     "p@ss/w0rd"},
+    {"Azure connection string",
+     "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=Zm9vYmFy+YmF6cXV4/MTIzNDU2Nzg5MA==;EndpointSuffix=core.windows.net",
+     "Zm9vYmFy+YmF6cXV4/MTIzNDU2Nzg5MA=="},
+    {"Anthropic short key", "key sk-ant-api03-Zx9Yw8Vu", "sk-ant-api03-Zx9Yw8Vu"},
+    {"Slack token in text", "SLACK=xoxb-123456789012-AbCdEfGh", "xoxb-123456789012-AbCdEfGh"},
+    {"GitLab token", "token=glpat-AbCdEfGhIjKlMnOpQrSt", "glpat-AbCdEfGhIjKlMnOpQrSt"},
+    {"Hugging Face token", "HF hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+     "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345"},
+    {"dotted card number", "card 4111.1111.1111.1111 declined", "4111.1111.1111.1111"},
+    {"plural secret key", "secrets: s3cr3t-one", "s3cr3t-one"},
+    {"list under a secret key", ~s(tokens: ["tok-aaa111", "tok-bbb222"]), "tok-aaa111"},
+    {"tuple under a secret key", ~s(credentials: {"admin", "adm1n-pw"}), "adm1n-pw"},
+    {"Basic auth value", "sent Basic YWxhZGRpbjpvcGVuc2VzYW1l to upstream",
+     "YWxhZGRpbjpvcGVuc2VzYW1l"},
+    {"Plug req_cookies", ~s(req_cookies: %{"_app_key" => "SFMyNTY.cookie-value"}),
+     "SFMyNTY.cookie-value"},
+    {"curl -u", "curl -u admin:curl-s3cret https://x", "curl-s3cret"},
     {"private key",
      "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
      "b3BlbnNzaC1rZXktdjEAAAAA"}
@@ -165,6 +194,28 @@ defmodule Beamlens.RedactorTest do
                MyApp.Repo
              ]) ==
                ["[EMAIL]", :ok, nil, pid, ref, 1.5, MyApp.Repo]
+    end
+
+    test "camelCase, plural, list, tuple and cookie keys are masked" do
+      assert Redactor.redact(%{
+               "apiKey" => "k",
+               :dbPassword => "p",
+               "DB_PassWord" => "p",
+               :secrets => ["a", "b"],
+               :tokens => {"a", 7},
+               :api_keys => [%{"value" => "v"}],
+               :req_cookies => %{"_app_key" => "c", "theme" => "dark"},
+               :input_tokens => 1200
+             }) == %{
+               "apiKey" => "[REDACTED]",
+               :dbPassword => "[REDACTED]",
+               "DB_PassWord" => "[REDACTED]",
+               :secrets => ["[REDACTED]", "[REDACTED]"],
+               :tokens => {"[REDACTED]", 7},
+               :api_keys => [%{"value" => "v"}],
+               :req_cookies => %{"_app_key" => "[REDACTED]", "theme" => "[REDACTED]"},
+               :input_tokens => 1200
+             }
     end
 
     test "structs stay structs" do
@@ -356,6 +407,18 @@ defmodule Beamlens.RedactorTest do
 
       start_store(window_ms: 1_000, slots: 5)
 
+      handler = "redactor-e2e-tool-calls-#{System.unique_integer([:positive])}"
+      test = self()
+
+      :telemetry.attach(
+        handler,
+        [:beamlens, :watcher, :tool_call],
+        fn _event, _measurements, meta, _ -> send(test, {:tool_call, meta}) end,
+        nil
+      )
+
+      on_exit(fn -> :telemetry.detach(handler) end)
+
       mailer = spawn_link(fn -> Process.sleep(:infinity) end)
       Process.register(mailer, :"mailer_carol.white@example.net")
       :persistent_term.put({__MODULE__, :mailer}, inspect(mailer))
@@ -428,6 +491,18 @@ defmodule Beamlens.RedactorTest do
         refute decoded =~ secret, "#{secret} reached the provider"
       end
 
+      # Tool-call telemetry carries the model's arguments and the results,
+      # redacted too (the beam script holds a secret of its own).
+      tool_calls = for {:tool_call, meta} <- Process.info(self(), :messages) |> elem(1), do: meta
+      assert tool_calls != []
+      seen = inspect(tool_calls, limit: :infinity, printable_limit: :infinity)
+      refute seen =~ "lua-arg-secret-1"
+      assert seen =~ "password=[REDACTED]"
+
+      for secret <- @secrets do
+        refute seen =~ secret, "#{secret} reached tool-call telemetry"
+      end
+
       # The planted data did reach the model, scrubbed.
       for seen <- [
             "login failed for [EMAIL] password=[REDACTED]",
@@ -484,7 +559,7 @@ defmodule Beamlens.RedactorTest do
   defp lua("beam") do
     pid = :persistent_term.get({__MODULE__, :mailer}, "#PID<0.0.0>")
 
-    ~s[print("AKIA" .. "IOSFODNN7EXAMPLE") ] <>
+    ~s[local note = "password=lua-arg-secret-1" print("AKIA" .. "IOSFODNN7EXAMPLE") ] <>
       ~s[return {mailer = beam.process_info("#{pid}"), card = "5555" .. "5555" .. "5555" .. "4444"}]
   end
 

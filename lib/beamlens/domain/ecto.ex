@@ -462,7 +462,7 @@ defmodule Beamlens.Domain.Ecto do
   defp cell(column, value) when is_binary(value) do
     if String.contains?(column, "query") or String.contains?(column, "statement"),
       do: TelemetryStore.normalize_sql(value, 500),
-      else: Redactor.redact(String.slice(value, 0, 500))
+      else: value |> Redactor.redact() |> String.slice(0, 500)
   end
 
   defp cell(_column, value) when is_number(value) or is_boolean(value) or is_nil(value), do: value

@@ -33,7 +33,8 @@ defmodule Beamlens.Watcher.Agent do
     earlier =
       if summary in [nil, ""],
         do: "",
-        else: "\n\nEarlier in this watch (summary):\n<data>\n#{summary}\n</data>"
+        else:
+          "\n\nEarlier in this watch (summary):\n<data>\n#{summary |> Redactor.redact_text() |> fenced()}\n</data>"
 
     """
     You are BeamLens, watching the #{domain.name()} domain of a live Elixir application: #{domain.description()}
@@ -164,7 +165,8 @@ defmodule Beamlens.Watcher.Agent do
           Enum.map_join(list, "\n", fn f ->
             metric = check.metrics[f.name] || %{label: f.name}
             type = Map.get(metric, :anomaly_type, "other")
-            "- #{type} (#{f.severity}, #{f.status}): #{safe_summary(domain, f, metric)}"
+            summary = domain |> safe_summary(f, metric) |> Redactor.redact_text() |> fenced()
+            "- #{type} (#{f.severity}, #{f.status}): #{summary}"
           end)
       end
 
@@ -213,7 +215,7 @@ defmodule Beamlens.Watcher.Agent do
       if output in [nil, ""],
         do: "",
         else:
-          "\nprinted:\n<data>\n#{output |> Redactor.redact() |> String.slice(0, 1_000)}\n</data>"
+          "\nprinted:\n<data>\n#{output |> Redactor.redact() |> String.slice(0, 1_000) |> fenced()}\n</data>"
 
     {"Result:\n<data>\n#{encode(value, @max_result_bytes)}\n</data>#{printed}\n#{@after_result}",
      false}
@@ -227,17 +229,28 @@ defmodule Beamlens.Watcher.Agent do
   def lua_result({:error, error}, domain) do
     functions = Enum.map_join(domain.callbacks(), ", ", &"#{domain.name()}.#{&1.name}#{&1.args}")
 
-    {"Lua error: #{Redactor.redact(Exception.message(error))}\nThe functions are: #{functions}. " <>
+    message = error |> Exception.message() |> Redactor.redact() |> String.slice(0, 2_000)
+
+    {"Lua error: #{fenced(message)}\nThe functions are: #{functions}. " <>
        "Fix the script and try again, or move on.", true}
   end
 
   @doc "JSON text of a term, redacted (see `Beamlens.Redactor`) and bounded."
   def encode(term, max_bytes) do
     case Native.json_encode(Redactor.redact(term), max_bytes) do
-      {:ok, json} -> json
-      {:error, {_kind, message, _}} -> "(unencodable: #{message})"
+      {:ok, json} -> fenced_json(json)
+      {:error, {_kind, message, _}} -> "(unencodable: #{fenced(message)})"
     end
   end
+
+  # Data cannot close (or open) a data fence: the `<` of anything that
+  # reads as a `<data>` or `</data>` tag is escaped, as `\u003c` in JSON
+  # (the same string once decoded) and as `&lt;` in plain text.
+  @doc false
+  def fenced(text), do: Regex.replace(~r/<(?=[\s\/]{0,8}data)/i, text, "&lt;")
+
+  @doc false
+  def fenced_json(json), do: Regex.replace(~r/<(?=[\s\/]{0,8}data)/i, json, fn _ -> "\\u003c" end)
 
   @doc """
   Validates one tool call. Returns `{:ok, action}` or `{:error, correction}`

@@ -12,6 +12,7 @@ pub mod correlation;
 pub mod error;
 pub mod gate;
 pub mod llm;
+pub mod redact;
 pub mod reply;
 pub mod runtime;
 pub mod sandbox;
@@ -22,6 +23,7 @@ mod nif_gate;
 mod nif_json;
 mod nif_llm;
 mod nif_lua;
+mod nif_redact;
 mod nif_runtime;
 
 rustler::init!("Elixir.Beamlens.Native", load = nif_runtime::on_load);

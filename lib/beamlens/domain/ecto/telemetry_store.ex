@@ -283,7 +283,7 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
         _ -> "(message unavailable)"
       end
 
-    %{exception: Beamlens.Domain.id(module), message: String.slice(message, 0, 500)}
+    %{exception: Beamlens.Domain.id(module), message: Redactor.truncate(message, 500)}
   end
 
   defp error_info({:error, reason}),
@@ -668,8 +668,8 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
     |> String.replace(~r/\(\s*\?(?:\s*,\s*\?)+\s*\)/, "(?...)")
     |> String.replace(~r/\s+/, " ")
     |> String.trim()
-    |> truncate(max_bytes)
     |> Redactor.redact()
+    |> truncate(max_bytes)
   end
 
   defp truncate(text, max) when byte_size(text) <= max, do: text

@@ -554,7 +554,7 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
       group: state.groups[hash].id,
       kind: Atom.to_string(entry.kind),
       exception: entry.exception,
-      message: String.slice(message, 0, 200),
+      message: Redactor.truncate(message, 200),
       source: Atom.to_string(entry.source)
     }
 
@@ -654,7 +654,7 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
   end
 
   defp cap(text) when byte_size(text) <= @max_message, do: text
-  defp cap(text), do: String.slice(text, 0, @max_message)
+  defp cap(text), do: Redactor.truncate(text, @max_message)
 
   @doc false
   def frames(stacktrace) do
