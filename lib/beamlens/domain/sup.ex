@@ -7,9 +7,9 @@ defmodule Beamlens.Domain.Sup do
   application (at most 200, depth 8) and counts restarts by monitoring
   their children, so restarts are seen whatever the host's Logger
   configuration (since Elixir 1.15 Logger drops OTP's supervisor reports
-  unless the host sets `handle_sasl_reports: true`). A snapshot costs one
-  `count_children` call per supervisor; children are listed only where
-  something changed. BeamLens starts the tracker with the `:sup` watcher;
+  unless the host sets `handle_sasl_reports: true`). A snapshot reads each
+  supervisor's links; supervisors are called (`count_children`, then
+  `which_children`) only where something changed. BeamLens starts the tracker with the `:sup` watcher;
   no supervisor state is read. See the tracker's docs for costs and limits.
   """
 

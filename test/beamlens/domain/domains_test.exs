@@ -249,6 +249,13 @@ defmodule Beamlens.Domain.DomainsTest do
     assert after_[:minor_gcs] == before[:minor_gcs]
   end
 
+  test "without :os_mon on the code path the :system watcher says what to add" do
+    message = System.os_mon_error({:os_mon, {~c"no such file or directory", ~c"os_mon.app"}})
+    assert message =~ "extra_applications: [:logger, :os_mon]"
+    assert message =~ "erlang-os-mon"
+    assert System.os_mon_error(:boom) =~ "failed to start: :boom"
+  end
+
   test "system domain reads os_mon" do
     s = System.snapshot()
     assert s.cores >= 1

@@ -16,12 +16,18 @@ defmodule Beamlens.Domain.Sup.Tracker do
 
   ## What it costs
 
-    * On each refresh (one per `:sup` snapshot): one `count_children` call
-      per followed supervisor (at most 200, 1 s timeout each, the whole
-      pass bounded to 500 ms) and one `Process.info(sup, :links)`, which
-      reads the supervisor's links without a message. `which_children` is
-      called only for a supervisor that is new, or whose counts or linked
-      pids changed since the last look, and at most once per 50 ms each.
+    * On each refresh (one per `:sup` snapshot): one
+      `Process.info(sup, :links)` per followed supervisor (at most 200),
+      which reads its links without a message to it. Only a supervisor
+      whose links changed since the last look gets a `count_children`
+      call (1 s timeout; the whole pass is bounded to 500 ms), and
+      `which_children` only when its counts or its children's pids
+      changed, at most once per 50 ms. A steady refresh sends no message
+      to any supervisor; `bench/sup_tracker.exs` measured it at 0.54x the
+      former walk (`which_children` on every supervisor) over 200
+      supervisors of 20 children, 0.73x over 10 of 5,000. The first
+      refresh lists and monitors everything (about 80 ms for 4,000
+      children on a loaded 2-core machine).
     * One monitor per child of a followed supervisor, at most 10,000 in
       all; supervisors with more than 1,000 children are counted but their
       children are not monitored (a busy `DynamicSupervisor` of
@@ -318,6 +324,7 @@ defmodule Beamlens.Domain.Sup.Tracker do
         counts: nil,
         children: %{},
         others: MapSet.new(),
+        signature: nil,
         listed_at: nil
       }
 
@@ -337,23 +344,43 @@ defmodule Beamlens.Domain.Sup.Tracker do
     end
   end
 
-  # Counts the children; lists them when something changed.
+  # Reads the supervisor's links first, without a message to it: when they
+  # are the same as on the last look, so are its children and their
+  # counts. Otherwise counts the children, and lists them when the counts
+  # or the children's pids changed.
   defp check(state, pid, entry) do
+    case Process.info(pid, :links) do
+      {:links, links} ->
+        signature = {length(links), :erlang.phash2(links)}
+
+        if signature == entry.signature,
+          do: state,
+          else: check(state, pid, entry, links, signature)
+
+      nil ->
+        state
+    end
+  end
+
+  defp check(state, pid, entry, links, signature) do
     counts = count_children(pid)
-    linked = linked(pid, counts)
+
+    linked =
+      if monitorable?(counts), do: for(link <- links, is_pid(link), into: MapSet.new(), do: link)
+
     known = entry.children |> Map.keys() |> MapSet.new()
 
     changed? =
       entry.listed_at == nil or counts_changed?(entry.counts, counts) or
         (linked != nil and not MapSet.equal?(MapSet.difference(linked, entry.others), known))
 
-    state = put_in(state.sups[pid].counts, counts)
+    listed? = not changed? or entry.listed_at == nil or now_ms() - entry.listed_at >= @relist_ms
+    # The signature is kept only when the children are known for it, so
+    # that a change not yet listed is looked at again next time.
+    signature = if listed? and counts != nil, do: signature
+    state = update_in(state.sups[pid], &%{&1 | counts: counts, signature: signature})
 
-    if changed? and (entry.listed_at == nil or now_ms() - entry.listed_at >= @relist_ms) do
-      state |> list(pid, state.sups[pid]) |> elem(1)
-    else
-      state
-    end
+    if changed? and listed?, do: state |> list(pid, state.sups[pid]) |> elem(1), else: state
   end
 
   defp counts_changed?(nil, _), do: true
