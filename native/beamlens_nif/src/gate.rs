@@ -13,7 +13,19 @@
 //!   still trigger when it moves (a weakness of plain z-scores).
 //! * `Counter`: a monotonic counter (GC runs, log lines, restarts). The gate
 //!   turns it into a per-second rate and judges the rate like `Level`, plus
-//!   optional hard limits on the rate.
+//!   optional hard limits on the rate. With `window_ms` the rate is the count
+//!   of events over the trailing window (or over the last tick, when ticks
+//!   are longer), so the same workload gets the same verdict at a 500 ms and
+//!   at a 30 s tick; `min_count` is the fewest events in that span that can
+//!   ever fire (a burst needs several events, one log line never fires), and
+//!   the window replaces `sustain`.
+//! * `Growth`: a level that leaks (process count, ETS memory). It is judged
+//!   on its floor, the lowest value over the trailing `window_ms` (at least
+//!   four ticks): a spike that comes back within the window never moves the
+//!   floor, growth that stays does. Floors are judged like `Level` against a
+//!   baseline of floors; before that baseline exists (warm-up) the floor is
+//!   judged against the first value seen, so a leak that starts at boot is
+//!   still found.
 //!
 //! A metric has to be anomalous for `sustain` consecutive samples before it
 //! fires (hysteresis on the way in), and clears only once it is back under
@@ -23,6 +35,11 @@
 //! firing the baseline is rebuilt from recent values (a level shift is
 //! accepted as the new normal, and said so). After clearing, a metric stays
 //! quiet for `cooldown_ms`, and it fires at most `max_fires_per_hour` times.
+//!
+//! Escalation always gets through: a value `escalate_ratio` times the last
+//! one reported (or a higher severity) is reported as `"escalated"`, while
+//! firing and also during the cooldown or over the hourly cap, so an early
+//! false alarm cannot silence a real incident.
 //!
 //! The number of metrics per gate is bounded; metrics not seen for a while
 //! are evicted first.
@@ -34,6 +51,12 @@ use serde::{Deserialize, Serialize};
 /// Most distinct metric names one gate tracks.
 pub const MAX_METRICS: usize = 512;
 const HOUR_MS: u64 = 3_600_000;
+/// Most points of history kept per windowed metric; closer points merge.
+const MAX_POINTS: usize = 256;
+/// A growth floor spans at least this many ticks.
+const GROWTH_MIN_TICKS: u64 = 4;
+/// Default window of `Growth` metrics.
+const DEFAULT_GROWTH_WINDOW_MS: u64 = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +64,7 @@ pub enum Kind {
     Limit,
     Level,
     Counter,
+    Growth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -66,6 +90,9 @@ pub struct Config {
     pub max_fires_per_hour: usize,
     /// Samples of continuous firing after which the baseline is rebuilt.
     pub relearn_after: usize,
+    /// A value this many times the last one reported is an escalation: it is
+    /// reported even during the cooldown or over the hourly cap.
+    pub escalate_ratio: f64,
 }
 
 impl Default for Config {
@@ -77,6 +104,7 @@ impl Default for Config {
             cooldown_ms: 15 * 60 * 1000,
             max_fires_per_hour: 3,
             relearn_after: 240,
+            escalate_ratio: 2.0,
         }
     }
 }
@@ -103,9 +131,17 @@ pub struct Sample {
     /// (1.0 = twice the baseline).
     #[serde(default = "default_critical_rel")]
     pub critical_rel: f64,
-    /// Consecutive anomalous samples needed to fire.
+    /// Consecutive anomalous samples needed to fire (not used by windowed
+    /// counters: their window is the hysteresis).
     #[serde(default = "default_sustain")]
     pub sustain: usize,
+    /// For `Counter`: judge the count over this trailing window. For
+    /// `Growth`: the span of the floor (default 5 s).
+    #[serde(default)]
+    pub window_ms: Option<u64>,
+    /// For `Counter`: fewest events in the judged span that can fire.
+    #[serde(default)]
+    pub min_count: f64,
 }
 
 fn default_min_rel() -> f64 {
@@ -124,7 +160,9 @@ pub struct Finding {
     pub name: String,
     pub severity: Severity,
     /// `"new"` on the sample it starts firing, `"escalated"` when it goes
-    /// from warning to critical, `"ongoing"` otherwise.
+    /// from warning to critical or to `escalate_ratio` times the value last
+    /// reported (also when that happens during the cooldown), `"ongoing"`
+    /// otherwise.
     pub status: &'static str,
     /// The judged value (for counters: the rate per second).
     pub value: f64,
@@ -136,6 +174,10 @@ pub struct Finding {
     pub z: Option<f64>,
     /// Samples this metric has been firing.
     pub samples: usize,
+    /// For counters: the events counted in the judged span.
+    pub count: Option<f64>,
+    /// For windowed counters and growth: the span judged, in ms.
+    pub window_ms: Option<u64>,
 }
 
 /// A metric that stopped firing on this sample.
@@ -170,6 +212,17 @@ struct MetricState {
     quiet_until_ms: u64,
     fires: VecDeque<u64>,
     last_seen_ms: u64,
+    /// Windowed counters and growth: (time, value) points, oldest first.
+    history: VecDeque<(u64, f64)>,
+    /// Growth: the first value seen and when (the boot reference).
+    origin: Option<(u64, f64)>,
+    /// Time between the last two samples.
+    tick_ms: u64,
+    /// The value and severity last reported (kept after clearing, so that
+    /// a clearly worse episode escalates through the cooldown).
+    reported: Option<(f64, Severity)>,
+    /// Time of the previous sample.
+    prev_ms: Option<u64>,
 }
 
 /// The gate of one watcher.
@@ -219,10 +272,9 @@ impl Gate {
                 verdict.dropped.push(sample.name.clone());
                 continue;
             }
-            let config = self.config.clone();
             let state = self.metrics.entry(sample.name.clone()).or_default();
             state.last_seen_ms = now_ms;
-            observe_one(&config, state, sample, now_ms, &mut verdict);
+            observe_one(&self.config, state, sample, now_ms, &mut verdict);
         }
         verdict
     }
@@ -249,6 +301,142 @@ impl Gate {
     }
 }
 
+/// The value a sample is judged on, with what it counted.
+struct Measured {
+    value: f64,
+    /// Counters: events in the judged span.
+    count: Option<f64>,
+    /// Windowed counters and growth: the span judged.
+    window_ms: Option<u64>,
+    /// Counters: enough events (`min_count`) for the rate to fire.
+    enough: bool,
+}
+
+/// Turns a raw sample into the value to judge, or `None` while there is not
+/// enough history (a counter's first sample or reset, a growth window not
+/// yet covered).
+fn measure(state: &mut MetricState, sample: &Sample, now_ms: u64) -> Option<Measured> {
+    let plain = Measured {
+        value: sample.value,
+        count: None,
+        window_ms: None,
+        enough: true,
+    };
+    match (sample.kind, sample.window_ms) {
+        (Kind::Limit | Kind::Level, _) => Some(plain),
+        (Kind::Counter, None) => {
+            let previous = state.last_counter.replace((sample.value, now_ms));
+            match previous {
+                Some((last, at)) if now_ms > at && sample.value >= last => {
+                    let delta = sample.value - last;
+                    Some(Measured {
+                        value: delta * 1000.0 / (now_ms - at) as f64,
+                        count: Some(delta),
+                        window_ms: None,
+                        enough: delta >= sample.min_count,
+                    })
+                }
+                // A counter reset (restart) or a clock that did not move.
+                _ => None,
+            }
+        }
+        (Kind::Counter, Some(window)) => windowed_rate(state, sample, window.max(1), now_ms),
+        (Kind::Growth, window) => growth_floor(state, sample, window, now_ms),
+    }
+}
+
+/// The event count over the trailing window: from the newest point at or
+/// before `now - window` (so a tick longer than the window counts over the
+/// tick), or over the whole history divided by the full window while the
+/// history is shorter (events before the first sample are unknown).
+fn windowed_rate(
+    state: &mut MetricState,
+    sample: &Sample,
+    window: u64,
+    now_ms: u64,
+) -> Option<Measured> {
+    match state.history.back() {
+        Some(&(at, last)) if sample.value < last || now_ms <= at => {
+            if sample.value < last {
+                // A counter reset: start over.
+                state.history.clear();
+                state.history.push_back((now_ms, sample.value));
+            }
+            return None;
+        }
+        _ => {}
+    }
+    state.history.push_back((now_ms, sample.value));
+    if state.history.len() > MAX_POINTS {
+        state.history.pop_front();
+    }
+    let edge = now_ms.saturating_sub(window);
+    while state.history.len() >= 2 && state.history[1].0 <= edge {
+        state.history.pop_front();
+    }
+    if state.history.len() < 2 {
+        return None;
+    }
+    let (at, first) = state.history[0];
+    let span = if at <= edge { now_ms - at } else { window };
+    let count = sample.value - first;
+    let rate = count * 1000.0 / span as f64;
+    let min_rate = sample.min_count * 1000.0 / window as f64;
+    Some(Measured {
+        value: rate,
+        count: Some(count),
+        window_ms: Some(span),
+        enough: count >= sample.min_count && rate >= min_rate,
+    })
+}
+
+/// The lowest value over the trailing window (at least `GROWTH_MIN_TICKS`
+/// ticks long), once the history covers it.
+fn growth_floor(
+    state: &mut MetricState,
+    sample: &Sample,
+    window: Option<u64>,
+    now_ms: u64,
+) -> Option<Measured> {
+    let window = window
+        .unwrap_or(DEFAULT_GROWTH_WINDOW_MS)
+        .max(GROWTH_MIN_TICKS.saturating_mul(state.tick_ms))
+        .max(1);
+    let (since, _) = *state.origin.get_or_insert((now_ms, sample.value));
+    let merge_within = window / MAX_POINTS as u64;
+    match state.history.back_mut() {
+        // Points closer than window / MAX_POINTS merge, keeping the lowest
+        // value: the floor stays exact and the history bounded.
+        Some(last) if now_ms.saturating_sub(last.0) < merge_within => {
+            *last = (now_ms, last.1.min(sample.value));
+        }
+        _ => {
+            state.history.push_back((now_ms, sample.value));
+            if state.history.len() > MAX_POINTS {
+                state.history.pop_front();
+            }
+        }
+    }
+    let edge = now_ms.saturating_sub(window);
+    while state.history.front().is_some_and(|&(at, _)| at < edge) {
+        state.history.pop_front();
+    }
+    if now_ms.saturating_sub(since) < window {
+        return None;
+    }
+    let floor = state
+        .history
+        .iter()
+        .map(|&(_, v)| v)
+        .fold(f64::INFINITY, f64::min);
+    Some(Measured {
+        value: floor,
+        count: None,
+        window_ms: Some(window),
+        enough: true,
+    })
+}
+
 fn observe_one(
     config: &Config,
     state: &mut MetricState,
@@ -256,22 +444,23 @@ fn observe_one(
     now_ms: u64,
     verdict: &mut Verdict,
 ) {
-    // Counters are judged on their rate; the first sample only primes it.
-    let value = match sample.kind {
-        Kind::Counter => {
-            let previous = state.last_counter.replace((sample.value, now_ms));
-            match previous {
-                Some((last, at)) if now_ms > at && sample.value >= last => {
-                    (sample.value - last) * 1000.0 / (now_ms - at) as f64
-                }
-                // A counter reset (restart) or a clock that did not move.
-                _ => return,
-            }
+    if let Some(previous) = state.prev_ms {
+        if now_ms > previous {
+            state.tick_ms = now_ms - previous;
         }
-        _ => sample.value,
-    };
+    }
+    state.prev_ms = Some(now_ms);
 
-    let judgement = judge(config, state, sample, value);
+    let Some(measured) = measure(state, sample, now_ms) else {
+        return;
+    };
+    let value = measured.value;
+
+    let mut judgement = judge(config, state, sample, value);
+    if !measured.enough {
+        // Too few events for a burst, whatever the rate says.
+        judgement.severity = None;
+    }
 
     // Hysteresis in: `sustain` consecutive anomalous samples.
     if judgement.severity.is_some() {
@@ -291,6 +480,10 @@ fn observe_one(
                 "ongoing"
             };
             state.firing = Some(severity);
+            // Remember the peak of the episode: a later episode must be
+            // clearly worse than it to escalate through the cooldown.
+            let peak = state.reported.map_or(value, |(v, _)| v.max(value));
+            state.reported = Some((peak, severity));
             if sample.kind != Kind::Limit && state.firing_samples >= config.relearn_after.max(1) {
                 // A lasting level shift: accept it as the new normal.
                 state.baseline = std::mem::take(&mut state.recent);
@@ -301,9 +494,9 @@ fn observe_one(
                 });
                 return;
             }
-            verdict
-                .findings
-                .push(finding(sample, severity, status, value, &judgement, state));
+            verdict.findings.push(finding(
+                sample, severity, status, &measured, &judgement, state,
+            ));
         }
         Some(_) => {
             clear(state, config, now_ms);
@@ -314,18 +507,31 @@ fn observe_one(
             });
         }
         None => {
-            let sustain = sample.sustain.max(1);
+            let sustain = if sample.kind == Kind::Counter && sample.window_ms.is_some() {
+                1
+            } else {
+                sample.sustain.max(1)
+            };
             let allowed = now_ms >= state.quiet_until_ms && fires_left(config, state, now_ms);
             match judgement.severity {
-                Some(severity) if state.pending >= sustain && allowed => {
+                Some(severity) if state.pending >= sustain => {
+                    let escalation = clearly_worse(config, state.reported, value, severity);
+                    if !allowed && !escalation {
+                        // In cooldown or over the cap, and not worse than
+                        // what was reported: keep it out of the baseline.
+                        verdict.pending.push(sample.name.clone());
+                        return;
+                    }
                     state.firing = Some(severity);
                     state.firing_samples = 1;
                     state.recent.clear();
                     push_bounded(&mut state.recent, value, config.window.max(1));
                     state.fires.push_back(now_ms);
-                    verdict
-                        .findings
-                        .push(finding(sample, severity, "new", value, &judgement, state));
+                    state.reported = Some((value, severity));
+                    let status = if allowed { "new" } else { "escalated" };
+                    verdict.findings.push(finding(
+                        sample, severity, status, &measured, &judgement, state,
+                    ));
                 }
                 // Anomalous but not (yet) firing: keep it out of the baseline.
                 Some(_) => verdict.pending.push(sample.name.clone()),
@@ -335,11 +541,28 @@ fn observe_one(
     }
 }
 
+/// A higher severity than last reported, or `escalate_ratio` times the
+/// value last reported.
+fn clearly_worse(
+    config: &Config,
+    reported: Option<(f64, Severity)>,
+    value: f64,
+    severity: Severity,
+) -> bool {
+    match reported {
+        Some((last, last_severity)) => {
+            severity > last_severity
+                || (last > 0.0 && config.escalate_ratio > 1.0 && value >= last * config.escalate_ratio)
+        }
+        None => false,
+    }
+}
+
 fn finding(
     sample: &Sample,
     severity: Severity,
     status: &'static str,
-    value: f64,
+    measured: &Measured,
     judgement: &Judgement,
     state: &MetricState,
 ) -> Finding {
@@ -347,11 +570,13 @@ fn finding(
         name: sample.name.clone(),
         severity,
         status,
-        value,
+        value: measured.value,
         baseline: judgement.baseline,
         threshold: judgement.threshold,
         z: judgement.z,
         samples: state.firing_samples,
+        count: measured.count,
+        window_ms: measured.window_ms,
     }
 }
 
@@ -396,7 +621,7 @@ fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> J
     };
 
     // Hard limits apply to Limit metrics, and to counter rates when given.
-    if sample.kind != Kind::Level {
+    if matches!(sample.kind, Kind::Limit | Kind::Counter) {
         if let Some(warn) = sample.warn {
             judgement.threshold = warn;
             // Clear 10% under the warning level.
@@ -413,20 +638,39 @@ fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> J
         return judgement;
     }
 
-    // Baseline judgement for Level and Counter metrics.
+    // Baseline judgement for Level, Counter and Growth metrics.
     if state.seen < config.warmup || state.baseline.is_empty() {
+        if let (Kind::Growth, Some((_, origin))) = (sample.kind, state.origin) {
+            // No baseline yet: judge growth against the first value seen,
+            // so that a leak that starts at boot is still found.
+            judge_against(&mut judgement, sample, value, origin, 0.0);
+        }
         return judgement;
     }
     let (median, scale) = robust_stats(&state.baseline, sample.min_abs / config.z_threshold);
-    let z = (value - median) / scale;
+    judgement.z = Some((value - median) / scale);
+    judge_against(
+        &mut judgement,
+        sample,
+        value,
+        median,
+        config.z_threshold * scale,
+    );
+    judgement
+}
+
+/// Judges `value` against a reference level (a baseline median, or a growth
+/// metric's first value): anomalous above the reference by `spread`, by
+/// `min_rel` and by `min_abs`; critical at `critical_rel` above it and at
+/// least twice the warning margin.
+fn judge_against(judgement: &mut Judgement, sample: &Sample, value: f64, median: f64, spread: f64) {
     let rel_level = median.abs() * (1.0 + sample.min_rel);
-    let level = (median + config.z_threshold * scale)
+    let level = (median + spread)
         .max(rel_level)
         .max(median + sample.min_abs);
     let clear_level = median + (level - median) * 0.5;
 
     judgement.baseline = Some(median);
-    judgement.z = Some(z);
     judgement.above_clear |= value >= clear_level;
 
     if value >= level {
@@ -445,7 +689,6 @@ fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> J
             judgement.threshold = level;
         }
     }
-    judgement
 }
 
 /// Median and a robust scale (1.4826 × MAD) with floors: 5% of the median,
@@ -490,6 +733,8 @@ mod tests {
             min_abs: 0.0,
             critical_rel: 2.0,
             sustain: 2,
+            window_ms: None,
+            min_count: 0.0,
         }
     }
 
