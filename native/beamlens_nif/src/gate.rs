@@ -552,7 +552,9 @@ fn clearly_worse(
     match reported {
         Some((last, last_severity)) => {
             severity > last_severity
-                || (last > 0.0 && config.escalate_ratio > 1.0 && value >= last * config.escalate_ratio)
+                || (last > 0.0
+                    && config.escalate_ratio > 1.0
+                    && value >= last * config.escalate_ratio)
         }
         None => false,
     }
@@ -980,5 +982,197 @@ mod tests {
         let v = gate.observe(&[level("nan", f64::NAN)], 1);
         assert_eq!(v, Verdict::default());
         assert!(gate.is_empty());
+    }
+
+    // ---- Signal quality (issue 12): one test per rule. ----
+
+    fn storm_counter(name: &str, total: f64) -> Sample {
+        Sample {
+            kind: Kind::Counter,
+            warn: Some(0.5),
+            critical: Some(5.0),
+            min_rel: 2.0,
+            min_abs: 0.1,
+            sustain: 1,
+            window_ms: Some(10_000),
+            min_count: 5.0,
+            ..level(name, total)
+        }
+    }
+
+    fn shipped() -> Config {
+        Config::default()
+    }
+
+    /// Runs `seconds` of a workload whose counter total at time t (ms) is
+    /// `total(t)`, sampled every `tick_ms`; returns the findings that fired
+    /// (new or escalated).
+    fn run_counter(
+        tick_ms: u64,
+        seconds: u64,
+        total: impl Fn(u64) -> f64,
+        config: Config,
+    ) -> Vec<Finding> {
+        let mut gate = Gate::new(config);
+        let mut fired = vec![];
+        let mut t = 0;
+        while t <= seconds * 1000 {
+            let v = gate.observe(&[storm_counter("sup.restarts", total(t))], t);
+            fired.extend(v.findings.into_iter().filter(|f| f.status != "ongoing"));
+            t += tick_ms;
+        }
+        fired
+    }
+
+    #[test]
+    fn a_single_event_never_fires_in_warmup_or_after() {
+        for tick in [500, 30_000] {
+            // One restart at 1 s (in warm-up), one at 400 s (after).
+            let fired = run_counter(
+                tick,
+                600,
+                |t| (t >= 1_000) as u8 as f64 + (t >= 400_000) as u8 as f64,
+                shipped(),
+            );
+            assert!(fired.is_empty(), "tick {tick}: {fired:?}");
+            // Nor does a healthy one restart every 30 s.
+            let fired = run_counter(tick, 600, |t| (t / 30_000) as f64, shipped());
+            assert!(fired.is_empty(), "tick {tick}: {fired:?}");
+        }
+    }
+
+    #[test]
+    fn the_same_workload_gets_the_same_verdict_at_two_tick_scales() {
+        // Healthy: a restart every 30 s. Storm from 300 s: one every 50 ms.
+        let storm = |t: u64| (t / 30_000) as f64 + (t.saturating_sub(300_000) / 50) as f64;
+        for (tick, window) in [(500, 10_000), (30_000, 30_000)] {
+            let fired = run_counter(tick, 600, storm, shipped());
+            assert_eq!(fired.len(), 1, "tick {tick}: {fired:?}");
+            let f = &fired[0];
+            assert_eq!((f.status, f.severity), ("new", Severity::Critical));
+            assert!(f.count.unwrap() >= 5.0);
+            assert_eq!(f.window_ms, Some(window));
+        }
+        // A burst of 3 restarts within a second: too few events at both.
+        let burst = |t: u64| ((t.saturating_sub(200_000) / 300).min(3)) as f64;
+        for tick in [500, 30_000] {
+            assert!(run_counter(tick, 600, burst, shipped()).is_empty());
+        }
+    }
+
+    fn growth(name: &str, value: f64, min_abs: f64) -> Sample {
+        Sample {
+            kind: Kind::Growth,
+            min_rel: 0.5,
+            min_abs,
+            window_ms: Some(5_000),
+            ..level(name, value)
+        }
+    }
+
+    #[test]
+    fn a_spike_that_decays_is_not_a_leak() {
+        // The batch job of issue 12: 3,000 workers every 10 s, all gone
+        // within 1.5 s; 99 processes otherwise.
+        let mut gate = Gate::new(shipped());
+        for t in (0..600_000u64).step_by(500) {
+            let phase = t % 10_000;
+            let count = if phase < 1_500 {
+                99.0 + 3_000.0 * (1.0 - phase as f64 / 1_500.0)
+            } else {
+                99.0
+            };
+            let v = gate.observe(&[growth("beam.process_count", count, 2_000.0)], t);
+            assert!(v.findings.is_empty(), "at {t} ms: {v:?}");
+        }
+    }
+
+    #[test]
+    fn sustained_growth_is_a_leak_after_warmup() {
+        let mut gate = Gate::new(shipped());
+        let mut t = 0;
+        while t < 60_000 {
+            gate.observe(&[growth("p", 100.0 + (t % 7) as f64, 2_000.0)], t);
+            t += 500;
+        }
+        // From 60 s, 1,000 processes a second that never exit.
+        let mut fired = None;
+        while t < 90_000 && fired.is_none() {
+            let leaked = (t - 60_000) as f64;
+            let v = gate.observe(&[growth("p", 100.0 + leaked, 2_000.0)], t);
+            fired = v.findings.into_iter().find(|f| f.status == "new");
+            t += 500;
+        }
+        let f = fired.expect("the leak fired");
+        assert!(f.baseline.unwrap() < 110.0);
+        assert!(f.value >= 2_100.0);
+        assert_eq!(f.window_ms, Some(5_000));
+        // Found within the window plus the growth to min_abs, plus sustain.
+        assert!(t <= 60_000 + 5_000 + 2_100 + 1_500, "at {t}");
+    }
+
+    #[test]
+    fn a_leak_from_boot_is_found_before_any_baseline() {
+        let mut gate = Gate::new(shipped());
+        let mut fired = None;
+        let mut t = 0;
+        while t < 30_000 && fired.is_none() {
+            // 500 leaked processes a second from the first sample.
+            let v = gate.observe(&[growth("p", 100.0 + t as f64 / 2.0, 2_000.0)], t);
+            fired = v.findings.into_iter().next();
+            t += 500;
+        }
+        let f = fired.expect("a boot-time leak fired during warm-up");
+        assert_eq!(f.baseline, Some(100.0));
+        assert!(f.value >= 2_100.0);
+        // A healthy start-up that levels off stays quiet.
+        let mut gate = Gate::new(shipped());
+        for t in (0..120_000u64).step_by(500) {
+            let value = 100.0 + (t.min(3_000) as f64) / 3.0;
+            assert!(gate
+                .observe(&[growth("q", value, 2_000.0)], t)
+                .findings
+                .is_empty());
+        }
+    }
+
+    #[test]
+    fn a_real_storm_escalates_through_the_cooldown_of_a_false_alarm() {
+        // Issue 12: a false restart_storm, then a real one 3 min later,
+        // inside the 15-minute cooldown. Five restarts in a second at 30 s
+        // (enough to fire), then one every 50 ms from 4 min.
+        let total = |t: u64| {
+            let early = ((t.saturating_sub(30_000)) / 200).min(5) as f64;
+            early + (t.saturating_sub(240_000) / 50) as f64
+        };
+        let fired = run_counter(500, 300, total, shipped());
+        assert_eq!(fired.len(), 2, "{fired:?}");
+        assert_eq!(fired[0].status, "new");
+        assert_eq!(fired[1].status, "escalated");
+        assert!(fired[1].value >= 2.0 * fired[0].value, "{fired:?}");
+
+        // A repeat no worse than the first stays quiet in the cooldown.
+        let same = |t: u64| {
+            ((t.saturating_sub(30_000)) / 200).min(5) as f64
+                + ((t.saturating_sub(240_000)) / 200).min(5) as f64
+        };
+        let fired = run_counter(500, 300, same, shipped());
+        assert_eq!(fired.len(), 1, "{fired:?}");
+    }
+
+    #[test]
+    fn a_clearly_worse_value_escalates_over_the_hourly_cap() {
+        let mut gate = Gate::new(Config {
+            cooldown_ms: 0,
+            max_fires_per_hour: 1,
+            ..config()
+        });
+        let mut t = 0;
+        let mut statuses = vec![];
+        for value in [0.6, 0.0, 0.6, 0.0, 0.95] {
+            let v = feed(&mut gate, &[limit("l", value, 0.5, 0.9)], &mut t);
+            statuses.extend(v.findings.iter().map(|f| f.status));
+        }
+        assert_eq!(statuses, vec!["new", "escalated"]);
     }
 }
