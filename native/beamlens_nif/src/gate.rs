@@ -78,8 +78,14 @@ pub enum Severity {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// Samples a `Level`/`Counter` metric needs before it is judged.
+    /// Samples a `Level`/`Counter`/`Growth` metric needs in its baseline
+    /// before the baseline judges it ...
     pub warmup: usize,
+    /// ... and time since its first sample, so that a fast tick does not
+    /// shorten the warm-up below a few cycles of a busy app.
+    pub warmup_ms: u64,
+    /// Overrides the window of every `Growth` metric (tests, tuning).
+    pub growth_window_ms: Option<u64>,
     /// Normal samples kept per metric for the baseline.
     pub window: usize,
     /// Robust z-score above which a value is anomalous.
@@ -99,6 +105,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             warmup: 10,
+            warmup_ms: 60_000,
+            growth_window_ms: None,
             window: 120,
             z_threshold: 4.0,
             cooldown_ms: 15 * 60 * 1000,
@@ -223,6 +231,8 @@ struct MetricState {
     reported: Option<(f64, Severity)>,
     /// Time of the previous sample.
     prev_ms: Option<u64>,
+    /// Time of the first sample.
+    born_ms: Option<u64>,
 }
 
 /// The gate of one watcher.
@@ -315,7 +325,12 @@ struct Measured {
 /// Turns a raw sample into the value to judge, or `None` while there is not
 /// enough history (a counter's first sample or reset, a growth window not
 /// yet covered).
-fn measure(state: &mut MetricState, sample: &Sample, now_ms: u64) -> Option<Measured> {
+fn measure(
+    config: &Config,
+    state: &mut MetricState,
+    sample: &Sample,
+    now_ms: u64,
+) -> Option<Measured> {
     let plain = Measured {
         value: sample.value,
         count: None,
@@ -341,14 +356,16 @@ fn measure(state: &mut MetricState, sample: &Sample, now_ms: u64) -> Option<Meas
             }
         }
         (Kind::Counter, Some(window)) => windowed_rate(state, sample, window.max(1), now_ms),
-        (Kind::Growth, window) => growth_floor(state, sample, window, now_ms),
+        (Kind::Growth, window) => {
+            let window = config.growth_window_ms.or(window);
+            growth_floor(state, sample, window, now_ms)
+        }
     }
 }
 
-/// The event count over the trailing window: from the newest point at or
-/// before `now - window` (so a tick longer than the window counts over the
-/// tick), or over the whole history divided by the full window while the
-/// history is shorter (events before the first sample are unknown).
+/// The event rate over the trailing window: from the newest point at or
+/// before `now - window`, so a tick longer than the window counts over the
+/// tick.
 fn windowed_rate(
     state: &mut MetricState,
     sample: &Sample,
@@ -377,8 +394,11 @@ fn windowed_rate(
     if state.history.len() < 2 {
         return None;
     }
+    // Over the window, or over the last tick when ticks are longer, or over
+    // the whole history while it is shorter than the window (then only
+    // `min_count` events over the full window can fire).
     let (at, first) = state.history[0];
-    let span = if at <= edge { now_ms - at } else { window };
+    let span = (now_ms - at).max(1);
     let count = sample.value - first;
     let rate = count * 1000.0 / span as f64;
     let min_rate = sample.min_count * 1000.0 / window as f64;
@@ -450,13 +470,15 @@ fn observe_one(
         }
     }
     state.prev_ms = Some(now_ms);
+    let born = *state.born_ms.get_or_insert(now_ms);
 
-    let Some(measured) = measure(state, sample, now_ms) else {
+    let Some(measured) = measure(config, state, sample, now_ms) else {
         return;
     };
     let value = measured.value;
 
-    let mut judgement = judge(config, state, sample, value);
+    let warm = now_ms.saturating_sub(born) >= config.warmup_ms;
+    let mut judgement = judge(config, state, sample, value, warm);
     if !measured.enough {
         // Too few events for a burst, whatever the rate says.
         judgement.severity = None;
@@ -613,7 +635,13 @@ fn push_bounded(queue: &mut VecDeque<f64>, value: f64, cap: usize) {
     queue.push_back(value);
 }
 
-fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> Judgement {
+fn judge(
+    config: &Config,
+    state: &MetricState,
+    sample: &Sample,
+    value: f64,
+    warm: bool,
+) -> Judgement {
     let mut judgement = Judgement {
         severity: None,
         above_clear: false,
@@ -641,7 +669,7 @@ fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> J
     }
 
     // Baseline judgement for Level, Counter and Growth metrics.
-    if state.seen < config.warmup || state.baseline.is_empty() {
+    if !warm || state.seen < config.warmup || state.baseline.is_empty() {
         if let (Kind::Growth, Some((_, origin))) = (sample.kind, state.origin) {
             // No baseline yet: judge growth against the first value seen,
             // so that a leak that starts at boot is still found.
@@ -753,6 +781,7 @@ mod tests {
     fn config() -> Config {
         Config {
             warmup: 5,
+            warmup_ms: 0,
             window: 50,
             cooldown_ms: 1_000,
             ..Config::default()
@@ -992,7 +1021,7 @@ mod tests {
             warn: Some(0.5),
             critical: Some(5.0),
             min_rel: 2.0,
-            min_abs: 0.1,
+            min_abs: 0.5,
             sustain: 1,
             window_ms: Some(10_000),
             min_count: 5.0,
