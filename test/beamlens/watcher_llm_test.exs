@@ -75,7 +75,8 @@ defmodule Beamlens.WatcherLLMTest do
     # The check: a system prompt naming the Lua functions, data in <data> tags, six tools, a forced tool call.
     assert first.json["system"] =~ "ets.tables(n, by)"
     assert [%{"role" => "user", "content" => [%{"text" => check}]}] = first.json["messages"]
-    assert check =~ "Gate findings:\n- ets_memory_growth (critical, new): ETS memory at"
+    # The growth floor may fire before or after the table is full.
+    assert check =~ ~r/Gate findings:\n- ets_memory_growth \((warning|critical), new\): ETS memory at/
     assert check =~ "<data>"
 
     assert Enum.map(first.json["tools"], & &1["name"]) ==
