@@ -53,7 +53,9 @@ defmodule Beamlens.GateSignalTest do
     for tick <- @ticks do
       assert run(m.restarts, tick, 600, healthy) == [], "healthy at #{tick} ms"
 
-      assert [%{status: "new", severity: :critical, at: at} = f] = run(m.restarts, tick, 600, storm)
+      assert [%{status: "new", severity: :critical, at: at} = f] =
+               run(m.restarts, tick, 600, storm)
+
       assert at > 300_000 and at <= 300_000 + tick, "storm at #{tick} ms fired at #{at}"
       assert f.count >= 5
     end

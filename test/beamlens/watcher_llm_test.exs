@@ -76,7 +76,9 @@ defmodule Beamlens.WatcherLLMTest do
     assert first.json["system"] =~ "ets.tables(n, by)"
     assert [%{"role" => "user", "content" => [%{"text" => check}]}] = first.json["messages"]
     # The growth floor may fire before or after the table is full.
-    assert check =~ ~r/Gate findings:\n- ets_memory_growth \((warning|critical), new\): ETS memory at/
+    assert check =~
+             ~r/Gate findings:\n- ets_memory_growth \((warning|critical), new\): ETS memory at/
+
     assert check =~ "<data>"
 
     assert Enum.map(first.json["tools"], & &1["name"]) ==
