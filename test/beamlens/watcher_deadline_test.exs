@@ -66,9 +66,11 @@ defmodule Beamlens.WatcherDeadlineTest do
                     %{watcher: :ets, awaiting: :llm}},
                    10_000
 
+    # (One check or more: more findings may have joined a running one.)
     assert_receive {:telemetry, [:beamlens, :watcher, :check], _,
-                    %{outcome: :llm_timeout, gate_alerts: 1}},
-                   5_000
+                    %{outcome: :llm_timeout, gate_alerts: n}}
+                   when n >= 1,
+                   10_000
 
     # The gate covered what the model could not report.
     assert %{source: :gate} = assert_alert(:ets, "ets_memory_growth")
