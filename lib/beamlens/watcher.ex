@@ -1270,7 +1270,20 @@ defmodule Beamlens.Watcher do
 
     z = if finding.z, do: ", z=#{Float.round(finding.z * 1.0, 1)}", else: ""
 
-    "#{finding.name} = #{fmt.(finding.value)} (#{base}#{z}; #{finding.severity} for #{finding.samples} sample(s))"
+    "#{finding.name} = #{fmt.(finding.value)}#{span(finding)} (#{base}#{z}; #{finding.severity} for #{finding.samples} sample(s))"
+  end
+
+  # How the gate measured it: events over a window (counters), or the floor
+  # over a window (growth).
+  defp span(finding) do
+    window = Map.get(finding, :window_ms)
+    seconds = window && Float.round(window / 1000, 1)
+
+    case Map.get(finding, :count) do
+      count when is_number(count) and is_number(window) -> ", #{round(count)} in #{seconds} s"
+      _ when is_number(window) -> ", lowest over #{seconds} s"
+      _ -> ""
+    end
   end
 
   defp cancel_timer(nil), do: :ok
