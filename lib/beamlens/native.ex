@@ -72,6 +72,7 @@ defmodule Beamlens.Native do
   def lua_callback_reply(_reply, _result), do: err()
   def lua_callback_reply_large(_reply, _result), do: err()
   def lua_cancel(_run), do: err()
+  def lua_set_helper(_run, _pid), do: err()
   def lua_status, do: err()
 
   # nif_redact.rs

@@ -163,6 +163,39 @@ defmodule Beamlens.LuaTest do
       refute Process.alive?(pid)
     end
 
+    test "a later call that hangs is bounded too, and the next call gets a new helper" do
+      test = self()
+
+      callbacks = %{
+        "whoami" => fn -> send(test, {:ran_in, self()}) && "ok" end,
+        "slow" => fn ->
+          send(test, {:slow_in, self()})
+          Process.sleep(5_000)
+        end
+      }
+
+      # The first call goes through the runner; the later ones go from the
+      # Lua thread straight to the helper, and are bounded there.
+      assert {:ok, ["ok", false, "ok"]} =
+               Lua.eval("return {whoami(), (pcall(slow)), whoami()}", callbacks,
+                 callback_timeout: 50
+               )
+
+      assert_receive {:ran_in, first}
+      assert_receive {:slow_in, ^first}
+      assert_receive {:ran_in, second}
+      assert second != first
+      refute Process.alive?(first)
+
+      assert {:error, %LuaError{kind: :callback_timeout, message: message}} =
+               Lua.eval("whoami() return slow()", callbacks, callback_timeout: 50)
+
+      assert message =~ "did not answer within 50 ms"
+      assert_receive {:ran_in, helper}
+      assert_receive {:slow_in, ^helper}
+      refute Process.alive?(helper)
+    end
+
     test "callbacks run outside the caller, in a helper replaced after a failure" do
       test = self()
 

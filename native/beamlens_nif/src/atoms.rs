@@ -30,6 +30,7 @@ rustler::atoms! {
     no_return,
     cancelled,
     lua_callback,
+    lua_helper_failed,
     expired,
     too_large,
     max_instructions,

@@ -10,6 +10,12 @@
 //!   the runner answers with `lua_callback_reply(reply, answer)` (or
 //!   `lua_callback_reply_large/2` for large answers), where `answer` is
 //!   `{:ok, value}`, `{:error, message}` or `:timeout`;
+//!   Once the runner has named its callback helper process
+//!   (`lua_set_helper/2`), the request goes straight to that helper, which
+//!   answers the same way; the Lua thread then bounds the wait itself and,
+//!   if the helper exits or does not answer in time, sends the runner
+//!   `{ref, {:lua_helper_failed, pid}}` and asks the runner again for the
+//!   next call;
 //! * at the end it sends exactly one `{ref, {:ok, {value, output, stats}}}`
 //!   or `{ref, {:error, {kind, message, details}}}`.
 //!
@@ -59,6 +65,30 @@ static RUN_SLOTS: LazyLock<Arc<Semaphore>> =
 /// A run, as held by its runner process.
 pub struct LuaRun {
     cancel: Arc<AtomicBool>,
+    helper: Arc<HelperSlot>,
+}
+
+/// The runner's callback helper process, once the runner has named it
+/// (`lua_set_helper/2`): later callback requests go straight to it, which
+/// saves two process hops per call. Cleared by the Lua thread when the
+/// helper fails to answer (it then asks the runner to replace it).
+#[derive(Default)]
+struct HelperSlot(Mutex<Option<LocalPid>>);
+
+impl HelperSlot {
+    fn get(&self) -> Option<LocalPid> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set(&self, pid: Option<LocalPid>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = pid;
+    }
 }
 
 #[rustler::resource_impl]
@@ -141,11 +171,14 @@ fn start<'a>(
     let handle = runtime::handle()?;
 
     let reference = env.make_ref();
-    let host = ElixirHost::new(recipient, reference);
+    let helper = Arc::new(HelperSlot::default());
+    let mut host = ElixirHost::new(recipient, reference);
+    host.helper = Some(helper.clone());
     let reply_host = ElixirHost::new(recipient, reference);
     let cancel = Arc::new(AtomicBool::new(false));
     let run = ResourceArc::new(LuaRun {
         cancel: cancel.clone(),
+        helper,
     });
     let code = code.as_slice().to_vec();
 
@@ -281,6 +314,16 @@ fn lua_cancel(run: ResourceArc<LuaRun>) -> rustler::Atom {
     atoms::ok()
 }
 
+/// Names the process that serves the run's callbacks from now on: the Lua
+/// thread sends it `{ref, {:lua_callback, reply, name, args}}` directly.
+/// Should it not answer in time (or exit), the Lua thread tells the runner
+/// `{ref, {:lua_helper_failed, pid}}` and goes back to asking the runner.
+#[rustler::nif]
+fn lua_set_helper(run: ResourceArc<LuaRun>, pid: LocalPid) -> rustler::Atom {
+    run.helper.set(Some(pid));
+    atoms::ok()
+}
+
 /// Lua runs in flight and the maximum, for tests and status.
 #[rustler::nif]
 fn lua_status() -> (usize, usize) {
@@ -297,6 +340,8 @@ struct ElixirHost {
     /// cleared; every message copies it.
     ref_env: OwnedEnv,
     saved_ref: rustler::env::SavedTerm,
+    /// The runner's callback helper, when named (see `lua_set_helper/2`).
+    helper: Option<Arc<HelperSlot>>,
 }
 
 impl ElixirHost {
@@ -307,6 +352,7 @@ impl ElixirHost {
             recipient,
             ref_env,
             saved_ref,
+            helper: None,
         }
     }
 
@@ -314,10 +360,17 @@ impl ElixirHost {
     where
         F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
     {
+        self.send_to(&self.recipient, build)
+    }
+
+    fn send_to<F>(&self, to: &LocalPid, build: F) -> bool
+    where
+        F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
+    {
         let mut message_env = OwnedEnv::new();
         let (ref_env, saved_ref) = (&self.ref_env, &self.saved_ref);
         message_env
-            .send_and_clear(&self.recipient, |env| {
+            .send_and_clear(to, |env| {
                 let reference = ref_env.run(|ref_env| saved_ref.load(ref_env).in_env(env));
                 (reference, build(env))
             })
@@ -347,34 +400,88 @@ impl Host for ElixirHost {
         args: Vec<Value>,
         timeout: Duration,
     ) -> std::result::Result<Value, HostError> {
+        let args = Value::Array(args);
         let (sender, receiver) = mpsc::sync_channel(1);
         let reply = ResourceArc::new(CallbackReply {
             sender: Mutex::new(Some(sender)),
         });
-        let args = Json(Value::Array(args));
-        let sent = self.send(|env| (atoms::lua_callback(), reply, name, args).encode(env));
-        if !sent {
-            return Err(HostError::Gone);
-        }
-        // Most callbacks answer within microseconds: poll (yielding the
-        // CPU) for a short while before parking the thread, which saves a
-        // thread wake-up per call.
-        let spin_until = std::time::Instant::now() + CALLBACK_SPIN;
-        while std::time::Instant::now() < spin_until {
-            match receiver.try_recv() {
-                Ok(answer) => return convert_answer(answer),
-                Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
-                Err(mpsc::TryRecvError::Disconnected) => return Err(HostError::Gone),
+        if let Some(pid) = self.helper.as_ref().and_then(|slot| slot.get()) {
+            // Straight to the helper: this thread bounds the wait itself.
+            // A helper that exits drops the reply (the channel
+            // disconnects); one that hangs is replaced by the runner. Not
+            // sent (the helper had already exited): ask the runner, as
+            // before it named a helper.
+            if self.send_to(&pid, |env| request(env, &reply, name, &args)) {
+                // Only the helper holds the reply now: if it exits, the
+                // channel disconnects at once.
+                drop(reply);
+                return match wait_answer(&receiver, timeout) {
+                    Ok(answer) => convert_answer(answer),
+                    Err(error) => {
+                        self.forget_helper(pid);
+                        Err(match error {
+                            RecvTimeoutError::Timeout => HostError::TimedOut,
+                            RecvTimeoutError::Disconnected => {
+                                HostError::Failed("the callback process exited".to_string())
+                            }
+                        })
+                    }
+                };
             }
+            self.forget_helper(pid);
+        }
+        if !self.send(|env| request(env, &reply, name, &args)) {
+            return Err(HostError::Gone);
         }
         // The runner enforces the callback timeout itself and answers
         // `:timeout`; the grace lets that answer arrive first.
-        match receiver.recv_timeout(timeout + CALLBACK_GRACE) {
+        match wait_answer(&receiver, timeout + CALLBACK_GRACE) {
             Ok(answer) => convert_answer(answer),
             Err(RecvTimeoutError::Timeout) => Err(HostError::TimedOut),
             Err(RecvTimeoutError::Disconnected) => Err(HostError::Gone),
         }
     }
+}
+
+/// The message asking for one callback call.
+fn request<'a>(
+    env: Env<'a>,
+    reply: &ResourceArc<CallbackReply>,
+    name: &str,
+    args: &Value,
+) -> Term<'a> {
+    let args = convert::json_to_term(env, args);
+    (atoms::lua_callback(), reply.clone(), name, args).encode(env)
+}
+
+impl ElixirHost {
+    /// Stops using the helper `pid` and asks the runner to replace it (it
+    /// kills it if it still runs).
+    fn forget_helper(&self, pid: LocalPid) {
+        if let Some(slot) = &self.helper {
+            slot.set(None);
+        }
+        self.send(|env| (atoms::lua_helper_failed(), pid).encode(env));
+    }
+}
+
+/// Waits at most `timeout` for a callback answer. Most callbacks answer
+/// within microseconds: it polls (yielding the CPU) for a short while
+/// before parking the thread, which saves a thread wake-up per call.
+fn wait_answer(
+    receiver: &mpsc::Receiver<Answer>,
+    timeout: Duration,
+) -> std::result::Result<Answer, RecvTimeoutError> {
+    let started = std::time::Instant::now();
+    let spin_until = started + CALLBACK_SPIN.min(timeout);
+    while std::time::Instant::now() < spin_until {
+        match receiver.try_recv() {
+            Ok(answer) => return Ok(answer),
+            Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(mpsc::TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+        }
+    }
+    receiver.recv_timeout(timeout.saturating_sub(started.elapsed()))
 }
 
 /// Adds a run's stats to a details map (binary keys).
