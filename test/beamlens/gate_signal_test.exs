@@ -29,6 +29,10 @@ defmodule Beamlens.GateSignalTest do
   end
 
   setup_all do
+    # The :sup domain reads restarts from its tracker (started with the
+    # watcher in a real instance); it answers :ignore when one already runs.
+    start_supervised!(Sup.Tracker)
+
     %{
       restarts: declared(Sup, "sup.restarts"),
       errors: declared(Logger, "logger.errors"),

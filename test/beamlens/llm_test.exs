@@ -402,11 +402,7 @@ defmodule Beamlens.LLMTest do
       assert_receive {:event, _, _, %{caller: ^test, fallback?: true, attempts: 2}}
     end
 
-    test "a failed request emits :exception with the error", %{
-      server: server,
-      handler_id: id,
-      test: test
-    } do
+    test "a failed request emits :exception with the error", %{server: server, handler_id: id} do
       attach(id, [[:beamlens, :llm, :request, :exception]])
       LoopbackServer.enqueue(server, LLMFixtures.error(:anthropic, :unauthorized))
 

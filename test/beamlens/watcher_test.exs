@@ -89,7 +89,7 @@ defmodule Beamlens.WatcherTest do
 
       # Atoms are never freed: this is a deliberate, permanent leak of 15k.
       base = System.unique_integer([:positive])
-      for i <- 1..15_000, do: String.to_atom("beamlens_test_atom_#{base}_#{i}")
+      _atoms = for i <- 1..15_000, do: String.to_atom("beamlens_test_atom_#{base}_#{i}")
 
       alert = assert_alert(:beam, "atom_growth")
 
