@@ -231,6 +231,28 @@ defmodule Beamlens.Domain do
   end
 
   @doc """
+  The culprit of a metric in words: its `:culprit`, or else its naming
+  entities (at most three), or `nil`.
+
+      iex> Beamlens.Domain.culprit(%{entities: [{"resource", "memory"}, {"repo", "MyApp.Repo"}]})
+      "repo MyApp.Repo"
+      iex> Beamlens.Domain.culprit(%{entities: [{"resource", "memory"}]})
+      nil
+  """
+  @spec culprit(map()) :: String.t() | nil
+  def culprit(%{culprit: culprit}) when is_binary(culprit) and culprit != "", do: culprit
+
+  def culprit(metric) do
+    case for {type, id} <- Map.get(metric, :entities, []),
+             type not in ["resource", "node"],
+             is_binary(id) and id != "",
+             do: "#{String.replace(type, "_", " ")} #{id}" do
+      [] -> nil
+      named -> named |> Enum.take(3) |> Enum.join(", ")
+    end
+  end
+
+  @doc """
   A process in words: its registered name, or its current function, and
   its pid (from a map with `:pid`, `:name` and `:current_function`).
 

@@ -982,12 +982,9 @@ defmodule Beamlens.Watcher do
   # wrote the summary.
   defp name_culprit(state, summary, findings) do
     Enum.find_value(findings, summary, fn finding ->
-      case state.metrics[finding.name] do
-        %{culprit: culprit} = metric when is_binary(culprit) ->
-          Beamlens.Domain.with_culprit(summary, culprit, Map.get(metric, :entities, []))
-
-        _ ->
-          nil
+      with %{} = metric <- state.metrics[finding.name],
+           culprit when is_binary(culprit) <- Beamlens.Domain.culprit(metric) do
+        Beamlens.Domain.with_culprit(summary, culprit, Map.get(metric, :entities, []))
       end
     end)
   end

@@ -30,10 +30,16 @@ defmodule Beamlens.Domain.Beam do
   @impl true
   def snapshot do
     sampler = start_utilization_sample(@utilization_sample_ms)
+    queue_before = :erlang.statistics(:total_run_queue_lengths)
     processes = Processes.scan(5)
     memory = Map.new(:erlang.memory())
-    run_queue = :erlang.statistics(:total_run_queue_lengths)
     schedulers = :erlang.system_info(:schedulers_online)
+    utilization = await_utilization(sampler)
+    # The run queue is sampled before and after the scan and the utilisation
+    # sample (50 ms or more apart) and the lower value kept: a saturated VM
+    # stays saturated, while a brief burst (such as the snapshot tasks of
+    # all watchers starting on the same tick) is gone.
+    run_queue = min(queue_before, :erlang.statistics(:total_run_queue_lengths))
 
     %{
       memory: %{
@@ -57,7 +63,7 @@ defmodule Beamlens.Domain.Beam do
       runtime_ms: elem(:erlang.statistics(:runtime), 0),
       reductions: elem(:erlang.statistics(:reductions), 0),
       uptime_ms: elem(:erlang.statistics(:wall_clock), 0),
-      scheduler_utilization: await_utilization(sampler),
+      scheduler_utilization: utilization,
       max_message_queue_len: processes.max_message_queue_len,
       top_by_message_queue: processes.top_by_message_queue,
       top_by_heap: processes.top_by_heap,

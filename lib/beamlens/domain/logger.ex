@@ -38,14 +38,23 @@ defmodule Beamlens.Domain.Logger do
     }
   end
 
-  @recent_window 100
+  @recent_window 25
+  @recent_max_age_us 600_000_000
 
-  # The modules behind the most recent errors (or warnings): the culprit of a
-  # burst is who logs now, not who logged most since the start.
+  # The modules behind the most recent errors (or warnings) of the last ten
+  # minutes: the culprit of a burst is who logs now, not who logged most
+  # since the start.
   defp recent_modules(level) do
+    # Event times are ISO 8601 strings in UTC with microseconds: they
+    # compare as strings.
+    since =
+      (System.system_time(:microsecond) - @recent_max_age_us)
+      |> DateTime.from_unix!(:microsecond)
+      |> DateTime.to_iso8601()
+
     @recent_window
     |> LogStore.recent(level)
-    |> Enum.filter(&(level == :error or &1.level == :warning))
+    |> Enum.filter(&((level == :error or &1.level == :warning) and recent?(&1, since)))
     |> Enum.frequencies_by(& &1[:module])
     |> Enum.reject(fn {module, _} -> module in [nil, "unknown", "other"] end)
     |> Enum.sort_by(fn {module, count} -> {-count, module} end)
@@ -101,6 +110,9 @@ defmodule Beamlens.Domain.Logger do
       |> Map.merge(errors)
     ]
   end
+
+  defp recent?(%{time: time}, since) when is_binary(time), do: time >= since
+  defp recent?(_event, _since), do: true
 
   defp module_culprit([], _what), do: %{entities: []}
 
