@@ -61,12 +61,14 @@ defmodule Beamlens.Domain do
     * `:kind` - `:limit` (hard thresholds `:warn`/`:critical`, no warm-up),
       `:level` (robust baseline after warm-up) or `:counter` (a monotonic
       counter, judged as a per-second rate against its baseline and against
-      `:warn`/`:critical` when given).
+      `:warn`/`:critical` when given; with `:window_ms`, over that window
+      and only with at least `:min_count` events) or `:growth` (a level that
+      can leak, judged on its floor over `:window_ms`).
     * `:anomaly_type` - the code-defined kind of problem when it fires.
     * `:unit` - `:bytes`, `:count`, `:ratio`, `:per_second`, `:ms` or
       `:decimal`, for formatting.
-    * `:min_rel`, `:min_abs`, `:critical_rel`, `:sustain` - see
-      `Beamlens.Gate`.
+    * `:min_rel`, `:min_abs`, `:critical_rel`, `:sustain`, `:window_ms`,
+      `:min_count` - see `Beamlens.Gate`.
     * `:entities` - `{type, id}` pairs the metric is about: the top
       contributors the snapshot measured (at most three), e.g.
       `{"ets_table", "sessions"}`, `{"process", "MyApp.Cache"}`,
@@ -83,7 +85,7 @@ defmodule Beamlens.Domain do
           required(:name) => String.t(),
           required(:label) => String.t(),
           required(:value) => number(),
-          required(:kind) => :limit | :level | :counter,
+          required(:kind) => :limit | :level | :counter | :growth,
           required(:anomaly_type) => String.t(),
           optional(:unit) => :bytes | :count | :ratio | :per_second | :ms | :decimal,
           optional(:warn) => number(),
@@ -92,6 +94,8 @@ defmodule Beamlens.Domain do
           optional(:min_abs) => number(),
           optional(:critical_rel) => number(),
           optional(:sustain) => pos_integer(),
+          optional(:window_ms) => pos_integer(),
+          optional(:min_count) => number(),
           optional(:entities) => [{String.t(), String.t()}],
           optional(:culprit) => String.t()
         }
@@ -113,7 +117,9 @@ defmodule Beamlens.Domain do
           baseline: float() | nil,
           threshold: float(),
           z: float() | nil,
-          samples: pos_integer()
+          samples: pos_integer(),
+          count: float() | nil,
+          window_ms: pos_integer() | nil
         }
 
   @callback name() :: atom()

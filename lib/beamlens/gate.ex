@@ -9,19 +9,36 @@ defmodule Beamlens.Gate do
     * `:limit` - against `:warn` and `:critical` from the first sample
       (for example atom table usage above 50%).
     * `:level` - against a robust baseline (median and MAD of recent normal
-      samples) learned during `warmup` snapshots. It fires when the value is
+      samples) learned during `warmup` snapshots and at least `warmup_ms`. It fires when the value is
       above the baseline by more than `z_threshold` robust deviations *and*
       by `:min_rel` (fraction, default 0.5) *and* by `:min_abs`; it is
       critical above `1 + :critical_rel` times the baseline (default 3x).
     * `:counter` - a monotonic counter turned into a per-second rate, then
-      judged like `:level`, and against `:warn`/`:critical` when given.
+      judged like `:level`, and against `:warn`/`:critical` when given
+      (limits apply from the first rate, baselines after warm-up). With `:window_ms` the rate is the count of events over that trailing
+      window (or over the last tick, when ticks are longer), so a workload
+      gets the same verdict at a 500 ms and at a 30 s tick; `:min_count` is
+      the fewest events in the judged span that can fire (a "burst" or a
+      "storm" needs several events: one log line or one restart never
+      fires). The window replaces `:sustain`.
+    * `:growth` - a level that can leak (process count, ETS memory), judged
+      on its floor: the lowest value over the trailing `:window_ms`
+      (default 5 s, and at least four ticks). A spike that comes back within
+      the window never moves the floor; growth that stays does. Floors are
+      judged like `:level`; before a baseline exists (warm-up) the floor is
+      judged against the first value seen with `:min_rel`/`:min_abs`, so a
+      leak that starts at boot is still found.
 
   A metric fires after `:sustain` consecutive anomalous samples (default 2)
   and clears when it is back under a lower level (hysteresis). Values seen
   while it fires stay out of the baseline; after `relearn_after` samples of
   continuous firing, the level is accepted as the new normal. After
   clearing, a metric is quiet for `cooldown_ms` and fires at most
-  `max_fires_per_hour` times. A gate tracks at most 512 metrics.
+  `max_fires_per_hour` times, except that escalation always gets through:
+  an episode that is clearly worse than the last one reported (a higher
+  severity, or `escalate_ratio` times its peak value) fires with status
+  `"escalated"` during the cooldown and over the cap, so an early false
+  alarm cannot silence a real incident. A gate tracks at most 512 metrics.
 
   Observing a few dozen metrics takes microseconds.
   """
@@ -37,13 +54,25 @@ defmodule Beamlens.Gate do
           dropped: [String.t()]
         }
 
-  @config_keys [:warmup, :window, :z_threshold, :cooldown_ms, :max_fires_per_hour, :relearn_after]
-  @sample_keys [:warn, :critical, :min_rel, :min_abs, :critical_rel, :sustain]
+  @config_keys [
+    :warmup,
+    :warmup_ms,
+    :growth_window_ms,
+    :window,
+    :z_threshold,
+    :cooldown_ms,
+    :max_fires_per_hour,
+    :relearn_after,
+    :escalate_ratio
+  ]
+  @sample_keys [:warn, :critical, :min_rel, :min_abs, :critical_rel, :sustain, :min_count]
 
   @doc """
-  Creates a gate. Options: `:warmup` (10 samples), `:window` (120),
+  Creates a gate. Options: `:warmup` (10 samples) and `:warmup_ms` (60000:
+  a baseline judges only after both), `:growth_window_ms` (overrides the
+  window of every `:growth` metric), `:window` (120),
   `:z_threshold` (4.0), `:cooldown_ms` (900000), `:max_fires_per_hour` (3),
-  `:relearn_after` (240).
+  `:relearn_after` (240), `:escalate_ratio` (2.0).
   """
   @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
   def new(opts \\ []) do
@@ -89,6 +118,12 @@ defmodule Beamlens.Gate do
       "kind" => Atom.to_string(metric.kind)
     }
 
+    base =
+      case Map.fetch(metric, :window_ms) do
+        {:ok, ms} when is_integer(ms) and ms > 0 -> Map.put(base, "window_ms", ms)
+        _ -> base
+      end
+
     Enum.reduce(@sample_keys, base, fn key, acc ->
       case Map.fetch(metric, key) do
         {:ok, value} when is_number(value) -> Map.put(acc, Atom.to_string(key), value)
@@ -106,7 +141,9 @@ defmodule Beamlens.Gate do
       baseline: f["baseline"],
       threshold: f["threshold"],
       z: f["z"],
-      samples: f["samples"]
+      samples: f["samples"],
+      count: f["count"],
+      window_ms: f["window_ms"]
     }
   end
 end

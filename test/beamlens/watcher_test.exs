@@ -183,7 +183,11 @@ defmodule Beamlens.WatcherTest do
     test "a repeat within the cooldown is folded, not fired again", %{instance: instance} do
       start_beamlens(instance,
         watchers: [
-          [name: :beam, alert_cooldown: 60_000, gate: [cooldown_ms: 0, max_fires_per_hour: 10]]
+          [
+            name: :beam,
+            alert_cooldown: 60_000,
+            gate: [cooldown_ms: 0, max_fires_per_hour: 10, warmup_ms: 0]
+          ]
         ]
       )
 

@@ -40,7 +40,13 @@ defmodule Beamlens.WatcherCase do
   def start_beamlens(instance, opts) do
     opts =
       Keyword.merge(
-        [name: instance, interval: 50, warmup: 5, provider: :none, gate: [cooldown_ms: 60_000]],
+        [
+          name: instance,
+          interval: 50,
+          warmup: 5,
+          provider: :none,
+          gate: [cooldown_ms: 60_000, warmup_ms: 0, growth_window_ms: 1_000]
+        ],
         opts
       )
 

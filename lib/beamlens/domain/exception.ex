@@ -71,6 +71,8 @@ defmodule Beamlens.Domain.Exception do
         label: "exception rate",
         value: s.exceptions_total + s.dropped_total,
         kind: :counter,
+        window_ms: 10_000,
+        min_count: 5,
         unit: :per_second,
         anomaly_type: "exception_burst",
         min_rel: 2.0,

@@ -13,7 +13,19 @@
 //!   still trigger when it moves (a weakness of plain z-scores).
 //! * `Counter`: a monotonic counter (GC runs, log lines, restarts). The gate
 //!   turns it into a per-second rate and judges the rate like `Level`, plus
-//!   optional hard limits on the rate.
+//!   optional hard limits on the rate. With `window_ms` the rate is the count
+//!   of events over the trailing window (or over the last tick, when ticks
+//!   are longer), so the same workload gets the same verdict at a 500 ms and
+//!   at a 30 s tick; `min_count` is the fewest events in that span that can
+//!   ever fire (a burst needs several events, one log line never fires), and
+//!   the window replaces `sustain`.
+//! * `Growth`: a level that leaks (process count, ETS memory). It is judged
+//!   on its floor, the lowest value over the trailing `window_ms` (at least
+//!   four ticks): a spike that comes back within the window never moves the
+//!   floor, growth that stays does. Floors are judged like `Level` against a
+//!   baseline of floors; before that baseline exists (warm-up) the floor is
+//!   judged against the first value seen, so a leak that starts at boot is
+//!   still found.
 //!
 //! A metric has to be anomalous for `sustain` consecutive samples before it
 //! fires (hysteresis on the way in), and clears only once it is back under
@@ -23,6 +35,11 @@
 //! firing the baseline is rebuilt from recent values (a level shift is
 //! accepted as the new normal, and said so). After clearing, a metric stays
 //! quiet for `cooldown_ms`, and it fires at most `max_fires_per_hour` times.
+//!
+//! Escalation always gets through: a value `escalate_ratio` times the last
+//! one reported (or a higher severity) is reported as `"escalated"`, while
+//! firing and also during the cooldown or over the hourly cap, so an early
+//! false alarm cannot silence a real incident.
 //!
 //! The number of metrics per gate is bounded; metrics not seen for a while
 //! are evicted first.
@@ -34,6 +51,12 @@ use serde::{Deserialize, Serialize};
 /// Most distinct metric names one gate tracks.
 pub const MAX_METRICS: usize = 512;
 const HOUR_MS: u64 = 3_600_000;
+/// Most points of history kept per windowed metric; closer points merge.
+const MAX_POINTS: usize = 256;
+/// A growth floor spans at least this many ticks.
+const GROWTH_MIN_TICKS: u64 = 4;
+/// Default window of `Growth` metrics.
+const DEFAULT_GROWTH_WINDOW_MS: u64 = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +64,7 @@ pub enum Kind {
     Limit,
     Level,
     Counter,
+    Growth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -54,8 +78,14 @@ pub enum Severity {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// Samples a `Level`/`Counter` metric needs before it is judged.
+    /// Samples a `Level`/`Counter`/`Growth` metric needs in its baseline
+    /// before the baseline judges it ...
     pub warmup: usize,
+    /// ... and time since its first sample, so that a fast tick does not
+    /// shorten the warm-up below a few cycles of a busy app.
+    pub warmup_ms: u64,
+    /// Overrides the window of every `Growth` metric (tests, tuning).
+    pub growth_window_ms: Option<u64>,
     /// Normal samples kept per metric for the baseline.
     pub window: usize,
     /// Robust z-score above which a value is anomalous.
@@ -66,17 +96,23 @@ pub struct Config {
     pub max_fires_per_hour: usize,
     /// Samples of continuous firing after which the baseline is rebuilt.
     pub relearn_after: usize,
+    /// A value this many times the last one reported is an escalation: it is
+    /// reported even during the cooldown or over the hourly cap.
+    pub escalate_ratio: f64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             warmup: 10,
+            warmup_ms: 60_000,
+            growth_window_ms: None,
             window: 120,
             z_threshold: 4.0,
             cooldown_ms: 15 * 60 * 1000,
             max_fires_per_hour: 3,
             relearn_after: 240,
+            escalate_ratio: 2.0,
         }
     }
 }
@@ -103,9 +139,17 @@ pub struct Sample {
     /// (1.0 = twice the baseline).
     #[serde(default = "default_critical_rel")]
     pub critical_rel: f64,
-    /// Consecutive anomalous samples needed to fire.
+    /// Consecutive anomalous samples needed to fire (not used by windowed
+    /// counters: their window is the hysteresis).
     #[serde(default = "default_sustain")]
     pub sustain: usize,
+    /// For `Counter`: judge the count over this trailing window. For
+    /// `Growth`: the span of the floor (default 5 s).
+    #[serde(default)]
+    pub window_ms: Option<u64>,
+    /// For `Counter`: fewest events in the judged span that can fire.
+    #[serde(default)]
+    pub min_count: f64,
 }
 
 fn default_min_rel() -> f64 {
@@ -124,7 +168,9 @@ pub struct Finding {
     pub name: String,
     pub severity: Severity,
     /// `"new"` on the sample it starts firing, `"escalated"` when it goes
-    /// from warning to critical, `"ongoing"` otherwise.
+    /// from warning to critical or to `escalate_ratio` times the value last
+    /// reported (also when that happens during the cooldown), `"ongoing"`
+    /// otherwise.
     pub status: &'static str,
     /// The judged value (for counters: the rate per second).
     pub value: f64,
@@ -136,6 +182,10 @@ pub struct Finding {
     pub z: Option<f64>,
     /// Samples this metric has been firing.
     pub samples: usize,
+    /// For counters: the events counted in the judged span.
+    pub count: Option<f64>,
+    /// For windowed counters and growth: the span judged, in ms.
+    pub window_ms: Option<u64>,
 }
 
 /// A metric that stopped firing on this sample.
@@ -170,6 +220,19 @@ struct MetricState {
     quiet_until_ms: u64,
     fires: VecDeque<u64>,
     last_seen_ms: u64,
+    /// Windowed counters and growth: (time, value) points, oldest first.
+    history: VecDeque<(u64, f64)>,
+    /// Growth: the first value seen and when (the boot reference).
+    origin: Option<(u64, f64)>,
+    /// Time between the last two samples.
+    tick_ms: u64,
+    /// The value and severity last reported (kept after clearing, so that
+    /// a clearly worse episode escalates through the cooldown).
+    reported: Option<(f64, Severity)>,
+    /// Time of the previous sample.
+    prev_ms: Option<u64>,
+    /// Time of the first sample.
+    born_ms: Option<u64>,
 }
 
 /// The gate of one watcher.
@@ -219,10 +282,9 @@ impl Gate {
                 verdict.dropped.push(sample.name.clone());
                 continue;
             }
-            let config = self.config.clone();
             let state = self.metrics.entry(sample.name.clone()).or_default();
             state.last_seen_ms = now_ms;
-            observe_one(&config, state, sample, now_ms, &mut verdict);
+            observe_one(&self.config, state, sample, now_ms, &mut verdict);
         }
         verdict
     }
@@ -249,6 +311,152 @@ impl Gate {
     }
 }
 
+/// The value a sample is judged on, with what it counted.
+struct Measured {
+    value: f64,
+    /// Counters: events in the judged span.
+    count: Option<f64>,
+    /// Windowed counters and growth: the span judged.
+    window_ms: Option<u64>,
+    /// Counters: enough events (`min_count`) for the rate to fire.
+    enough: bool,
+}
+
+/// Turns a raw sample into the value to judge, or `None` while there is not
+/// enough history (a counter's first sample or reset, a growth window not
+/// yet covered).
+fn measure(
+    config: &Config,
+    state: &mut MetricState,
+    sample: &Sample,
+    now_ms: u64,
+) -> Option<Measured> {
+    let plain = Measured {
+        value: sample.value,
+        count: None,
+        window_ms: None,
+        enough: true,
+    };
+    match (sample.kind, sample.window_ms) {
+        (Kind::Limit | Kind::Level, _) => Some(plain),
+        (Kind::Counter, None) => {
+            let previous = state.last_counter.replace((sample.value, now_ms));
+            match previous {
+                Some((last, at)) if now_ms > at && sample.value >= last => {
+                    let delta = sample.value - last;
+                    Some(Measured {
+                        value: delta * 1000.0 / (now_ms - at) as f64,
+                        count: Some(delta),
+                        window_ms: None,
+                        enough: delta >= sample.min_count,
+                    })
+                }
+                // A counter reset (restart) or a clock that did not move.
+                _ => None,
+            }
+        }
+        (Kind::Counter, Some(window)) => windowed_rate(state, sample, window.max(1), now_ms),
+        (Kind::Growth, window) => {
+            let window = config.growth_window_ms.or(window);
+            growth_floor(state, sample, window, now_ms)
+        }
+    }
+}
+
+/// The event rate over the trailing window: from the newest point at or
+/// before `now - window`, so a tick longer than the window counts over the
+/// tick.
+fn windowed_rate(
+    state: &mut MetricState,
+    sample: &Sample,
+    window: u64,
+    now_ms: u64,
+) -> Option<Measured> {
+    match state.history.back() {
+        Some(&(at, last)) if sample.value < last || now_ms <= at => {
+            if sample.value < last {
+                // A counter reset: start over.
+                state.history.clear();
+                state.history.push_back((now_ms, sample.value));
+            }
+            return None;
+        }
+        _ => {}
+    }
+    state.history.push_back((now_ms, sample.value));
+    if state.history.len() > MAX_POINTS {
+        state.history.pop_front();
+    }
+    let edge = now_ms.saturating_sub(window);
+    while state.history.len() >= 2 && state.history[1].0 <= edge {
+        state.history.pop_front();
+    }
+    if state.history.len() < 2 {
+        return None;
+    }
+    // Over the window, or over the last tick when ticks are longer, or over
+    // the whole history while it is shorter than the window (then only
+    // `min_count` events over the full window can fire).
+    let (at, first) = state.history[0];
+    let span = (now_ms - at).max(1);
+    let count = sample.value - first;
+    let rate = count * 1000.0 / span as f64;
+    let min_rate = sample.min_count * 1000.0 / window as f64;
+    Some(Measured {
+        value: rate,
+        count: Some(count),
+        window_ms: Some(span),
+        enough: count >= sample.min_count && rate >= min_rate,
+    })
+}
+
+/// The lowest value over the trailing window (at least `GROWTH_MIN_TICKS`
+/// ticks long), once the history covers it.
+fn growth_floor(
+    state: &mut MetricState,
+    sample: &Sample,
+    window: Option<u64>,
+    now_ms: u64,
+) -> Option<Measured> {
+    let window = window
+        .unwrap_or(DEFAULT_GROWTH_WINDOW_MS)
+        .max(GROWTH_MIN_TICKS.saturating_mul(state.tick_ms))
+        .max(1);
+    let (since, _) = *state.origin.get_or_insert((now_ms, sample.value));
+    let merge_within = window / MAX_POINTS as u64;
+    match state.history.back_mut() {
+        // Points closer than window / MAX_POINTS merge, keeping the lowest
+        // value: the floor stays exact and the history bounded.
+        Some(last) if now_ms.saturating_sub(last.0) < merge_within => {
+            *last = (now_ms, last.1.min(sample.value));
+        }
+        _ => {
+            state.history.push_back((now_ms, sample.value));
+            if state.history.len() > MAX_POINTS {
+                state.history.pop_front();
+            }
+        }
+    }
+    let edge = now_ms.saturating_sub(window);
+    while state.history.front().is_some_and(|&(at, _)| at < edge) {
+        state.history.pop_front();
+    }
+    if now_ms.saturating_sub(since) < window {
+        return None;
+    }
+    let floor = state
+        .history
+        .iter()
+        .map(|&(_, v)| v)
+        .fold(f64::INFINITY, f64::min);
+    Some(Measured {
+        value: floor,
+        count: None,
+        window_ms: Some(window),
+        enough: true,
+    })
+}
+
 fn observe_one(
     config: &Config,
     state: &mut MetricState,
@@ -256,22 +464,25 @@ fn observe_one(
     now_ms: u64,
     verdict: &mut Verdict,
 ) {
-    // Counters are judged on their rate; the first sample only primes it.
-    let value = match sample.kind {
-        Kind::Counter => {
-            let previous = state.last_counter.replace((sample.value, now_ms));
-            match previous {
-                Some((last, at)) if now_ms > at && sample.value >= last => {
-                    (sample.value - last) * 1000.0 / (now_ms - at) as f64
-                }
-                // A counter reset (restart) or a clock that did not move.
-                _ => return,
-            }
+    if let Some(previous) = state.prev_ms {
+        if now_ms > previous {
+            state.tick_ms = now_ms - previous;
         }
-        _ => sample.value,
-    };
+    }
+    state.prev_ms = Some(now_ms);
+    let born = *state.born_ms.get_or_insert(now_ms);
 
-    let judgement = judge(config, state, sample, value);
+    let Some(measured) = measure(config, state, sample, now_ms) else {
+        return;
+    };
+    let value = measured.value;
+
+    let warm = now_ms.saturating_sub(born) >= config.warmup_ms;
+    let mut judgement = judge(config, state, sample, value, warm);
+    if !measured.enough {
+        // Too few events for a burst, whatever the rate says.
+        judgement.severity = None;
+    }
 
     // Hysteresis in: `sustain` consecutive anomalous samples.
     if judgement.severity.is_some() {
@@ -291,6 +502,10 @@ fn observe_one(
                 "ongoing"
             };
             state.firing = Some(severity);
+            // Remember the peak of the episode: a later episode must be
+            // clearly worse than it to escalate through the cooldown.
+            let peak = state.reported.map_or(value, |(v, _)| v.max(value));
+            state.reported = Some((peak, severity));
             if sample.kind != Kind::Limit && state.firing_samples >= config.relearn_after.max(1) {
                 // A lasting level shift: accept it as the new normal.
                 state.baseline = std::mem::take(&mut state.recent);
@@ -301,9 +516,9 @@ fn observe_one(
                 });
                 return;
             }
-            verdict
-                .findings
-                .push(finding(sample, severity, status, value, &judgement, state));
+            verdict.findings.push(finding(
+                sample, severity, status, &measured, &judgement, state,
+            ));
         }
         Some(_) => {
             clear(state, config, now_ms);
@@ -314,18 +529,31 @@ fn observe_one(
             });
         }
         None => {
-            let sustain = sample.sustain.max(1);
+            let sustain = if sample.kind == Kind::Counter && sample.window_ms.is_some() {
+                1
+            } else {
+                sample.sustain.max(1)
+            };
             let allowed = now_ms >= state.quiet_until_ms && fires_left(config, state, now_ms);
             match judgement.severity {
-                Some(severity) if state.pending >= sustain && allowed => {
+                Some(severity) if state.pending >= sustain => {
+                    let escalation = clearly_worse(config, state.reported, value, severity);
+                    if !allowed && !escalation {
+                        // In cooldown or over the cap, and not worse than
+                        // what was reported: keep it out of the baseline.
+                        verdict.pending.push(sample.name.clone());
+                        return;
+                    }
                     state.firing = Some(severity);
                     state.firing_samples = 1;
                     state.recent.clear();
                     push_bounded(&mut state.recent, value, config.window.max(1));
                     state.fires.push_back(now_ms);
-                    verdict
-                        .findings
-                        .push(finding(sample, severity, "new", value, &judgement, state));
+                    state.reported = Some((value, severity));
+                    let status = if allowed { "new" } else { "escalated" };
+                    verdict.findings.push(finding(
+                        sample, severity, status, &measured, &judgement, state,
+                    ));
                 }
                 // Anomalous but not (yet) firing: keep it out of the baseline.
                 Some(_) => verdict.pending.push(sample.name.clone()),
@@ -335,11 +563,30 @@ fn observe_one(
     }
 }
 
+/// A higher severity than last reported, or `escalate_ratio` times the
+/// value last reported.
+fn clearly_worse(
+    config: &Config,
+    reported: Option<(f64, Severity)>,
+    value: f64,
+    severity: Severity,
+) -> bool {
+    match reported {
+        Some((last, last_severity)) => {
+            severity > last_severity
+                || (last > 0.0
+                    && config.escalate_ratio > 1.0
+                    && value >= last * config.escalate_ratio)
+        }
+        None => false,
+    }
+}
+
 fn finding(
     sample: &Sample,
     severity: Severity,
     status: &'static str,
-    value: f64,
+    measured: &Measured,
     judgement: &Judgement,
     state: &MetricState,
 ) -> Finding {
@@ -347,11 +594,13 @@ fn finding(
         name: sample.name.clone(),
         severity,
         status,
-        value,
+        value: measured.value,
         baseline: judgement.baseline,
         threshold: judgement.threshold,
         z: judgement.z,
         samples: state.firing_samples,
+        count: measured.count,
+        window_ms: measured.window_ms,
     }
 }
 
@@ -386,7 +635,13 @@ fn push_bounded(queue: &mut VecDeque<f64>, value: f64, cap: usize) {
     queue.push_back(value);
 }
 
-fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> Judgement {
+fn judge(
+    config: &Config,
+    state: &MetricState,
+    sample: &Sample,
+    value: f64,
+    warm: bool,
+) -> Judgement {
     let mut judgement = Judgement {
         severity: None,
         above_clear: false,
@@ -396,7 +651,7 @@ fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> J
     };
 
     // Hard limits apply to Limit metrics, and to counter rates when given.
-    if sample.kind != Kind::Level {
+    if matches!(sample.kind, Kind::Limit | Kind::Counter) {
         if let Some(warn) = sample.warn {
             judgement.threshold = warn;
             // Clear 10% under the warning level.
@@ -413,20 +668,39 @@ fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> J
         return judgement;
     }
 
-    // Baseline judgement for Level and Counter metrics.
-    if state.seen < config.warmup || state.baseline.is_empty() {
+    // Baseline judgement for Level, Counter and Growth metrics.
+    if !warm || state.seen < config.warmup || state.baseline.is_empty() {
+        if let (Kind::Growth, Some((_, origin))) = (sample.kind, state.origin) {
+            // No baseline yet: judge growth against the first value seen,
+            // so that a leak that starts at boot is still found.
+            judge_against(&mut judgement, sample, value, origin, 0.0);
+        }
         return judgement;
     }
     let (median, scale) = robust_stats(&state.baseline, sample.min_abs / config.z_threshold);
-    let z = (value - median) / scale;
+    judgement.z = Some((value - median) / scale);
+    judge_against(
+        &mut judgement,
+        sample,
+        value,
+        median,
+        config.z_threshold * scale,
+    );
+    judgement
+}
+
+/// Judges `value` against a reference level (a baseline median, or a growth
+/// metric's first value): anomalous above the reference by `spread`, by
+/// `min_rel` and by `min_abs`; critical at `critical_rel` above it and at
+/// least twice the warning margin.
+fn judge_against(judgement: &mut Judgement, sample: &Sample, value: f64, median: f64, spread: f64) {
     let rel_level = median.abs() * (1.0 + sample.min_rel);
-    let level = (median + config.z_threshold * scale)
+    let level = (median + spread)
         .max(rel_level)
         .max(median + sample.min_abs);
     let clear_level = median + (level - median) * 0.5;
 
     judgement.baseline = Some(median);
-    judgement.z = Some(z);
     judgement.above_clear |= value >= clear_level;
 
     if value >= level {
@@ -445,7 +719,6 @@ fn judge(config: &Config, state: &MetricState, sample: &Sample, value: f64) -> J
             judgement.threshold = level;
         }
     }
-    judgement
 }
 
 /// Median and a robust scale (1.4826 × MAD) with floors: 5% of the median,
@@ -490,6 +763,8 @@ mod tests {
             min_abs: 0.0,
             critical_rel: 2.0,
             sustain: 2,
+            window_ms: None,
+            min_count: 0.0,
         }
     }
 
@@ -506,6 +781,7 @@ mod tests {
     fn config() -> Config {
         Config {
             warmup: 5,
+            warmup_ms: 0,
             window: 50,
             cooldown_ms: 1_000,
             ..Config::default()
@@ -735,5 +1011,197 @@ mod tests {
         let v = gate.observe(&[level("nan", f64::NAN)], 1);
         assert_eq!(v, Verdict::default());
         assert!(gate.is_empty());
+    }
+
+    // ---- Signal quality (issue 12): one test per rule. ----
+
+    fn storm_counter(name: &str, total: f64) -> Sample {
+        Sample {
+            kind: Kind::Counter,
+            warn: Some(0.5),
+            critical: Some(5.0),
+            min_rel: 2.0,
+            min_abs: 0.5,
+            sustain: 1,
+            window_ms: Some(10_000),
+            min_count: 5.0,
+            ..level(name, total)
+        }
+    }
+
+    fn shipped() -> Config {
+        Config::default()
+    }
+
+    /// Runs `seconds` of a workload whose counter total at time t (ms) is
+    /// `total(t)`, sampled every `tick_ms`; returns the findings that fired
+    /// (new or escalated).
+    fn run_counter(
+        tick_ms: u64,
+        seconds: u64,
+        total: impl Fn(u64) -> f64,
+        config: Config,
+    ) -> Vec<Finding> {
+        let mut gate = Gate::new(config);
+        let mut fired = vec![];
+        let mut t = 0;
+        while t <= seconds * 1000 {
+            let v = gate.observe(&[storm_counter("sup.restarts", total(t))], t);
+            fired.extend(v.findings.into_iter().filter(|f| f.status != "ongoing"));
+            t += tick_ms;
+        }
+        fired
+    }
+
+    #[test]
+    fn a_single_event_never_fires_in_warmup_or_after() {
+        for tick in [500, 30_000] {
+            // One restart at 1 s (in warm-up), one at 400 s (after).
+            let fired = run_counter(
+                tick,
+                600,
+                |t| (t >= 1_000) as u8 as f64 + (t >= 400_000) as u8 as f64,
+                shipped(),
+            );
+            assert!(fired.is_empty(), "tick {tick}: {fired:?}");
+            // Nor does a healthy one restart every 30 s.
+            let fired = run_counter(tick, 600, |t| (t / 30_000) as f64, shipped());
+            assert!(fired.is_empty(), "tick {tick}: {fired:?}");
+        }
+    }
+
+    #[test]
+    fn the_same_workload_gets_the_same_verdict_at_two_tick_scales() {
+        // Healthy: a restart every 30 s. Storm from 300 s: one every 50 ms.
+        let storm = |t: u64| (t / 30_000) as f64 + (t.saturating_sub(300_000) / 50) as f64;
+        for (tick, window) in [(500, 10_000), (30_000, 30_000)] {
+            let fired = run_counter(tick, 600, storm, shipped());
+            assert_eq!(fired.len(), 1, "tick {tick}: {fired:?}");
+            let f = &fired[0];
+            assert_eq!((f.status, f.severity), ("new", Severity::Critical));
+            assert!(f.count.unwrap() >= 5.0);
+            assert_eq!(f.window_ms, Some(window));
+        }
+        // A burst of 3 restarts within a second: too few events at both.
+        let burst = |t: u64| ((t.saturating_sub(200_000) / 300).min(3)) as f64;
+        for tick in [500, 30_000] {
+            assert!(run_counter(tick, 600, burst, shipped()).is_empty());
+        }
+    }
+
+    fn growth(name: &str, value: f64, min_abs: f64) -> Sample {
+        Sample {
+            kind: Kind::Growth,
+            min_rel: 0.5,
+            min_abs,
+            window_ms: Some(5_000),
+            ..level(name, value)
+        }
+    }
+
+    #[test]
+    fn a_spike_that_decays_is_not_a_leak() {
+        // The batch job of issue 12: 3,000 workers every 10 s, all gone
+        // within 1.5 s; 99 processes otherwise.
+        let mut gate = Gate::new(shipped());
+        for t in (0..600_000u64).step_by(500) {
+            let phase = t % 10_000;
+            let count = if phase < 1_500 {
+                99.0 + 3_000.0 * (1.0 - phase as f64 / 1_500.0)
+            } else {
+                99.0
+            };
+            let v = gate.observe(&[growth("beam.process_count", count, 2_000.0)], t);
+            assert!(v.findings.is_empty(), "at {t} ms: {v:?}");
+        }
+    }
+
+    #[test]
+    fn sustained_growth_is_a_leak_after_warmup() {
+        let mut gate = Gate::new(shipped());
+        let mut t = 0;
+        while t < 60_000 {
+            gate.observe(&[growth("p", 100.0 + (t % 7) as f64, 2_000.0)], t);
+            t += 500;
+        }
+        // From 60 s, 1,000 processes a second that never exit.
+        let mut fired = None;
+        while t < 90_000 && fired.is_none() {
+            let leaked = (t - 60_000) as f64;
+            let v = gate.observe(&[growth("p", 100.0 + leaked, 2_000.0)], t);
+            fired = v.findings.into_iter().find(|f| f.status == "new");
+            t += 500;
+        }
+        let f = fired.expect("the leak fired");
+        assert!(f.baseline.unwrap() < 110.0);
+        assert!(f.value >= 2_100.0);
+        assert_eq!(f.window_ms, Some(5_000));
+        // Found within the window plus the growth to min_abs, plus sustain.
+        assert!(t <= 60_000 + 5_000 + 2_100 + 1_500, "at {t}");
+    }
+
+    #[test]
+    fn a_leak_from_boot_is_found_before_any_baseline() {
+        let mut gate = Gate::new(shipped());
+        let mut fired = None;
+        let mut t = 0;
+        while t < 30_000 && fired.is_none() {
+            // 500 leaked processes a second from the first sample.
+            let v = gate.observe(&[growth("p", 100.0 + t as f64 / 2.0, 2_000.0)], t);
+            fired = v.findings.into_iter().next();
+            t += 500;
+        }
+        let f = fired.expect("a boot-time leak fired during warm-up");
+        assert_eq!(f.baseline, Some(100.0));
+        assert!(f.value >= 2_100.0);
+        // A healthy start-up that levels off stays quiet.
+        let mut gate = Gate::new(shipped());
+        for t in (0..120_000u64).step_by(500) {
+            let value = 100.0 + (t.min(3_000) as f64) / 3.0;
+            assert!(gate
+                .observe(&[growth("q", value, 2_000.0)], t)
+                .findings
+                .is_empty());
+        }
+    }
+
+    #[test]
+    fn a_real_storm_escalates_through_the_cooldown_of_a_false_alarm() {
+        // Issue 12: a false restart_storm, then a real one 3 min later,
+        // inside the 15-minute cooldown. Five restarts in a second at 30 s
+        // (enough to fire), then one every 50 ms from 4 min.
+        let total = |t: u64| {
+            let early = ((t.saturating_sub(30_000)) / 200).min(5) as f64;
+            early + (t.saturating_sub(240_000) / 50) as f64
+        };
+        let fired = run_counter(500, 300, total, shipped());
+        assert_eq!(fired.len(), 2, "{fired:?}");
+        assert_eq!(fired[0].status, "new");
+        assert_eq!(fired[1].status, "escalated");
+        assert!(fired[1].value >= 2.0 * fired[0].value, "{fired:?}");
+
+        // A repeat no worse than the first stays quiet in the cooldown.
+        let same = |t: u64| {
+            ((t.saturating_sub(30_000)) / 200).min(5) as f64
+                + ((t.saturating_sub(240_000)) / 200).min(5) as f64
+        };
+        let fired = run_counter(500, 300, same, shipped());
+        assert_eq!(fired.len(), 1, "{fired:?}");
+    }
+
+    #[test]
+    fn a_clearly_worse_value_escalates_over_the_hourly_cap() {
+        let mut gate = Gate::new(Config {
+            cooldown_ms: 0,
+            max_fires_per_hour: 1,
+            ..config()
+        });
+        let mut t = 0;
+        let mut statuses = vec![];
+        for value in [0.6, 0.0, 0.6, 0.0, 0.95] {
+            let v = feed(&mut gate, &[limit("l", value, 0.5, 0.9)], &mut t);
+            statuses.extend(v.findings.iter().map(|f| f.status));
+        }
+        assert_eq!(statuses, vec!["new", "escalated"]);
     }
 }

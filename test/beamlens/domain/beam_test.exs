@@ -16,7 +16,7 @@ defmodule Beamlens.Domain.BeamTest do
 
     for metric <- Beam.metrics(s) do
       assert is_binary(metric.name) and is_number(metric.value) and
-               metric.kind in [:limit, :level, :counter]
+               metric.kind in [:limit, :level, :counter, :growth]
     end
   end
 

@@ -22,7 +22,7 @@ defmodule Beamlens.Domain.DomainsTest do
         assert %{name: name, label: label, value: value, kind: kind, anomaly_type: type} = metric
         assert is_binary(name) and is_binary(label) and is_binary(type)
         assert is_number(value), "#{inspect(domain)} #{name}: #{inspect(value)}"
-        assert kind in [:limit, :level, :counter]
+        assert kind in [:limit, :level, :counter, :growth]
       end
 
       for cb <- domain.callbacks() do
