@@ -9,6 +9,15 @@
 #   TICKS=500 | 30000              only one tick scale (default: both)
 #   ONLY=ets_leak,busy_app         only these cases
 #
+# With a model (BEAMLENS_REAL_MODEL_URL: an OpenAI-compatible server such as
+# the local model, `../shared/tools/local-llm start` prints its URL; see
+# Beamlens.RealModel for the provider variables), every single fault of a
+# built-in watcher also runs once against the model, in real time with the
+# real watcher (1 s tick, as bench/real_model_eval.exs), and the table gets
+# the model's columns: the model's own alert had an expected type / its own
+# text (summary, observation, hypothesis, without the culprit the code
+# appends) named the culprit / seconds per model check.
+#
 # How it runs. Every case gets fresh anomaly gates (shipped defaults:
 # warm-up 10 snapshots, 15-minute cooldown) for eight watchers (:beam, :ets,
 # :gc, :logger, :ports, :sup, an Ecto repo and :exception; :system is left
@@ -38,7 +47,10 @@
 #   false/h    for a healthy workload: alerts after warm-up, per virtual
 #              hour (goal 0), with the alert types in the notes
 
-for {module, file} <- [{:telemetry, "test/support/telemetry.ex"}],
+for {module, file} <- [
+      {:telemetry, "test/support/telemetry.ex"},
+      {Beamlens.RealModel, "test/support/real_model.ex"}
+    ],
     not Code.ensure_loaded?(module) do
   Code.require_file(file)
 end
@@ -74,8 +86,15 @@ defmodule Bench.Signal.Actor do
         loop(nil)
       end)
 
+    ref = Process.monitor(pid)
+
     receive do
-      {:started, ^pid} -> pid
+      {:started, ^pid} ->
+        Process.demonitor(ref, [:flush])
+        pid
+
+      {:DOWN, ^ref, _, _, reason} ->
+        raise "actor #{inspect(name)} did not start: #{inspect(reason)}"
     end
   end
 
@@ -93,7 +112,15 @@ defmodule Bench.Signal.Actor do
     end
   end
 
-  def stop(pid), do: Process.exit(pid, :kill)
+  # Kills the actor and waits until it is gone (with its name and tables).
+  def stop(pid) do
+    ref = Process.monitor(pid)
+    Process.exit(pid, :kill)
+
+    receive do
+      {:DOWN, ^ref, _, _, _} -> :ok
+    end
+  end
 
   defp loop(state) do
     receive do
@@ -234,14 +261,14 @@ defmodule Bench.Signal.Load do
   end
 
   def workload(:alloc_churn) do
-    # 8 MB of short-lived terms per second.
+    # 8 MB of short-lived terms per second (50 tuples of 20,000 words).
     %{
       start: fn -> %{owner: Actor.start(Bench.Alloc)} end,
       step: fn st, from, to ->
-        chunks = count(from, to, 5)
+        chunks = count(from, to, 50)
 
         Actor.run(st.owner, fn s ->
-          for _ <- 1..chunks//1, do: _ = Enum.map(1..100_000, &{&1, &1 * 2})
+          for i <- 1..chunks//1, do: _ = :erlang.make_tuple(20_000, i)
           {:ok, s}
         end)
 
@@ -282,6 +309,9 @@ defmodule Bench.Signal.Load do
           {:ok, _} =
             Supervisor.start_link([{Bench.Signal.Flaky, Bench.Worker}],
               strategy: :one_for_one,
+              # Restart intensity counts real seconds, and time is compressed.
+              max_restarts: 1_000,
+              max_seconds: 1,
               name: Bench.Workers
             )
 
@@ -294,7 +324,7 @@ defmodule Bench.Signal.Load do
         for _ <- times(from, to, 30_000, 3_000), do: restart(Bench.Worker, :kill)
         st
       end,
-      stop: fn st -> Actor.stop(st.owner) end
+      stop: fn st -> Supervisor.stop(Bench.Workers) && Actor.stop(st.owner) end
     }
   end
 
@@ -391,7 +421,7 @@ defmodule Bench.Signal.Load do
         for j <- 1..n//1, do: send(st.pid, {:job, st.n + j})
         %{st | n: st.n + n}
       end,
-      stop: fn st -> Process.exit(st.pid, :kill) end
+      stop: fn st -> Actor.stop(st.pid) end
     }
   end
 
@@ -441,7 +471,7 @@ defmodule Bench.Signal.Load do
         for _ <- times(from, to, 200), do: restart(Bench.FlakyWorker, :crash)
         st
       end,
-      stop: fn st -> Actor.stop(st.owner) end
+      stop: fn st -> Supervisor.stop(Bench.FlakySup) && Actor.stop(st.owner) end
     }
   end
 
@@ -655,9 +685,11 @@ defmodule Bench.Signal.Sim do
   ]
   @cooldown 900_000
   @warmup 10
+  @warmup_ms 60_000
   @epoch 1_800_000_000_000
 
-  def warmup, do: @warmup
+  # The gate's shipped warm-up: 10 snapshots and at least 60 s.
+  def warmup(tick_ms), do: max(@warmup, div(@warmup_ms + tick_ms - 1, tick_ms))
 
   def new(tick_ms) do
     gates =
@@ -848,8 +880,81 @@ defmodule Bench.Signal do
         {kind, c, results}
       end
 
+    rows = if model?(), do: Enum.map(rows, &with_model/1), else: rows
     print(rows, ticks)
     IO.puts("\nWall time: #{div(System.monotonic_time(:millisecond) - started, 1000)} s")
+  end
+
+  ## The model's columns
+
+  defp model?, do: System.get_env("BEAMLENS_REAL_MODEL_URL") not in [nil, ""]
+
+  # Built-in watchers only: the model runs go through Beamlens.RealModel.
+  @builtin ~w(beam ets gc logger ports sup exception)a
+
+  defp with_model({:fault, name, results} = row) when is_atom(name) do
+    f = Load.fault(name)
+
+    case f.expect do
+      [{watcher, types}] when watcher in @builtin ->
+        {:fault, name, Map.put(results, :model, model_run(name, f, watcher, types))}
+
+      _ ->
+        row
+    end
+  end
+
+  defp with_model(row), do: row
+
+  defp model_run(name, f, watcher, types) do
+    scenario = %{
+      name: Atom.to_string(name),
+      watcher: watcher,
+      expected_types: types,
+      cause_words: [],
+      inject: fn -> spawn(fn -> pace(f) end) end,
+      heal: fn pacer ->
+        ref = Process.monitor(pacer)
+        send(pacer, :stop)
+        receive do: ({:DOWN, ^ref, _, _, _} -> :ok)
+      end
+    }
+
+    run = Beamlens.RealModel.fault(scenario, check_timeout: 300_000)
+    facts = Beamlens.RealModel.facts(run, scenario)
+    needle = f.culprit && String.downcase(f.culprit)
+
+    # The model's own words: its summary without the culprit the code appends.
+    own? =
+      Enum.any?(facts.model_alerts, fn a ->
+        summary = String.replace(a.summary, ~r/ \(culprit: .*\)$/s, "")
+        text = String.downcase("#{summary} #{a.observation} #{a.hypothesis}")
+        needle != nil and String.contains?(text, needle)
+      end)
+
+    IO.puts(:stderr, "  model #{name}: #{inspect(Enum.map(facts.model_alerts, & &1.summary))}")
+
+    %{
+      alerted: facts.right_type?,
+      culprit: if(needle, do: own?, else: nil),
+      s_per_check: facts.ms_per_check / 1000
+    }
+  end
+
+  # Steps a fault in real time (every 250 ms) until told to stop.
+  defp pace(f) do
+    t0 = System.monotonic_time(:millisecond)
+    pace(f, f.start.(), t0, 0)
+  end
+
+  defp pace(f, st, t0, prev) do
+    receive do
+      :stop -> f.stop.(st)
+    after
+      250 ->
+        now = System.monotonic_time(:millisecond) - t0
+        pace(f, f.step.(st, prev, now), t0, now)
+    end
   end
 
   defp label(c) when is_list(c), do: Enum.map_join(c, "+", &Atom.to_string/1)
@@ -862,7 +967,7 @@ defmodule Bench.Signal do
     loads = if name == :busy_app, do: @busy, else: [name]
     states = Enum.map(loads, &start(Load.workload(&1)))
     sim = Sim.new(tick)
-    total = Sim.warmup() + after_warmup
+    total = Sim.warmup(tick) + after_warmup
 
     {_sim, states, events} =
       Enum.reduce(0..(total - 1), {sim, states, []}, fn _, {sim, states, events} ->
@@ -872,13 +977,13 @@ defmodule Bench.Signal do
       end)
 
     stop(states)
-    fired = for %{kind: :fired} = e <- events, e.k >= Sim.warmup(), do: e
+    fired = for %{kind: :fired} = e <- events, e.k >= Sim.warmup(tick), do: e
     hours = after_warmup * tick / 3_600_000
 
     %{
       false_alerts: length(fired),
       per_hour: length(fired) / hours,
-      warmup_alerts: Enum.count(events, &(&1.kind == :fired and &1.k < Sim.warmup())),
+      warmup_alerts: Enum.count(events, &(&1.kind == :fired and &1.k < Sim.warmup(tick))),
       notes: fired |> Enum.map(&"#{&1.type}@#{&1.k}") |> Enum.take(6)
     }
   end
@@ -887,7 +992,7 @@ defmodule Bench.Signal do
     {_, most} = @plan[tick]
     faults = Enum.map(names, &{&1, Load.fault(&1)})
     boot? = :boot_leak in names
-    at = if boot?, do: 0, else: Sim.warmup() + @fault_at
+    at = if boot?, do: 0, else: Sim.warmup(tick) + @fault_at
     background = Enum.map(@background, &start(Load.workload(&1)))
     sim = Sim.new(tick)
 
@@ -978,6 +1083,7 @@ defmodule Bench.Signal do
   defp step(states, sim) do
     to = Sim.now(sim)
     from = max(to - sim.tick_ms, 0)
+    if System.get_env("DEBUG"), do: IO.puts(:stderr, "    tick #{sim.k} at #{to} ms")
     Enum.map(states, fn {load, st} -> {load, load.step.(st, from, to)} end)
   end
 
@@ -993,8 +1099,13 @@ defmodule Bench.Signal do
         &"#{scale.(&1)}: detected / ticks / alerts / culprit / insights / false/h"
       )
 
-    IO.puts("\n| case | #{head} |")
-    IO.puts("|---|" <> String.duplicate("---|", length(ticks)))
+    model_head =
+      if model?(),
+        do: " model (1 s tick, real time): alerted / named culprit / s per check |",
+        else: ""
+
+    IO.puts("\n| case | #{head} |#{model_head}")
+    IO.puts("|---|" <> String.duplicate("---|", length(ticks) + if(model?(), do: 1, else: 0)))
 
     for {kind, c, results} <- rows do
       cells =
@@ -1027,7 +1138,25 @@ defmodule Bench.Signal do
           end
         end)
 
-      IO.puts("| #{if kind == :fault, do: "fault", else: "workload"} #{label(c)} | #{cells} |")
+      model =
+        case results[:model] do
+          nil ->
+            if model?(), do: " - |", else: ""
+
+          m ->
+            yn = fn
+              nil -> "n/a"
+              true -> "yes"
+              false -> "no"
+            end
+
+            " #{yn.(m.alerted)} / #{yn.(m.culprit)} / " <>
+              "#{:erlang.float_to_binary(m.s_per_check * 1.0, decimals: 1)} |"
+        end
+
+      IO.puts(
+        "| #{if kind == :fault, do: "fault", else: "workload"} #{label(c)} | #{cells} |#{model}"
+      )
     end
 
     IO.puts(
