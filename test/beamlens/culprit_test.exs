@@ -135,6 +135,29 @@ defmodule Beamlens.CulpritTest do
       assert metric(LoggerDomain, "logger.warnings").culprit =~ "(3 recent warnings)"
     end
 
+    test "exception: the exception raised now leads, not the one raised most" do
+      start_supervised!(Beamlens.Domain.Exception.ExceptionStore)
+
+      report = fn exception, module ->
+        Beamlens.Domain.Exception.ExceptionStore.report_event(%{
+          kind: :error,
+          reason: exception,
+          stacktrace: [{module, :run, 1, [file: ~c"lib/app.ex", line: 1]}]
+        })
+      end
+
+      for _ <- 1..30, do: report.(%RuntimeError{message: "old noise"}, Beamlens.CulpritTest.Old)
+
+      for _ <- 1..15,
+          do: report.(%ArgumentError{message: "card declined"}, Beamlens.CulpritTest.Checkout)
+
+      m = metric(Beamlens.Domain.Exception, "exception.count")
+      assert [{"exception", "ArgumentError"} | _] = m.entities
+
+      assert Beamlens.Domain.Exception.summarize(%{value: 5.0, baseline: 0.1, threshold: 1.0}, m) =~
+               "mostly ArgumentError"
+    end
+
     test "ports: the port owner" do
       owner =
         start_named(:beamlens_culprit_sockets, fn ->
