@@ -209,6 +209,17 @@ defmodule Beamlens.Lua do
     end
   end
 
+  @doc false
+  # Like `eval_async/3`, and also returns the process that serves the run,
+  # for callers that monitor it (the watcher).
+  @spec eval_async_monitored(String.t(), callbacks(), [option()]) ::
+          {:ok, reference(), pid()} | {:error, LuaError.t()}
+  def eval_async_monitored(code, callbacks, opts) do
+    with {:ok, code, callbacks, config} <- validate(code, callbacks, opts) do
+      Runner.start(self(), code, callbacks, config)
+    end
+  end
+
   @doc """
   The default value of each limit option.
 

@@ -64,6 +64,22 @@ defmodule Beamlens.Options do
         "Milliseconds during which a repeat of an alert (same fingerprint) is folded " <>
           "into the open alert instead of firing again."
     ],
+    gate_alert_grace: [
+      type: :non_neg_integer,
+      default: 10_000,
+      doc:
+        "While a model check runs, milliseconds the model gets to report what the gate " <>
+          "found before the gate's own alert fires anyway (0: at once). A hung or slow " <>
+          "provider never delays a gate alert by more than this."
+    ],
+    reply_timeout: [
+      type: {:or, [:pos_integer, {:in, [:auto]}]},
+      default: :auto,
+      doc:
+        "Milliseconds a check waits for a model reply or a Lua result before it gives up " <>
+          "on it and goes on. `:auto`: the longest the provider's retries and fallbacks " <>
+          "can take plus 5 s, and the Lua time limit plus 5 s."
+    ],
     compaction_max_tokens: [
       type: :pos_integer,
       default: 50_000,
@@ -79,7 +95,10 @@ defmodule Beamlens.Options do
       default: [],
       doc:
         "Anomaly gate tuning: `:z_threshold` (4.0), `:window` (120 samples), " <>
-          "`:cooldown_ms` (900000), `:max_fires_per_hour` (3), `:relearn_after` (240 samples)."
+          "`:cooldown_ms` (900000), `:max_fires_per_hour` (3), `:relearn_after` (240 samples), " <>
+          "`:warmup_ms` (60000: baselines judge only after this long and `:warmup` samples), " <>
+          "`:escalate_ratio` (2.0: a repeat this many times worse than the open alert fires " <>
+          "again), `:growth_window_ms` (overrides every growth metric's window)."
     ]
   ]
 
@@ -90,6 +109,8 @@ defmodule Beamlens.Options do
     :heartbeat,
     :max_iterations,
     :alert_cooldown,
+    :gate_alert_grace,
+    :reply_timeout,
     :compaction_max_tokens,
     :compaction_keep_last,
     :gate

@@ -15,10 +15,28 @@ defmodule Beamlens.Telemetry do
       * Metadata: `:alert` (`Beamlens.Alert`; `alert.source` is `:gate` or `:llm`).
 
     * `[:beamlens, :watcher, :alert_folded]` - a repeat of an open alert
-      (same fingerprint, within `:alert_cooldown`) was folded into it
-      instead of firing again.
-      * Measurements: `:occurrences` (of the open alert, now).
+      (same fingerprint, within `:alert_cooldown`, and not clearly worse)
+      was folded into it instead of firing again.
+      * Measurements: `:occurrences` (the count of detections folded into
+        the open alert so far, this one included).
       * Metadata: `:alert` (the open alert, with the new count).
+
+    * `[:beamlens, :watcher, :alert_escalated]` - a repeat of an open alert
+      was clearly worse (a higher severity, or a figure `:escalate_ratio`
+      times the open alert's, see the `:gate` option), so it fired again
+      (an `:alert_fired` event precedes this one) instead of being folded.
+      An early false alarm never silences a real incident.
+      * Measurements: `:occurrences` (of the new alert).
+      * Metadata: `:alert` (the new alert), `:previous` (the open alert it
+        supersedes), `:reason` (a sentence), `:from`, `:to` (severities),
+        `:values`, `:previous_values` (the gate's figures by metric name).
+
+    * `[:beamlens, :watcher, :reply_timeout]` - a model reply or a Lua
+      result a check waited for did not come within `:reply_timeout`; the
+      check went on without it (a model request ends the check as
+      `:llm_timeout`, a Lua run gets an error result).
+      * Measurements: `:timeout` (ms).
+      * Metadata: `:awaiting` (`:llm`, `:compaction` or `:lua`).
 
     * `[:beamlens, :watcher, :state_changed]` - the watcher's state changed.
       * Measurements: `:system_time`.
@@ -38,8 +56,8 @@ defmodule Beamlens.Telemetry do
       * Metadata: `:reason` (why it woke: `"gate findings"`, `"heartbeat"`,
         ...), `:outcome` (`:done`, `:wait`, `:iteration_cap`,
         `:too_many_corrections`, or `:llm_<reason>` when the model request
-        failed), `:gate_alerts` (gate alerts fired at its end for anomalies
-        the model did not report).
+        failed), `:gate_alerts` (gate alerts fired for anomalies the model
+        did not report: when `:gate_alert_grace` ran out, or at its end).
 
     * `[:beamlens, :watcher, :tool_call]` - the model called a tool and got
       its result.

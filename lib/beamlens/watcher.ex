@@ -9,9 +9,13 @@ defmodule Beamlens.Watcher do
   # and answers with a message. A "check" (one wake-up of the model) is a
   # small state machine driven by those messages: request -> tool calls ->
   # results -> request ... until the model calls done/wait, the iteration cap
-  # is reached, or something fails. Whatever the model does, the gate's own
-  # alerts for the findings of that check fire at its end unless the model
-  # reported the same anomaly type itself.
+  # is reached, or something fails. Every reply a check waits for has a
+  # deadline (and a Lua run is monitored), so a hung provider or a lost reply
+  # ends the wait, never the watcher. The gate's own alerts never wait for
+  # the model: the model gets `:gate_alert_grace` ms to report the anomaly
+  # itself, then the gate's alert fires whatever the provider does (and at
+  # the end of the check at the latest). Delivery rules (fold, escalate)
+  # are in `Beamlens.Watcher.Alerts`.
   @moduledoc false
 
   use GenServer, restart: :permanent
@@ -19,7 +23,7 @@ defmodule Beamlens.Watcher do
   require Logger
 
   alias Beamlens.{Alert, Compaction, Gate, LLM, Lua, Telemetry}
-  alias Beamlens.Watcher.Agent
+  alias Beamlens.Watcher.{Agent, Alerts}
 
   @max_snapshots 10
   @max_open_alerts 64
@@ -149,6 +153,7 @@ defmodule Beamlens.Watcher do
   @impl true
   def handle_info(:tick, state) do
     Process.send_after(self(), :tick, state.opts[:interval])
+    state = fire_due_gate_alerts(state)
 
     if state.snapshot_task do
       {:noreply, %{state | skipped: state.skipped + 1}}
@@ -196,24 +201,43 @@ defmodule Beamlens.Watcher do
      )}
   end
 
+  # Gate alerts whose grace ran out while a check is running.
+  def handle_info(:gate_alerts_due, state), do: {:noreply, fire_due_gate_alerts(state)}
+
   # Model replies.
   def handle_info({ref, raw}, %{wake: %{awaiting: {:llm, %{ref: ref} = pending}}} = state) do
-    {:noreply, llm_replied(state, LLM.handle_reply(pending, raw))}
+    {:noreply, state |> settle() |> llm_replied(LLM.handle_reply(pending, raw))}
   end
 
   def handle_info(
         {ref, raw},
         %{wake: %{awaiting: {:compaction, %{ref: ref} = pending, plan}}} = state
       ) do
-    {:noreply, compaction_replied(state, LLM.handle_reply(pending, raw), plan)}
+    {:noreply, state |> settle() |> compaction_replied(LLM.handle_reply(pending, raw), plan)}
   end
 
   # Lua results.
-  def handle_info({ref, result}, %{wake: %{awaiting: {:lua, ref, call}}} = state) do
+  def handle_info({ref, result}, %{wake: %{awaiting: {:lua, ref, call, _runner}}} = state) do
     {text, error?} = Agent.lua_result(result, state.domain)
-    state = put_in(state.wake.awaiting, nil)
+    state = settle(state)
     state = if error?, do: state, else: put_in(state.wake.investigated?, true)
     {:noreply, state |> tool_result(call, text, error?) |> next_tool()}
+  end
+
+  # The process serving the Lua run ended without an answer.
+  def handle_info(
+        {:DOWN, monitor, :process, _, reason},
+        %{wake: %{awaiting: {:lua, _ref, call, monitor}}} = state
+      ) do
+    text =
+      "The Lua run ended without an answer (#{inspect(reason, limit: 5)}). Try again or call done."
+
+    {:noreply, state |> settle() |> tool_result(call, text, true) |> next_tool()}
+  end
+
+  # A reply the check waits for is overdue: give up on it and go on.
+  def handle_info({:await_deadline, token}, %{wake: %{deadline: {token, _}}} = state) do
+    {:noreply, reply_overdue(state)}
   end
 
   # Late replies of requests that are no longer awaited.
@@ -315,20 +339,76 @@ defmodule Beamlens.Watcher do
 
     cond do
       state.wake != nil ->
-        # A check is running: its end fires the gate's alerts if needed.
-        update_in(state.wake.gate_groups, &merge_groups(&1, groups, snapshot_id))
+        # A check is running: the model gets the grace period to report
+        # these, then the gate's alerts fire.
+        state
+        |> merge_groups(groups, snapshot_id)
+        |> fire_due_gate_alerts()
 
       reason = wake_reason(state, groups) ->
-        start_check(state, reason, snapshot_id, snapshot, verdict.findings, groups)
+        state
+        |> start_check(reason, snapshot_id, snapshot, verdict.findings, groups)
+        |> fire_due_gate_alerts()
 
       true ->
         fire_gate_alerts(state, groups, snapshot_id)
     end
   end
 
-  defp merge_groups(existing, groups, snapshot_id) do
-    Enum.reduce(groups, existing, fn {type, findings}, acc ->
-      Map.put_new(acc, type, {findings, snapshot_id})
+  defp merge_groups(state, groups, snapshot_id) do
+    now = System.monotonic_time(:millisecond)
+
+    Enum.reduce(groups, state, fn {type, findings}, acc ->
+      if Map.has_key?(acc.wake.gate_groups, type) do
+        # An escalation of a type already found in this check goes out now.
+        escalated? = Enum.any?(findings, &(&1.status == "escalated"))
+
+        reported? =
+          MapSet.member?(acc.wake.gate_fired, type) or MapSet.member?(acc.wake.fired_types, type)
+
+        cond do
+          # Reported already in this check, and now worse: it goes out now.
+          escalated? and reported? ->
+            raise_alert(acc, type, findings, snapshot_id)
+
+          # Still waiting for the model: its alert (or the gate's) will carry
+          # the worse figures.
+          escalated? ->
+            put_in(acc.wake.gate_groups[type], {findings, snapshot_id})
+
+          true ->
+            acc
+        end
+      else
+        acc = put_in(acc.wake.gate_groups[type], {findings, snapshot_id})
+        await_gate_alert(acc, type, now)
+      end
+    end)
+  end
+
+  # The gate's alert of `type` waits at most the grace period for the model.
+  defp await_gate_alert(state, type, now) do
+    grace = state.opts[:gate_alert_grace]
+    if grace > 0, do: Process.send_after(self(), :gate_alerts_due, grace)
+    put_in(state.wake.gate_waiting[type], now)
+  end
+
+  # Fires the gate alerts of the running check whose grace ran out, unless
+  # the model reported that anomaly type already.
+  defp fire_due_gate_alerts(%{wake: nil} = state), do: state
+
+  defp fire_due_gate_alerts(state) do
+    now = System.monotonic_time(:millisecond)
+    {due, waiting} = Alerts.due(state.wake.gate_waiting, now, state.opts[:gate_alert_grace])
+    state = put_in(state.wake.gate_waiting, waiting)
+
+    due
+    |> Enum.reject(&MapSet.member?(state.wake.fired_types, &1))
+    |> Enum.reduce(state, fn type, acc ->
+      {findings, snapshot_id} = acc.wake.gate_groups[type]
+      acc = update_in(acc.stats.gate_fallbacks, &(&1 + 1))
+      acc = update_in(acc.wake.gate_fired, &MapSet.put(&1, type))
+      raise_alert(acc, type, findings, snapshot_id)
     end)
   end
 
@@ -417,6 +497,9 @@ defmodule Beamlens.Watcher do
       investigated?: false,
       fired_types: MapSet.new(),
       gate_groups: Map.new(groups, fn {type, fs} -> {type, {fs, snapshot_id}} end),
+      gate_waiting: %{},
+      gate_fired: MapSet.new(),
+      deadline: nil,
       ended: nil,
       started_at: System.monotonic_time(:millisecond),
       requests: 0,
@@ -424,8 +507,13 @@ defmodule Beamlens.Watcher do
     }
 
     stats = Map.update!(state.stats, :checks, &(&1 + 1))
+    now = System.monotonic_time(:millisecond)
 
-    %{state | wake: wake, conversation: state.conversation ++ [message], stats: stats}
+    state = %{state | wake: wake, conversation: state.conversation ++ [message], stats: stats}
+
+    groups
+    |> Map.keys()
+    |> Enum.reduce(state, &await_gate_alert(&2, &1, now))
     |> request_model()
   end
 
@@ -478,7 +566,7 @@ defmodule Beamlens.Watcher do
         state = put_in(state.wake.force, nil)
         state = update_in(state.stats.llm_requests, &(&1 + 1))
         state = update_in(state.wake.requests, &(&1 + 1))
-        put_in(state.wake.awaiting, {:llm, pending})
+        await(state, {:llm, pending}, llm_deadline(state))
 
       {:error, error} ->
         finish_check(llm_failed(state, error), {:llm_error, error.reason})
@@ -490,7 +578,6 @@ defmodule Beamlens.Watcher do
   end
 
   defp llm_replied(state, {:ok, response}) do
-    state = put_in(state.wake.awaiting, nil)
     usage = response.usage || %{}
     state = %{state | reported_tokens: usage[:input_tokens] || state.reported_tokens}
 
@@ -518,7 +605,6 @@ defmodule Beamlens.Watcher do
   end
 
   defp llm_replied(state, {:error, error}) do
-    state = put_in(state.wake.awaiting, nil)
     finish_check(llm_failed(state, error), {:llm_error, error.reason})
   end
 
@@ -665,9 +751,10 @@ defmodule Beamlens.Watcher do
     callbacks = lua_callbacks(state.domain)
     opts = [result: :full, telemetry_metadata: %{watcher: state.name}]
 
-    case Lua.eval_async(code, callbacks, opts) do
-      {:ok, ref} ->
-        put_in(state.wake.awaiting, {:lua, ref, call})
+    case Lua.eval_async_monitored(code, callbacks, opts) do
+      {:ok, ref, runner} ->
+        monitor = Process.monitor(runner)
+        await(state, {:lua, ref, call, monitor}, lua_deadline(state))
 
       {:error, error} ->
         state
@@ -709,11 +796,12 @@ defmodule Beamlens.Watcher do
     state |> tool_result(call, "OK.", false) |> next_tool()
   end
 
-  # Anomaly types the gate found in this check that the model did not report.
+  # Anomaly types the gate found in this check that nobody reported yet.
   defp unreported(state) do
     state.wake.gate_groups
     |> Map.keys()
     |> Enum.reject(&MapSet.member?(state.wake.fired_types, &1))
+    |> Enum.reject(&MapSet.member?(state.wake.gate_fired, &1))
     |> Enum.sort()
   end
 
@@ -763,13 +851,16 @@ defmodule Beamlens.Watcher do
   end
 
   defp finish_check(state, outcome) do
+    state = settle(state)
     wake = state.wake
     state = %{state | wake: nil, last_wake_tick: state.tick, last_wake_at: clock(state)}
 
-    # The model's alerts cover their anomaly types; the gate covers the rest.
+    # The model's alerts cover their anomaly types; the gate covers the rest
+    # (some of it may have gone out already, when the grace ran out).
     uncovered =
       wake.gate_groups
       |> Enum.reject(fn {type, _} -> MapSet.member?(wake.fired_types, type) end)
+      |> Enum.reject(fn {type, _} -> MapSet.member?(wake.gate_fired, type) end)
 
     state =
       Enum.reduce(uncovered, state, fn {type, {findings, snapshot_id}}, acc ->
@@ -789,7 +880,7 @@ defmodule Beamlens.Watcher do
         watcher: state.name,
         reason: wake.reason,
         outcome: outcome_name(outcome),
-        gate_alerts: length(uncovered)
+        gate_alerts: length(uncovered) + MapSet.size(wake.gate_fired)
       }
     )
 
@@ -798,6 +889,86 @@ defmodule Beamlens.Watcher do
 
   defp outcome_name({:llm_error, reason}), do: :"llm_#{reason}"
   defp outcome_name(outcome), do: outcome
+
+  ## Replies a check waits for
+
+  # Waits for `awaiting` with a deadline: the timer's token (not the reply's
+  # ref) names the wait, so an overdue reply is given up whatever happened
+  # to it.
+  defp await(state, awaiting, ms) do
+    token = make_ref()
+    timer = Process.send_after(self(), {:await_deadline, token}, ms)
+    state = put_in(state.wake.awaiting, awaiting)
+    put_in(state.wake.deadline, {token, timer})
+  end
+
+  # The awaited reply arrived (or was given up): stop waiting for it.
+  defp settle(%{wake: %{deadline: deadline, awaiting: awaiting}} = state) do
+    case deadline do
+      {_token, timer} -> Process.cancel_timer(timer)
+      nil -> :ok
+    end
+
+    case awaiting do
+      {:lua, _ref, _call, monitor} -> Process.demonitor(monitor, [:flush])
+      _ -> :ok
+    end
+
+    state = put_in(state.wake.deadline, nil)
+    put_in(state.wake.awaiting, nil)
+  end
+
+  defp reply_overdue(state) do
+    awaiting = state.wake.awaiting
+    {_, ms} = deadline_ms(state, awaiting)
+    state = settle(state)
+
+    Telemetry.execute([:watcher, :reply_timeout], %{timeout: ms}, %{
+      watcher: state.name,
+      awaiting: elem(awaiting, 0)
+    })
+
+    case awaiting do
+      {:llm, pending} ->
+        llm_replied(state, {:error, overdue_error(pending, ms)})
+
+      {:compaction, pending, plan} ->
+        compaction_replied(state, {:error, overdue_error(pending, ms)}, plan)
+
+      {:lua, _ref, call, _monitor} ->
+        text = "The Lua run did not answer within #{ms} ms. Try something simpler or call done."
+        state |> tool_result(call, text, true) |> next_tool()
+    end
+  end
+
+  defp overdue_error(pending, ms) do
+    %Beamlens.LLMError{
+      reason: :timeout,
+      provider: pending.provider,
+      message: "no reply within #{ms} ms",
+      retryable?: true
+    }
+  end
+
+  defp deadline_ms(state, {:lua, _, _, _}), do: {:lua, lua_deadline(state)}
+  defp deadline_ms(state, _llm), do: {:llm, llm_deadline(state)}
+
+  # `:reply_timeout`, or by default the longest the configured retries and
+  # fallbacks can take (plus 5 s) ...
+  defp llm_deadline(state) do
+    case state.opts[:reply_timeout] do
+      ms when is_integer(ms) -> ms
+      _ -> LLM.worst_case(state.llm)
+    end
+  end
+
+  # ... and the Lua run's own time limit plus 5 s.
+  defp lua_deadline(state) do
+    case state.opts[:reply_timeout] do
+      ms when is_integer(ms) -> ms
+      _ -> Lua.defaults()[:timeout] + 5_000
+    end
+  end
 
   ## Compaction
 
@@ -820,14 +991,12 @@ defmodule Beamlens.Watcher do
     Telemetry.execute([:compaction, :start], %{tokens: plan.tokens_before}, %{watcher: state.name})
 
     case LLM.chat_async(state.llm, request, caller: {:watcher, state.name}) do
-      {:ok, pending} -> put_in(state.wake.awaiting, {:compaction, pending, plan})
+      {:ok, pending} -> await(state, {:compaction, pending, plan}, llm_deadline(state))
       {:error, error} -> state |> compaction_replied({:error, error}, plan)
     end
   end
 
   defp compaction_replied(state, result, plan) do
-    state = put_in(state.wake.awaiting, nil)
-
     {state, cut, method} =
       case result do
         {:ok, %{content: summary}} when is_binary(summary) and summary != "" ->
@@ -870,9 +1039,14 @@ defmodule Beamlens.Watcher do
   end
 
   defp raise_alert(state, type, findings, snapshot_id) do
-    escalated? = Enum.any?(findings, &(&1.status == "escalated"))
+    candidate = %{
+      severity:
+        if(Enum.any?(findings, &(&1.severity == :critical)), do: :critical, else: :warning),
+      values: evidence_values(findings),
+      escalated?: Enum.any?(findings, &(&1.status == "escalated"))
+    }
 
-    deliver(state, type, escalated?, fn occurrences ->
+    deliver(state, type, candidate, fn occurrences ->
       gate_alert(state, type, findings, snapshot_id, occurrences)
     end)
   end
@@ -896,8 +1070,14 @@ defmodule Beamlens.Watcher do
       )
     end
 
+    candidate = %{
+      severity: attrs.severity,
+      values: evidence_values(related),
+      escalated?: false
+    }
+
     before = state.alerts_fired
-    state = deliver(state, attrs.anomaly_type, false, build)
+    state = deliver(state, attrs.anomaly_type, candidate, build)
     fingerprint = Alert.fingerprint(state.name, attrs.anomaly_type, node())
     %{alert: alert} = state.open_alerts[fingerprint]
 
@@ -910,27 +1090,41 @@ defmodule Beamlens.Watcher do
     {state, text}
   end
 
-  # Fires a new alert, or folds a repeat of an open one (same fingerprint,
-  # within the cooldown) unless the severity escalated.
-  defp deliver(state, type, escalated?, build) do
+  # Fires a new alert, folds a repeat of an open one (same fingerprint,
+  # within the cooldown), or fires it again when it is clearly worse (see
+  # `Beamlens.Watcher.Alerts`).
+  defp deliver(state, type, candidate, build) do
     now = System.monotonic_time(:millisecond)
     fingerprint = Alert.fingerprint(state.name, type, node())
-    cooldown = state.opts[:alert_cooldown]
+    open = state.open_alerts[fingerprint]
+    ratio = Keyword.get(state.opts[:gate] || [], :escalate_ratio, 2.0)
 
-    case state.open_alerts[fingerprint] do
-      %{alert: alert, fired_at: fired_at} when now - fired_at < cooldown and not escalated? ->
-        alert = %{alert | occurrences: alert.occurrences + 1}
+    case Alerts.decide(open, candidate, now, state.opts[:alert_cooldown], ratio) do
+      :fold ->
+        open = Alerts.fold(open)
 
-        Telemetry.execute([:watcher, :alert_folded], %{occurrences: alert.occurrences}, %{
-          alert: alert,
+        Telemetry.execute([:watcher, :alert_folded], %{occurrences: open.alert.occurrences}, %{
+          alert: open.alert,
           watcher: state.name
         })
 
-        put_in(state.open_alerts[fingerprint], %{alert: alert, fired_at: fired_at})
+        put_in(state.open_alerts[fingerprint], open)
 
-      previous ->
-        occurrences = if previous, do: previous.alert.occurrences + 1, else: 1
+      :fire ->
+        occurrences = if open, do: open.alert.occurrences + 1, else: 1
         fire(state, build.(occurrences), now)
+
+      {:escalate, reason} ->
+        alert = build.(open.alert.occurrences + 1)
+        state = fire(state, alert, now)
+
+        Telemetry.execute(
+          [:watcher, :alert_escalated],
+          %{occurrences: alert.occurrences},
+          Map.put(Alerts.escalation(open.alert, alert, reason), :watcher, state.name)
+        )
+
+        state
     end
   end
 
@@ -1103,7 +1297,20 @@ defmodule Beamlens.Watcher do
 
     z = if finding.z, do: ", z=#{Float.round(finding.z * 1.0, 1)}", else: ""
 
-    "#{finding.name} = #{fmt.(finding.value)} (#{base}#{z}; #{finding.severity} for #{finding.samples} sample(s))"
+    "#{finding.name} = #{fmt.(finding.value)}#{span(finding)} (#{base}#{z}; #{finding.severity} for #{finding.samples} sample(s))"
+  end
+
+  # How the gate measured it: events over a window (counters), or the floor
+  # over a window (growth).
+  defp span(finding) do
+    window = Map.get(finding, :window_ms)
+    seconds = window && Float.round(window / 1000, 1)
+
+    case Map.get(finding, :count) do
+      count when is_number(count) and is_number(window) -> ", #{round(count)} in #{seconds} s"
+      _ when is_number(window) -> ", lowest over #{seconds} s"
+      _ -> ""
+    end
   end
 
   defp cancel_timer(nil), do: :ok

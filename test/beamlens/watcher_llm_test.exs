@@ -75,7 +75,10 @@ defmodule Beamlens.WatcherLLMTest do
     # The check: a system prompt naming the Lua functions, data in <data> tags, six tools, a forced tool call.
     assert first.json["system"] =~ "ets.tables(n, by)"
     assert [%{"role" => "user", "content" => [%{"text" => check}]}] = first.json["messages"]
-    assert check =~ "Gate findings:\n- ets_memory_growth (critical, new): ETS memory at"
+    # The growth floor may fire before or after the table is full.
+    assert check =~
+             ~r/Gate findings:\n- ets_memory_growth \((warning|critical), new\): ETS memory at/
+
     assert check =~ "<data>"
 
     assert Enum.map(first.json["tools"], & &1["name"]) ==
@@ -163,7 +166,10 @@ defmodule Beamlens.WatcherLLMTest do
     alert = assert_alert(:ets, "ets_memory_growth")
     assert alert.source == :gate
     assert Beamlens.Watcher.whereis(instance, :ets) == pid
-    assert %{state: :critical} = Beamlens.Watcher.info(pid)
+    # Warning or critical: the growth floor may not have reached the
+    # critical level yet when the first alert goes out.
+    assert %{state: state} = Beamlens.Watcher.info(pid)
+    assert state in [:warning, :critical]
   end
 
   test "a spent token budget falls back to rules only", %{instance: instance, server: server} do

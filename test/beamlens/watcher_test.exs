@@ -219,6 +219,55 @@ defmodule Beamlens.WatcherTest do
       refute_received {:telemetry, [:beamlens, :watcher, :alert_fired], _,
                        %{alert: %{anomaly_type: "mailbox_buildup"}}}
     end
+
+    test "a clearly worse repeat escalates through the cooldown", %{instance: instance} do
+      :ok =
+        :telemetry.attach(
+          "escalated-#{inspect(self())}",
+          [:beamlens, :watcher, :alert_escalated],
+          &Beamlens.WatcherCase.forward/4,
+          self()
+        )
+
+      on_exit(fn -> :telemetry.detach("escalated-#{inspect(self())}") end)
+
+      start_beamlens(instance,
+        watchers: [
+          [
+            name: :beam,
+            alert_cooldown: 900_000,
+            gate: [cooldown_ms: 900_000, max_fires_per_hour: 3, warmup_ms: 0]
+          ]
+        ]
+      )
+
+      await_ticks(instance, :beam, 3)
+
+      # A small build-up first (the "false alarm") ...
+      small = spawn(fn -> Process.sleep(:infinity) end)
+      on_exit(fn -> Process.exit(small, :kill) end)
+      for i <- 1..15_000, do: send(small, i)
+      first = assert_alert(:beam, "mailbox_buildup")
+      assert first.severity == :warning
+      Process.exit(small, :kill)
+
+      assert_receive {:telemetry, [:beamlens, :watcher, :state_changed], _,
+                      %{watcher: :beam, to: :healthy}},
+                     5_000
+
+      # ... then a real one, inside both cooldowns: it is not folded away.
+      big = spawn(fn -> Process.sleep(:infinity) end)
+      on_exit(fn -> Process.exit(big, :kill) end)
+      for i <- 1..150_000, do: send(big, i)
+
+      second = assert_alert(:beam, "mailbox_buildup")
+      assert second.severity == :critical
+      assert second.fingerprint == first.fingerprint
+
+      assert_receive {:telemetry, [:beamlens, :watcher, :alert_escalated], %{occurrences: 2},
+                      %{alert: ^second, previous: ^first, from: :warning, to: :critical}},
+                     1_000
+    end
   end
 
   describe "state changes" do

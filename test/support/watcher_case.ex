@@ -45,7 +45,7 @@ defmodule Beamlens.WatcherCase do
           interval: 50,
           warmup: 5,
           provider: :none,
-          gate: [cooldown_ms: 60_000, warmup_ms: 0, growth_window_ms: 1_000]
+          gate: [cooldown_ms: 60_000, warmup_ms: 0, growth_window_ms: 500]
         ],
         opts
       )

@@ -557,6 +557,10 @@ fn observe_one(
                 }
                 // Anomalous but not (yet) firing: keep it out of the baseline.
                 Some(_) => verdict.pending.push(sample.name.clone()),
+                // A floor above the baseline's own spread may be a leak on
+                // its way up: learning it would let the baseline chase it.
+                None if sample.kind == Kind::Growth
+                    && !learnable(config, state, value, judgement.above_clear) => {}
                 None => learn(config, state, value),
             }
         }
@@ -621,6 +625,18 @@ fn fires_left(config: &Config, state: &mut MetricState, now_ms: u64) -> bool {
         }
     }
     state.fires.len() < config.max_fires_per_hour.max(1)
+}
+
+/// Whether a growth floor may join the baseline: while the baseline is
+/// young, if it is not halfway to firing; then, if it is within the
+/// baseline's own spread (`z_threshold` robust deviations, without the
+/// `min_abs` floor). A real level shift is accepted later by relearning.
+fn learnable(config: &Config, state: &MetricState, value: f64, above_clear: bool) -> bool {
+    if state.baseline.len() < config.warmup.max(1) {
+        return !above_clear;
+    }
+    let (median, scale) = robust_stats(&state.baseline, 0.0);
+    value <= median + config.z_threshold * scale
 }
 
 fn learn(config: &Config, state: &mut MetricState, value: f64) {
@@ -1203,5 +1219,30 @@ mod tests {
             statuses.extend(v.findings.iter().map(|f| f.status));
         }
         assert_eq!(statuses, vec!["new", "escalated"]);
+    }
+
+    #[test]
+    fn a_slow_leak_does_not_teach_the_baseline_to_follow_it() {
+        // The baseline is ready after a few floors; then 20 processes a
+        // second leak, slowly enough that no single step looks anomalous.
+        let mut gate = Gate::new(config());
+        let mut t = 0;
+        while t < 10_000 {
+            gate.observe(&[growth("p", 100.0, 2_000.0)], t);
+            t += 500;
+        }
+        let mut fired = None;
+        while t < 200_000 && fired.is_none() {
+            let value = 100.0 + (t - 10_000) as f64 / 50.0;
+            fired = gate
+                .observe(&[growth("p", value, 2_000.0)], t)
+                .findings
+                .into_iter()
+                .next();
+            t += 500;
+        }
+        let f = fired.expect("the slow leak fired");
+        assert_eq!(f.baseline, Some(100.0));
+        assert!(t < 10_000 + 110_000 + 5_000 + 1_000, "at {t}");
     }
 }
