@@ -684,6 +684,7 @@ defmodule Bench.Signal.Sim do
     exception: Beamlens.Domain.Exception
   ]
   @cooldown 900_000
+  @escalate_ratio 2.0
   @warmup 10
   @warmup_ms 60_000
   @epoch 1_800_000_000_000
@@ -760,21 +761,48 @@ defmodule Bench.Signal.Sim do
     {%{sim | k: sim.k + 1, insights: insights}, Enum.reverse(events)}
   end
 
-  # As Beamlens.Watcher delivers a gate alert: fold a repeat of an open alert
-  # (same fingerprint, within the cooldown) unless it escalated.
+  # As Beamlens.Watcher delivers a gate alert, with its own rules
+  # (Beamlens.Watcher.Alerts): fire, fold a repeat of an open alert within
+  # the cooldown, or fire again as an escalation when clearly worse.
   defp deliver(sim, watcher, domain, type, findings, t, events) do
     fingerprint = {watcher, type}
-    escalated? = Enum.any?(findings, &(&1.status == "escalated"))
+    open = sim.open[fingerprint]
 
-    case sim.open[fingerprint] do
-      %{at: at} when t - at < @cooldown and not escalated? ->
+    candidate = %{
+      severity:
+        if(Enum.any?(findings, &(&1.severity == :critical)), do: :critical, else: :warning),
+      values: values(findings),
+      escalated?: Enum.any?(findings, &(&1.status == "escalated"))
+    }
+
+    case Beamlens.Watcher.Alerts.decide(open, candidate, t, @cooldown, @escalate_ratio) do
+      :fold ->
+        sim = put_in(sim.open[fingerprint], Beamlens.Watcher.Alerts.fold(open))
         {sim, [%{kind: :folded, watcher: watcher, type: type, t: t} | events]}
 
-      _ ->
+      decision ->
         alert = gate_alert(sim.metrics[watcher], watcher, domain, type, findings, t)
-        sim = put_in(sim.open[fingerprint], %{at: t})
-        {sim, [%{kind: :fired, watcher: watcher, type: type, t: t, alert: alert} | events]}
+        sim = put_in(sim.open[fingerprint], %{alert: alert, fired_at: t})
+        escalated? = decision != :fire and open != nil
+
+        event = %{
+          kind: :fired,
+          escalated?: escalated?,
+          watcher: watcher,
+          type: type,
+          t: t,
+          alert: alert
+        }
+
+        {sim, [event | events]}
     end
+  end
+
+  defp values(findings) do
+    Map.new(
+      findings,
+      &{&1.name, Map.take(&1, [:value, :baseline, :threshold, :z, :severity, :samples])}
+    )
   end
 
   defp gate_alert(metrics, watcher, domain, type, findings, t) do
@@ -798,6 +826,7 @@ defmodule Bench.Signal.Sim do
       anomaly_type: type,
       summary: summary,
       entities: findings |> Enum.flat_map(&(metrics[&1.name][:entities] || [])) |> Enum.uniq(),
+      evidence: %{snapshot_ids: [], values: values(findings)},
       detected_at: DateTime.from_unix!(@epoch + t, :millisecond),
       source: :gate
     )
@@ -1034,13 +1063,17 @@ defmodule Bench.Signal do
     %{
       detected: detected?,
       ticks: if(detected?, do: Enum.max(Enum.map(firsts, & &1.k)) - at + 1),
-      expected_alerts: length(hits),
+      expected_alerts: Enum.count(hits, &(not &1.escalated?)),
+      escalations: Enum.count(hits, & &1.escalated?),
       parts: length(expected),
       other_alerts: length(fired) - length(hits),
       culprit: culprit,
       insights: if(length(watchers) >= 2, do: map_size(sim.insights)),
       notes:
-        Enum.map(fired, &"#{&1.watcher}/#{&1.type}@#{&1.k - at + 1}") ++
+        Enum.map(
+          fired,
+          &"#{&1.watcher}/#{&1.type}@#{&1.k - at + 1}#{if &1[:escalated?], do: " (esc.)"}"
+        ) ++
           Enum.map(Enum.reject(firsts, &is_nil/1), &String.slice(&1.alert.summary, 0, 160))
     }
   end
@@ -1116,7 +1149,8 @@ defmodule Bench.Signal do
             :fault ->
               alerts =
                 "#{r.expected_alerts}/#{r.parts}" <>
-                  if(r.other_alerts > 0, do: " +#{r.other_alerts}", else: "")
+                  if(r.escalations > 0, do: " +#{r.escalations} esc.", else: "") <>
+                  if(r.other_alerts > 0, do: " +#{r.other_alerts} other", else: "")
 
               Enum.join(
                 [
