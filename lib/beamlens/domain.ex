@@ -259,6 +259,27 @@ defmodule Beamlens.Domain do
   end
 
   @doc """
+  Ranks the keys of recent events, newest first in `events`, by a
+  recency-weighted count (each older event weighs 0.8 of the one after
+  it), so that what happens now leads what happened most a while ago.
+  Returns `{key, count}` pairs (plain counts), best first, at most `n`.
+
+      iex> Beamlens.Domain.recent_leaders(~w(burst burst burst old old old old old old), 2)
+      [{"burst", 3}, {"old", 6}]
+  """
+  @spec recent_leaders([term()], pos_integer()) :: [{term(), pos_integer()}]
+  def recent_leaders(keys, n) do
+    keys
+    |> Enum.with_index()
+    |> Enum.reduce(%{}, fn {key, i}, acc ->
+      Map.update(acc, key, {:math.pow(0.8, i), 1}, fn {w, c} -> {w + :math.pow(0.8, i), c + 1} end)
+    end)
+    |> Enum.sort_by(fn {key, {weight, _}} -> {-weight, key} end)
+    |> Enum.take(n)
+    |> Enum.map(fn {key, {_, count}} -> {key, count} end)
+  end
+
+  @doc """
   A process in words: its registered name, or its current function, and
   its pid (from a map with `:pid`, `:name` and `:current_function`).
 

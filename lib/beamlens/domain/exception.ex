@@ -81,8 +81,9 @@ defmodule Beamlens.Domain.Exception do
         warn: 1,
         critical: 10,
         sustain: 1,
-        # The group raised most among the latest exceptions leads: the
-        # culprit of a burst is what raises now, not what raised most.
+        # The group raised most among the latest exceptions (weighted by
+        # recency) leads: the culprit of a burst is what raises now, not
+        # what raised most.
         entities: entities(Map.get(s, :recent_top_group, []) ++ s.top_groups)
       },
       %{
@@ -105,9 +106,9 @@ defmodule Beamlens.Domain.Exception do
   defp recent_top_group do
     case @recent_window
          |> ExceptionStore.recent()
-         |> Enum.frequencies_by(& &1.group)
-         |> Enum.max_by(&elem(&1, 1), fn -> nil end) do
-      {id, _count} when is_binary(id) ->
+         |> Enum.map(& &1.group)
+         |> Beamlens.Domain.recent_leaders(1) do
+      [{id, _count}] when is_binary(id) ->
         case ExceptionStore.group(id) do
           %{} = group -> [Map.take(group, [:exception, :module])]
           _ -> []

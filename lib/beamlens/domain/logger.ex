@@ -55,10 +55,9 @@ defmodule Beamlens.Domain.Logger do
     @recent_window
     |> LogStore.recent(level)
     |> Enum.filter(&((level == :error or &1.level == :warning) and recent?(&1, since)))
-    |> Enum.frequencies_by(& &1[:module])
-    |> Enum.reject(fn {module, _} -> module in [nil, "unknown", "other"] end)
-    |> Enum.sort_by(fn {module, count} -> {-count, module} end)
-    |> Enum.take(3)
+    |> Enum.map(& &1[:module])
+    |> Enum.reject(&(&1 in [nil, "unknown", "other"]))
+    |> Beamlens.Domain.recent_leaders(3)
     |> Enum.map(fn {module, count} -> %{module: module, count: count} end)
   end
 
