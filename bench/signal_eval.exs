@@ -8,6 +8,7 @@
 #   PART=workloads | faults        only the healthy workloads / only the faults
 #   TICKS=500 | 30000              only one tick scale (default: both)
 #   ONLY=ets_leak,busy_app         only these cases
+#   DEBUG=1                        print every tick (to find a stuck case)
 #
 # With a model (BEAMLENS_REAL_MODEL_URL: an OpenAI-compatible server such as
 # the local model, `../shared/tools/local-llm start` prints its URL; see
