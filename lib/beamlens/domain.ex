@@ -305,8 +305,8 @@ defmodule Beamlens.Domain do
   def process_entities(%{pid: pid} = process) do
     case {process[:name], process[:current_function]} do
       {nil, nil} -> [{"pid", pid}]
-      {nil, function} -> [{"function", function}, {"pid", pid}]
-      {name, _} -> [{"process", name}, {"pid", pid}]
+      {nil, function} -> [{"pid", pid}, {"function", function}]
+      {name, _} -> [{"pid", pid}, {"process", name}]
     end
   end
 

@@ -10,7 +10,7 @@ defmodule Beamlens.Domain.Processes do
 
   @orderings [:message_queue_len, :heap_size, :reductions]
   @max_n 50
-  @group_sample 5_000
+  @group_sample 2_000
 
   @doc false
   def orderings, do: Enum.map(@orderings, &Atom.to_string/1) ++ ["memory"]
