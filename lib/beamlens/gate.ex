@@ -25,9 +25,11 @@ defmodule Beamlens.Gate do
       on its floor: the lowest value over the trailing `:window_ms`
       (default 5 s, and at least four ticks). A spike that comes back within
       the window never moves the floor; growth that stays does. Floors are
-      judged like `:level`; before a baseline exists (warm-up) the floor is
-      judged against the first value seen with `:min_rel`/`:min_abs`, so a
-      leak that starts at boot is still found.
+      judged like `:level`; before a baseline exists (warm-up) the floor of a
+      metric present since the gate's first snapshot is judged against its
+      first value with `:min_rel`/`:min_abs`, so a leak that starts at boot
+      is still found (a metric that appears later, such as a new table,
+      waits for its own baseline).
 
   A metric fires after `:sustain` consecutive anomalous samples (default 2)
   and clears when it is back under a lower level (hysteresis). Values seen

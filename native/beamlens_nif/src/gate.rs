@@ -23,9 +23,9 @@
 //!   on its floor, the lowest value over the trailing `window_ms` (at least
 //!   four ticks): a spike that comes back within the window never moves the
 //!   floor, growth that stays does. Floors are judged like `Level` against a
-//!   baseline of floors; before that baseline exists (warm-up) the floor is
-//!   judged against the first value seen, so a leak that starts at boot is
-//!   still found.
+//!   baseline of floors; before that baseline exists (warm-up) the floor of
+//!   a metric seen since the gate's first observation is judged against its
+//!   first value, so a leak that starts at boot is still found.
 //!
 //! A metric has to be anomalous for `sustain` consecutive samples before it
 //! fires (hysteresis on the way in), and clears only once it is back under
@@ -233,6 +233,10 @@ struct MetricState {
     prev_ms: Option<u64>,
     /// Time of the first sample.
     born_ms: Option<u64>,
+    /// Seen in the gate's first observation: its first value is a boot
+    /// reference for growth (a metric that appears later, such as a new
+    /// table, has no such reference and waits for its baseline).
+    from_boot: bool,
 }
 
 /// The gate of one watcher.
@@ -240,6 +244,8 @@ struct MetricState {
 pub struct Gate {
     config: Config,
     metrics: HashMap<String, MetricState>,
+    /// Time of the first observation: metrics seen then were there at boot.
+    first_ms: Option<u64>,
 }
 
 struct Judgement {
@@ -256,6 +262,7 @@ impl Gate {
         Gate {
             config,
             metrics: HashMap::new(),
+            first_ms: None,
         }
     }
 
@@ -274,6 +281,7 @@ impl Gate {
     /// Feeds one snapshot's samples taken at `now_ms` and returns what fires.
     pub fn observe(&mut self, samples: &[Sample], now_ms: u64) -> Verdict {
         let mut verdict = Verdict::default();
+        let first_ms = *self.first_ms.get_or_insert(now_ms);
         for sample in samples {
             if !sample.value.is_finite() {
                 continue;
@@ -283,6 +291,9 @@ impl Gate {
                 continue;
             }
             let state = self.metrics.entry(sample.name.clone()).or_default();
+            if state.born_ms.is_none() {
+                state.from_boot = now_ms == first_ms;
+            }
             state.last_seen_ms = now_ms;
             observe_one(&self.config, state, sample, now_ms, &mut verdict);
         }
@@ -686,7 +697,9 @@ fn judge(
 
     // Baseline judgement for Level, Counter and Growth metrics.
     if !warm || state.seen < config.warmup || state.baseline.is_empty() {
-        if let (Kind::Growth, Some((_, origin))) = (sample.kind, state.origin) {
+        if let (Kind::Growth, Some((_, origin)), true) =
+            (sample.kind, state.origin, state.from_boot)
+        {
             // No baseline yet: judge growth against the first value seen,
             // so that a leak that starts at boot is still found.
             judge_against(&mut judgement, sample, value, origin, 0.0);
@@ -1244,5 +1257,26 @@ mod tests {
         let f = fired.expect("the slow leak fired");
         assert_eq!(f.baseline, Some(100.0));
         assert!(t < 10_000 + 110_000 + 5_000 + 1_000, "at {t}");
+    }
+
+    #[test]
+    fn only_metrics_present_at_boot_are_judged_against_their_first_value() {
+        let mut gate = Gate::new(shipped());
+        let mut t = 0;
+        while t < 60_000 {
+            // A table that appears at 10 s and fills, then stays: judged
+            // by its baseline later, not against its first value.
+            let mut samples = vec![growth("boot", 100.0, 2_000.0)];
+            if t >= 10_000 {
+                samples.push(growth(
+                    "late",
+                    100.0 + (t - 10_000).min(5_000) as f64,
+                    2_000.0,
+                ));
+            }
+            let v = gate.observe(&samples, t);
+            assert!(v.findings.is_empty(), "at {t}: {v:?}");
+            t += 500;
+        }
     }
 }
