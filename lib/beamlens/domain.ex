@@ -69,7 +69,17 @@ defmodule Beamlens.Domain do
       `:decimal`, for formatting.
     * `:min_rel`, `:min_abs`, `:critical_rel`, `:sustain`, `:window_ms`,
       `:min_count` - see `Beamlens.Gate`.
-    * `:entities` - `{type, id}` pairs the metric is about.
+    * `:entities` - `{type, id}` pairs the metric is about: the top
+      contributors the snapshot measured (at most three), e.g.
+      `{"ets_table", "sessions"}`, `{"process", "MyApp.Cache"}`,
+      `{"pid", "#PID<0.123.0>"}`, `{"function", "MyApp.Worker.loop/1"}`,
+      `{"module", "MyApp.Payments"}`. They become the entities of the alerts
+      the metric leads to.
+    * `:culprit` - the same contributors in words, e.g.
+      `"ets table sessions owned by MyApp.Cache (#PID<0.123.0>)"`. Every
+      alert about the metric names it in its summary (appended as
+      `(culprit: ...)` when the summary does not already name it), whether
+      the gate or the model wrote the summary.
   """
   @type metric :: %{
           required(:name) => String.t(),
@@ -86,7 +96,8 @@ defmodule Beamlens.Domain do
           optional(:sustain) => pos_integer(),
           optional(:window_ms) => pos_integer(),
           optional(:min_count) => number(),
-          optional(:entities) => [{String.t(), String.t()}]
+          optional(:entities) => [{String.t(), String.t()}],
+          optional(:culprit) => String.t()
         }
 
   @typedoc "A read-only function investigations may call from Lua as `<domain>.<name>(...)`."
@@ -193,6 +204,141 @@ defmodule Beamlens.Domain do
   def format(value, :decimal), do: "#{Float.round(value * 1.0, 2)}"
   def format(value, _count) when is_float(value), do: "#{round(value)}"
   def format(value, _count), do: "#{value}"
+
+  @doc """
+  Makes sure `summary` names the culprit: appends `" (culprit: ...)"`
+  unless the summary already contains the culprit or the id of one of its
+  naming entities (anything but `"resource"` and `"node"`).
+
+      iex> Beamlens.Domain.with_culprit("ETS memory at 40%, baseline 5%",
+      ...>   "ets table sessions owned by MyApp.Cache", [{"ets_table", "sessions"}])
+      "ETS memory at 40%, baseline 5% (culprit: ets table sessions owned by MyApp.Cache)"
+
+      iex> Beamlens.Domain.with_culprit("The sessions table keeps growing",
+      ...>   "ets table sessions owned by MyApp.Cache", [{"ets_table", "sessions"}])
+      "The sessions table keeps growing"
+
+      iex> Beamlens.Domain.with_culprit("Memory grows", nil, [])
+      "Memory grows"
+  """
+  @spec with_culprit(String.t(), String.t() | nil, [{String.t(), String.t()}]) :: String.t()
+  def with_culprit(summary, culprit, entities)
+  def with_culprit(summary, nil, _entities), do: summary
+  def with_culprit(summary, "", _entities), do: summary
+
+  def with_culprit(summary, culprit, entities) do
+    names = for {type, id} <- entities, type not in ["resource", "node"], id != "", do: id
+
+    if String.contains?(summary, culprit) or Enum.any?(names, &String.contains?(summary, &1)) do
+      summary
+    else
+      "#{summary} (culprit: #{culprit})"
+    end
+  end
+
+  @doc """
+  The culprit of a metric in words: its `:culprit`, or else its naming
+  entities (at most three), or `nil`.
+
+      iex> Beamlens.Domain.culprit(%{entities: [{"resource", "memory"}, {"repo", "MyApp.Repo"}]})
+      "repo MyApp.Repo"
+      iex> Beamlens.Domain.culprit(%{entities: [{"resource", "memory"}]})
+      nil
+  """
+  @spec culprit(map()) :: String.t() | nil
+  def culprit(%{culprit: culprit}) when is_binary(culprit) and culprit != "", do: culprit
+
+  def culprit(metric) do
+    case for {type, id} <- Map.get(metric, :entities, []),
+             type not in ["resource", "node"],
+             is_binary(id) and id != "",
+             do: "#{String.replace(type, "_", " ")} #{id}" do
+      [] -> nil
+      named -> named |> Enum.take(3) |> Enum.join(", ")
+    end
+  end
+
+  @doc """
+  Ranks the keys of recent events, newest first in `events`, by a
+  recency-weighted count (each older event weighs 0.8 of the one after
+  it), so that what happens now leads what happened most a while ago.
+  Returns `{key, count}` pairs (plain counts), best first, at most `n`.
+
+      iex> Beamlens.Domain.recent_leaders(~w(burst burst burst old old old old old old), 2)
+      [{"burst", 3}, {"old", 6}]
+  """
+  @spec recent_leaders([term()], pos_integer()) :: [{term(), pos_integer()}]
+  def recent_leaders(keys, n) do
+    keys
+    |> Enum.with_index()
+    |> Enum.reduce(%{}, fn {key, i}, acc ->
+      Map.update(acc, key, {:math.pow(0.8, i), 1}, fn {w, c} -> {w + :math.pow(0.8, i), c + 1} end)
+    end)
+    |> Enum.sort_by(fn {key, {weight, _}} -> {-weight, key} end)
+    |> Enum.take(n)
+    |> Enum.map(fn {key, {_, count}} -> {key, count} end)
+  end
+
+  @doc """
+  A process in words: its registered name, or its current function, and
+  its pid (from a map with `:pid`, `:name` and `:current_function`).
+
+      iex> Beamlens.Domain.describe_process(%{pid: "#PID<0.1.0>", name: "MyApp.Cache"})
+      "MyApp.Cache (#PID<0.1.0>)"
+      iex> Beamlens.Domain.describe_process(%{pid: "#PID<0.1.0>", name: nil, current_function: "MyApp.Sink.loop/1"})
+      "#PID<0.1.0> in MyApp.Sink.loop/1"
+  """
+  @spec describe_process(map()) :: String.t()
+  def describe_process(%{pid: pid} = process) do
+    case {process[:name], process[:current_function]} do
+      {nil, nil} -> "#{pid}"
+      {nil, function} -> "#{pid} in #{function}"
+      {name, _} -> "#{name} (#{pid})"
+    end
+  end
+
+  @doc """
+  The entities of a process: its pid, its registered name when it has one,
+  and its current function when it has none.
+  """
+  @spec process_entities(map()) :: [{String.t(), String.t()}]
+  def process_entities(%{pid: pid} = process) do
+    case {process[:name], process[:current_function]} do
+      {nil, nil} -> [{"pid", pid}]
+      {nil, function} -> [{"pid", pid}, {"function", function}]
+      {name, _} -> [{"pid", pid}, {"process", name}]
+    end
+  end
+
+  @doc """
+  A group of processes (see `Beamlens.Domain.Processes.groups/2`) in words:
+  how many, the function they run, and who spawned them.
+
+      iex> Beamlens.Domain.describe_group(%{count: 2400, function: "MyApp.Job.run/1",
+      ...>   parent: "#PID<0.9.0>", parent_name: "MyApp.Jobs", sample_name: nil})
+      "2400 processes in MyApp.Job.run/1 spawned by MyApp.Jobs (#PID<0.9.0>)"
+  """
+  @spec describe_group(map()) :: String.t()
+  def describe_group(group) do
+    what =
+      case group do
+        %{count: 1, sample_name: name} when is_binary(name) -> "process #{name}"
+        %{count: count, function: function} -> "#{count} processes in #{function}"
+      end
+
+    case group do
+      %{parent: nil} -> what
+      %{parent: parent, parent_name: nil} -> "#{what} spawned by #{parent}"
+      %{parent: parent, parent_name: name} -> "#{what} spawned by #{name} (#{parent})"
+    end
+  end
+
+  @doc "The entities of a group of processes: its function and its parent."
+  @spec group_entities(map()) :: [{String.t(), String.t()}]
+  def group_entities(group) do
+    [{"function", group[:function]}, {"process", group[:parent_name]}, {"pid", group[:parent]}]
+    |> Enum.reject(fn {_, id} -> is_nil(id) end)
+  end
 
   @doc false
   # A readable id for a pid or port, without creating atoms.

@@ -1171,8 +1171,7 @@ defmodule Beamlens.Watcher do
   end
 
   defp model_alert(state, attrs) do
-    related =
-      Enum.filter(Map.values(state.firing), &(anomaly_type(state, &1) == attrs.anomaly_type))
+    related = related_findings(state, attrs.anomaly_type)
 
     build = fn occurrences ->
       Alert.new(
@@ -1180,7 +1179,7 @@ defmodule Beamlens.Watcher do
         severity: attrs.severity,
         state: state.status,
         anomaly_type: attrs.anomaly_type,
-        summary: attrs.summary,
+        summary: name_culprit(state, attrs.summary, related),
         observation: attrs.observation,
         hypothesis: attrs.hypothesis,
         evidence: %{snapshot_ids: attrs.snapshot_ids, values: evidence_values(related)},
@@ -1260,7 +1259,8 @@ defmodule Beamlens.Watcher do
       severity: severity,
       state: severity,
       anomaly_type: type,
-      summary: summarize(state.domain, lead, state.metrics[lead.name]),
+      summary:
+        name_culprit(state, summarize(state.domain, lead, state.metrics[lead.name]), findings),
       observation: Enum.map_join(findings, "; ", &describe_finding(&1, state.metrics[&1.name])),
       hypothesis: hypothesis(state.domain, type),
       evidence: %{snapshot_ids: [snapshot_id], values: evidence_values(findings)},
@@ -1275,6 +1275,33 @@ defmodule Beamlens.Watcher do
       findings,
       &{&1.name, Map.take(&1, [:value, :baseline, :threshold, :z, :severity, :samples])}
     )
+  end
+
+  # The findings a model alert is about: those of its anomaly type firing
+  # now, else those the gate found in this check.
+  defp related_findings(state, type) do
+    case Enum.filter(Map.values(state.firing), &(anomaly_type(state, &1) == type)) do
+      [] ->
+        case state.wake && state.wake.gate_groups[type] do
+          {findings, _snapshot_id} -> findings
+          _ -> []
+        end
+
+      firing ->
+        firing
+    end
+  end
+
+  # Every alert names the top contributor the domain measured (the growing
+  # table, the leaking process group, the module that logs...), whoever
+  # wrote the summary.
+  defp name_culprit(state, summary, findings) do
+    Enum.find_value(findings, summary, fn finding ->
+      with %{} = metric <- state.metrics[finding.name],
+           culprit when is_binary(culprit) <- Beamlens.Domain.culprit(metric) do
+        Beamlens.Domain.with_culprit(summary, culprit, Map.get(metric, :entities, []))
+      end
+    end)
   end
 
   defp entities(state, findings) do

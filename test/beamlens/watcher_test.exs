@@ -46,7 +46,10 @@ defmodule Beamlens.WatcherTest do
       end)
 
       alert = assert_alert(:ets, "ets_memory_growth")
-      assert alert.summary =~ ~r/^ETS memory at \d+% of total memory, baseline \d+%$/
+
+      assert alert.summary =~
+               ~r/^ETS memory at \d+% of total memory, baseline \d+% \(culprit: ets table beamlens_test_sessions owned by /
+
       assert alert.source == :gate
       assert {"ets_table", "beamlens_test_sessions"} in alert.entities
       assert [snapshot_id] = alert.evidence.snapshot_ids

@@ -30,8 +30,16 @@ defmodule Beamlens.Domain.Beam do
   @impl true
   def snapshot do
     sampler = start_utilization_sample(@utilization_sample_ms)
+    queue_before = :erlang.statistics(:total_run_queue_lengths)
     processes = Processes.scan(5)
     memory = Map.new(:erlang.memory())
+    schedulers = :erlang.system_info(:schedulers_online)
+    utilization = await_utilization(sampler)
+    # The run queue is sampled before and after the scan and the utilisation
+    # sample (50 ms or more apart) and the lower value kept: a saturated VM
+    # stays saturated, while a brief burst (such as the snapshot tasks of
+    # all watchers starting on the same tick) is gone.
+    run_queue = min(queue_before, :erlang.statistics(:total_run_queue_lengths))
 
     %{
       memory: %{
@@ -50,23 +58,59 @@ defmodule Beamlens.Domain.Beam do
       port_limit: :erlang.system_info(:port_limit),
       atom_count: :erlang.system_info(:atom_count),
       atom_limit: :erlang.system_info(:atom_limit),
-      schedulers_online: :erlang.system_info(:schedulers_online),
-      run_queue: :erlang.statistics(:total_run_queue_lengths),
+      schedulers_online: schedulers,
+      run_queue: run_queue,
       runtime_ms: elem(:erlang.statistics(:runtime), 0),
       reductions: elem(:erlang.statistics(:reductions), 0),
       uptime_ms: elem(:erlang.statistics(:wall_clock), 0),
-      scheduler_utilization: await_utilization(sampler),
+      scheduler_utilization: utilization,
       max_message_queue_len: processes.max_message_queue_len,
       top_by_message_queue: processes.top_by_message_queue,
       top_by_heap: processes.top_by_heap,
-      top_by_reductions: processes.top_by_reductions
+      top_by_reductions: processes.top_by_reductions,
+      top_groups: processes.top_groups,
+      runnable_groups: runnable_groups(run_queue, schedulers),
+      top_binary_holders: binary_holders(memory[:binary])
     }
   end
+
+  # The second passes below only run when the first look says something is
+  # off, so a healthy node pays for one scan per snapshot.
+
+  # With a long run queue, the processes that want to run, grouped by
+  # function and parent (the snapshot's own process left out).
+  defp runnable_groups(run_queue, schedulers) when run_queue >= schedulers do
+    me = self()
+    Processes.groups(3, &(&1 != me and Processes.runnable?(&1)))
+  end
+
+  defp runnable_groups(_run_queue, _schedulers), do: []
+
+  @binary_pass_bytes 32 * 1024 * 1024
+
+  defp binary_holders(bytes) when is_integer(bytes) and bytes >= @binary_pass_bytes,
+    do: Processes.top_binary_holders(3)
+
+  defp binary_holders(_bytes), do: []
 
   @impl true
   def metrics(s) do
     schedulers = s.schedulers_online
     top_queue = List.first(s.top_by_message_queue)
+    leak = group_culprit(Map.get(s, :top_groups, []))
+    busy = group_culprit(Map.get(s, :runnable_groups, []))
+    heap = process_culprit(List.first(s.top_by_heap), "has the largest heap")
+
+    binary =
+      case Map.get(s, :top_binary_holders, []) do
+        [top | _] ->
+          process_culprit(top, "holds #{Domain.format(top.binary_bytes, :bytes)} of binaries")
+
+        [] ->
+          %{}
+      end
+
+    queue = process_culprit(top_queue, "has the longest message queue")
 
     [
       %{
@@ -92,7 +136,8 @@ defmodule Beamlens.Domain.Beam do
         min_rel: 0.5,
         min_abs: 32 * 1024 * 1024,
         entities: [{"resource", "memory"}]
-      },
+      }
+      |> Map.merge(heap, fn :entities, a, b -> a ++ b end),
       %{
         name: "beam.memory.binary",
         label: "binary memory",
@@ -104,7 +149,8 @@ defmodule Beamlens.Domain.Beam do
         min_rel: 1.0,
         min_abs: 32 * 1024 * 1024,
         entities: [{"resource", "memory"}]
-      },
+      }
+      |> Map.merge(binary, fn :entities, a, b -> a ++ b end),
       %{
         name: "beam.process_count",
         label: "process count",
@@ -115,7 +161,8 @@ defmodule Beamlens.Domain.Beam do
         anomaly_type: "process_leak",
         min_rel: 0.5,
         min_abs: 2_000
-      },
+      }
+      |> Map.merge(leak),
       %{
         name: "beam.process_usage",
         label: "process table usage",
@@ -126,7 +173,8 @@ defmodule Beamlens.Domain.Beam do
         warn: 0.7,
         critical: 0.85,
         sustain: 1
-      },
+      }
+      |> Map.merge(leak),
       %{
         name: "beam.atom_usage",
         label: "atom table usage",
@@ -159,7 +207,8 @@ defmodule Beamlens.Domain.Beam do
         warn: 2 * schedulers,
         critical: 8 * schedulers,
         sustain: 3
-      },
+      }
+      |> Map.merge(busy),
       %{
         name: "beam.cpu",
         label: "VM CPU milliseconds per second",
@@ -173,7 +222,8 @@ defmodule Beamlens.Domain.Beam do
         min_rel: 1.0,
         min_abs: 200 * schedulers,
         sustain: 3
-      },
+      }
+      |> Map.merge(busy),
       %{
         name: "beam.max_message_queue",
         label: "longest message queue",
@@ -183,11 +233,26 @@ defmodule Beamlens.Domain.Beam do
         anomaly_type: "mailbox_buildup",
         warn: 10_000,
         critical: 100_000,
-        sustain: 2,
-        entities: if(top_queue, do: process_entities(top_queue), else: [])
+        sustain: 2
       }
+      |> Map.merge(queue)
     ]
   end
+
+  # The largest group of processes (same function, same parent) as the
+  # culprit of a process leak or of a saturated run queue.
+  defp group_culprit([top | _]),
+    do: %{entities: Domain.group_entities(top), culprit: Domain.describe_group(top)}
+
+  defp group_culprit([]), do: %{}
+
+  defp process_culprit(nil, _what), do: %{}
+
+  defp process_culprit(process, what),
+    do: %{
+      entities: Domain.process_entities(process),
+      culprit: "#{Domain.describe_process(process)} #{what}"
+    }
 
   @impl true
   def summarize(%{value: value} = finding, %{name: "beam.cpu"}) do
@@ -200,14 +265,8 @@ defmodule Beamlens.Domain.Beam do
       )
   end
 
-  def summarize(finding, %{name: "beam.max_message_queue"} = metric) do
-    who =
-      case metric[:entities] do
-        [{_, id} | _] -> " (#{id})"
-        _ -> ""
-      end
-
-    "A message queue holds #{round(finding.value)} messages#{who}, above the #{round(finding.threshold)} limit"
+  def summarize(finding, %{name: "beam.max_message_queue"}) do
+    "A message queue holds #{round(finding.value)} messages, above the #{round(finding.threshold)} limit"
   end
 
   def summarize(finding, metric), do: Domain.default_summary(finding, metric)
@@ -346,9 +405,6 @@ defmodule Beamlens.Domain.Beam do
 
   defp unwrap({:ok, value}), do: value
   defp unwrap({:error, message}), do: raise(ArgumentError, message)
-
-  defp process_entities(%{pid: pid, name: nil}), do: [{"pid", pid}]
-  defp process_entities(%{pid: pid, name: name}), do: [{"pid", pid}, {"process", name}]
 
   # Utilisation is sampled in a process of its own: `scheduler_wall_time` is
   # bound to the process that enables it and reverts when that process exits,

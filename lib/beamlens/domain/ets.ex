@@ -53,12 +53,17 @@ defmodule Beamlens.Domain.Ets do
           anomaly_type: "ets_table_growth",
           min_rel: 1.0,
           min_abs: 16 * 1024 * 1024,
-          entities: [{"ets_table", table.name}, {"pid", table.owner}]
+          entities: table_entities(table),
+          culprit: describe_table(table)
         }
       end)
 
     # The largest table is the likely culprit of total growth.
-    top_entities = s.largest |> Enum.take(1) |> Enum.map(&{"ets_table", &1.name})
+    top =
+      case s.largest do
+        [table | _] -> %{entities: table_entities(table), culprit: describe_table(table)}
+        [] -> %{entities: [], culprit: nil}
+      end
 
     [
       %{
@@ -72,7 +77,8 @@ defmodule Beamlens.Domain.Ets do
         min_rel: 0.5,
         min_abs: 0.1,
         critical_rel: 2.0,
-        entities: [{"resource", "memory"} | top_entities]
+        entities: [{"resource", "memory"} | top.entities],
+        culprit: top.culprit
       },
       %{
         name: "ets.memory",
@@ -84,7 +90,8 @@ defmodule Beamlens.Domain.Ets do
         anomaly_type: "ets_memory_growth",
         min_rel: 1.0,
         min_abs: 32 * 1024 * 1024,
-        entities: [{"resource", "memory"} | top_entities]
+        entities: [{"resource", "memory"} | top.entities],
+        culprit: top.culprit
       },
       %{
         name: "ets.table_usage",
@@ -110,6 +117,18 @@ defmodule Beamlens.Domain.Ets do
       }
       | tables
     ]
+  end
+
+  defp table_entities(table) do
+    [{"ets_table", table.name}] ++
+      if(table[:owner_name], do: [{"process", table.owner_name}], else: []) ++
+      [{"pid", table.owner}]
+  end
+
+  defp describe_table(table) do
+    owner = if table[:owner_name], do: "#{table.owner_name} (#{table.owner})", else: table.owner
+
+    "ets table #{table.name} owned by #{owner}, #{Domain.format(table.memory, :bytes)}"
   end
 
   @impl true
@@ -200,12 +219,22 @@ defmodule Beamlens.Domain.Ets do
             size: info[:size],
             memory: info[:memory] * word,
             owner: inspect(info[:owner]),
+            owner_name: registered_name(info[:owner]),
             type: Atom.to_string(info[:type]),
             protection: Atom.to_string(info[:protection])
           }
         ]
     end
   end
+
+  defp registered_name(pid) when is_pid(pid) do
+    case Process.info(pid, :registered_name) do
+      {:registered_name, name} when is_atom(name) -> Domain.id(name)
+      _ -> nil
+    end
+  end
+
+  defp registered_name(_), do: nil
 
   defp extra_info(tab) do
     info = :ets.info(tab) || []

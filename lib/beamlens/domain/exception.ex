@@ -58,6 +58,7 @@ defmodule Beamlens.Domain.Exception do
       groups: stats.groups,
       new_groups_recent: stats.new_groups_recent,
       top_groups: ExceptionStore.top_groups(5),
+      recent_top_group: recent_top_group(),
       new_groups: ExceptionStore.new_groups(3),
       recent: ExceptionStore.recent(5)
     }
@@ -80,7 +81,10 @@ defmodule Beamlens.Domain.Exception do
         warn: 1,
         critical: 10,
         sustain: 1,
-        entities: entities(s.top_groups)
+        # The group raised most among the latest exceptions (weighted by
+        # recency) leads: the culprit of a burst is what raises now, not
+        # what raised most.
+        entities: entities(Map.get(s, :recent_top_group, []) ++ s.top_groups)
       },
       %{
         name: "exception.new_groups",
@@ -95,6 +99,24 @@ defmodule Beamlens.Domain.Exception do
         entities: entities(s.new_groups)
       }
     ]
+  end
+
+  @recent_window 25
+
+  defp recent_top_group do
+    case @recent_window
+         |> ExceptionStore.recent()
+         |> Enum.map(& &1.group)
+         |> Beamlens.Domain.recent_leaders(1) do
+      [{id, _count}] when is_binary(id) ->
+        case ExceptionStore.group(id) do
+          %{} = group -> [Map.take(group, [:exception, :module])]
+          _ -> []
+        end
+
+      _ ->
+        []
+    end
   end
 
   # The exception modules and the application modules where they were

@@ -41,7 +41,19 @@ defmodule Beamlens.Domain.Gc do
 
   @impl true
   def metrics(s) do
-    top = List.first(s.largest_heaps)
+    culprit =
+      case List.first(s.largest_heaps) do
+        nil ->
+          %{}
+
+        top ->
+          %{
+            entities: Beamlens.Domain.process_entities(top),
+            culprit:
+              "#{Beamlens.Domain.describe_process(top)} has the largest heap " <>
+                "(#{Beamlens.Domain.format(top.total_heap_bytes, :bytes)})"
+          }
+      end
 
     [
       %{
@@ -56,7 +68,8 @@ defmodule Beamlens.Domain.Gc do
         min_rel: 2.0,
         min_abs: 500,
         sustain: 3
-      },
+      }
+      |> Map.merge(culprit),
       %{
         name: "gc.words_reclaimed",
         label: "words reclaimed by GC",
@@ -69,7 +82,8 @@ defmodule Beamlens.Domain.Gc do
         min_rel: 2.0,
         min_abs: 5_000_000,
         sustain: 3
-      },
+      }
+      |> Map.merge(culprit),
       %{
         name: "gc.largest_heap",
         label: "largest process heap",
@@ -79,17 +93,15 @@ defmodule Beamlens.Domain.Gc do
         anomaly_type: "large_heap_process",
         warn: 256 * 1024 * 1024,
         critical: 1024 * 1024 * 1024,
-        sustain: 2,
-        entities: if(top, do: entities(top), else: [])
+        sustain: 2
       }
+      |> Map.merge(culprit)
     ]
   end
 
   @impl true
-  def summarize(finding, %{name: "gc.largest_heap", entities: entities} = metric) do
-    who = Enum.map_join(entities, ", ", &elem(&1, 1))
-
-    "Process #{who} has a #{Beamlens.Domain.format(finding.value, :bytes)} heap, above the " <>
+  def summarize(finding, %{name: "gc.largest_heap"} = metric) do
+    "A process has a #{Beamlens.Domain.format(finding.value, :bytes)} heap, above the " <>
       "#{Beamlens.Domain.format(finding.threshold, metric.unit)} limit"
   end
 
@@ -151,7 +163,4 @@ defmodule Beamlens.Domain.Gc do
       _ -> %{pid: pid_string, alive: false}
     end
   end
-
-  defp entities(%{pid: pid, name: nil}), do: [{"pid", pid}]
-  defp entities(%{pid: pid, name: name}), do: [{"pid", pid}, {"process", name}]
 end

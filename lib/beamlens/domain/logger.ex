@@ -32,17 +32,39 @@ defmodule Beamlens.Domain.Logger do
       connection_errors_total: Map.get(totals, :connection_errors, 0),
       crash_reports_total: Map.get(totals, :crash_reports, 0),
       top_modules: LogStore.top_modules(5),
-      recent_errors: LogStore.recent(5, :error)
+      recent_errors: LogStore.recent(5, :error),
+      recent_error_modules: recent_modules(:error),
+      recent_warning_modules: recent_modules(:warning)
     }
+  end
+
+  @recent_window 25
+  @recent_max_age_us 600_000_000
+
+  # The modules behind the most recent errors (or warnings) of the last ten
+  # minutes: the culprit of a burst is who logs now, not who logged most
+  # since the start.
+  defp recent_modules(level) do
+    # Event times are ISO 8601 strings in UTC with microseconds: they
+    # compare as strings.
+    since =
+      (System.system_time(:microsecond) - @recent_max_age_us)
+      |> DateTime.from_unix!(:microsecond)
+      |> DateTime.to_iso8601()
+
+    @recent_window
+    |> LogStore.recent(level)
+    |> Enum.filter(&((level == :error or &1.level == :warning) and recent?(&1, since)))
+    |> Enum.map(& &1[:module])
+    |> Enum.reject(&(&1 in [nil, "unknown", "other"]))
+    |> Beamlens.Domain.recent_leaders(3)
+    |> Enum.map(fn {module, count} -> %{module: module, count: count} end)
   end
 
   @impl true
   def metrics(s) do
-    modules =
-      s.top_modules
-      |> Enum.filter(&(&1.errors > 0 and &1.module not in ["unknown", "other"]))
-      |> Enum.take(3)
-      |> Enum.map(&{"module", &1.module})
+    errors = module_culprit(Map.get(s, :recent_error_modules, []), "errors")
+    warnings = module_culprit(Map.get(s, :recent_warning_modules, []), "warnings")
 
     [
       %{
@@ -58,9 +80,9 @@ defmodule Beamlens.Domain.Logger do
         min_abs: 0.5,
         warn: 10,
         critical: 100,
-        sustain: 1,
-        entities: modules
-      },
+        sustain: 1
+      }
+      |> Map.merge(errors),
       %{
         name: "logger.warnings",
         label: "warning log rate",
@@ -72,9 +94,9 @@ defmodule Beamlens.Domain.Logger do
         anomaly_type: "warning_log_burst",
         min_rel: 3.0,
         min_abs: 2,
-        sustain: 2,
-        entities: modules
-      },
+        sustain: 2
+      }
+      |> Map.merge(warnings),
       %{
         name: "logger.connection_errors",
         label: "connection error rate in logs",
@@ -88,10 +110,28 @@ defmodule Beamlens.Domain.Logger do
         min_abs: 0.2,
         warn: 1,
         critical: 20,
-        sustain: 1,
-        entities: modules
+        sustain: 1
       }
+      |> Map.merge(errors)
     ]
+  end
+
+  defp recent?(%{time: time}, since) when is_binary(time), do: time >= since
+  defp recent?(_event, _since), do: true
+
+  defp module_culprit([], _what), do: %{entities: []}
+
+  defp module_culprit(modules, what) do
+    %{
+      entities: Enum.map(modules, &{"module", &1.module}),
+      culprit:
+        modules
+        |> Enum.with_index()
+        |> Enum.map_join(", ", fn
+          {m, 0} -> "module #{m.module} (#{m.count} recent #{what})"
+          {m, _} -> "#{m.module} (#{m.count})"
+        end)
+    }
   end
 
   @impl true

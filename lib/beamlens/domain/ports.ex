@@ -44,13 +44,35 @@ defmodule Beamlens.Domain.Ports do
   @impl true
   def metrics(s) do
     # Owners of a handful of ports (init's forker, the shell) are not leakers.
+    leaders = s.top_owners |> Enum.filter(&(&1.ports >= 5)) |> Enum.take(2)
+
     owners =
-      s.top_owners
-      |> Enum.filter(&(&1.ports >= 5))
-      |> Enum.take(2)
-      |> Enum.flat_map(fn owner ->
-        [{"pid", owner.owner}] ++ if(owner.name, do: [{"process", owner.name}], else: [])
+      Enum.flat_map(leaders, fn owner ->
+        Beamlens.Domain.process_entities(%{
+          pid: owner.owner,
+          name: owner.name,
+          current_function: owner[:current_function]
+        })
       end)
+
+    culprit =
+      case leaders do
+        [] ->
+          nil
+
+        leaders ->
+          "port owner " <>
+            Enum.map_join(leaders, ", ", fn owner ->
+              process = %{
+                pid: owner.owner,
+                name: owner.name,
+                current_function: owner[:current_function]
+              }
+
+              "#{Beamlens.Domain.describe_process(process)} with #{owner.ports} ports " <>
+                "(#{Enum.join(owner.drivers, ", ")})"
+            end)
+      end
 
     fd =
       if s.open_fds && s.fd_limit do
@@ -65,7 +87,8 @@ defmodule Beamlens.Domain.Ports do
             warn: 0.8,
             critical: 0.95,
             sustain: 1,
-            entities: [{"resource", "file_descriptors"} | owners]
+            entities: [{"resource", "file_descriptors"} | owners],
+            culprit: culprit
           }
         ]
       else
@@ -83,7 +106,8 @@ defmodule Beamlens.Domain.Ports do
         warn: 0.7,
         critical: 0.85,
         sustain: 1,
-        entities: owners
+        entities: owners,
+        culprit: culprit
       },
       %{
         name: "ports.port_count",
@@ -95,7 +119,8 @@ defmodule Beamlens.Domain.Ports do
         anomaly_type: "port_leak",
         min_rel: 0.5,
         min_abs: 100,
-        entities: owners
+        entities: owners,
+        culprit: culprit
       },
       %{
         name: "ports.socket_count",
@@ -107,7 +132,8 @@ defmodule Beamlens.Domain.Ports do
         anomaly_type: "socket_growth",
         min_rel: 0.5,
         min_abs: 100,
-        entities: owners
+        entities: owners,
+        culprit: culprit
       }
       | fd
     ]
@@ -213,6 +239,7 @@ defmodule Beamlens.Domain.Ports do
       %{
         owner: inspect(owner),
         name: owner_name(owner),
+        current_function: current_function(owner),
         ports: length(ports),
         drivers: ports |> Enum.map(& &1.name) |> Enum.uniq() |> Enum.take(5)
       }
@@ -229,6 +256,15 @@ defmodule Beamlens.Domain.Ports do
   end
 
   defp owner_name(_), do: nil
+
+  defp current_function(pid) when is_pid(pid) do
+    case Process.info(pid, :current_function) do
+      {:current_function, {m, f, a}} -> "#{Beamlens.Domain.id(m)}.#{f}/#{a}"
+      _ -> nil
+    end
+  end
+
+  defp current_function(_), do: nil
 
   # Sockets created with the :socket module are not ports.
   defp socket_module_count do

@@ -10,6 +10,7 @@ defmodule Beamlens.Domain.Processes do
 
   @orderings [:message_queue_len, :heap_size, :reductions]
   @max_n 50
+  @group_sample 2_000
 
   @doc false
   def orderings, do: Enum.map(@orderings, &Atom.to_string/1) ++ ["memory"]
@@ -23,9 +24,15 @@ defmodule Beamlens.Domain.Processes do
     n = min(n, @max_n)
     empty = Map.new(@orderings, &{&1, {0, []}})
 
-    {count, tops} =
-      Enum.reduce(:erlang.processes(), {0, empty}, fn pid, {count, tops} ->
-        {count + 1, Enum.reduce(@orderings, tops, &consider(&2, &1, pid, n))}
+    # Groups are counted on an even sample of at most @group_sample
+    # processes and scaled back, so they cost little on a large node.
+    stride = max(1, div(:erlang.system_info(:process_count), @group_sample))
+
+    {count, tops, groups} =
+      Enum.reduce(:erlang.processes(), {0, empty, %{}}, fn pid, {count, tops, groups} ->
+        tops = Enum.reduce(@orderings, tops, &consider(&2, &1, pid, n))
+        groups = if rem(count, stride) == 0, do: group(groups, pid, stride), else: groups
+        {count + 1, tops, groups}
       end)
 
     top =
@@ -36,8 +43,119 @@ defmodule Beamlens.Domain.Processes do
       max_message_queue_len: top_value(top.message_queue_len, :message_queue_len),
       top_by_message_queue: top.message_queue_len,
       top_by_heap: top.heap_size,
-      top_by_reductions: top.reductions
+      top_by_reductions: top.reductions,
+      top_groups: top_groups(groups, 3)
     }
+  end
+
+  @doc """
+  The `n` largest groups of processes that run the same function, with the
+  same parent (the process that spawned them, OTP 25+), among the processes
+  for which `include?.(pid)` is true. Used for the culprit of a process leak
+  (all processes) and of a run-queue saturation (runnable processes only).
+  """
+  @spec groups(pos_integer(), (pid() -> boolean())) :: [map()]
+  def groups(n, include? \\ fn _ -> true end) do
+    :erlang.processes()
+    |> Enum.reduce(%{}, fn pid, acc -> if include?.(pid), do: group(acc, pid, 1), else: acc end)
+    |> top_groups(n)
+  end
+
+  @doc "True when the process is running or waiting to run."
+  @spec runnable?(pid()) :: boolean()
+  def runnable?(pid) do
+    case :erlang.process_info(pid, :status) do
+      {:status, status} when status in [:running, :runnable] -> true
+      _ -> false
+    end
+  end
+
+  @doc """
+  The `n` processes holding the most off-heap (reference-counted) binary
+  memory, read from each process's garbage-collection info (no collection
+  is triggered). One pass over all processes.
+  """
+  @spec top_binary_holders(pos_integer()) :: [map()]
+  def top_binary_holders(n) do
+    word = :erlang.system_info(:wordsize)
+
+    {_, entries} =
+      Enum.reduce(:erlang.processes(), {0, []}, fn pid, {min, entries} ->
+        case :erlang.process_info(pid, :garbage_collection_info) do
+          {:garbage_collection_info, info} ->
+            bytes = ((info[:bin_vheap_size] || 0) + (info[:bin_old_vheap_size] || 0)) * word
+            keep_top({min, entries}, {bytes, pid}, n)
+
+          _ ->
+            {min, entries}
+        end
+      end)
+
+    entries
+    |> Enum.reverse()
+    |> Enum.flat_map(fn {bytes, pid} ->
+      case info(pid) do
+        nil -> []
+        details -> [Map.put(details, :binary_bytes, bytes)]
+      end
+    end)
+  end
+
+  defp keep_top({_min, entries}, entry, n) when length(entries) < n do
+    entries = insert(entry, entries)
+    {elem(hd(entries), 0), entries}
+  end
+
+  defp keep_top({min, entries}, {value, _} = entry, _n) when value > min do
+    entries = insert(entry, tl(entries))
+    {elem(hd(entries), 0), entries}
+  end
+
+  defp keep_top(acc, _entry, _n), do: acc
+
+  # At most @max_groups distinct groups are counted; later ones are ignored,
+  # so a scan of a million processes keeps a bounded map.
+  @max_groups 5_000
+
+  defp group(groups, pid, weight) do
+    with {:current_function, mfa} <- :erlang.process_info(pid, :current_function),
+         {:parent, parent} <- :erlang.process_info(pid, :parent) do
+      key = {mfa, parent}
+
+      case groups do
+        %{^key => {count, sample}} -> %{groups | key => {count + weight, sample}}
+        _ when map_size(groups) < @max_groups -> Map.put(groups, key, {weight, pid})
+        _ -> groups
+      end
+    else
+      _ -> groups
+    end
+  rescue
+    # `:parent` is unknown before OTP 25.
+    ArgumentError -> groups
+  end
+
+  defp top_groups(groups, n) do
+    groups
+    |> Enum.sort_by(fn {_, {count, _}} -> count end, :desc)
+    |> Enum.take(n)
+    |> Enum.map(fn {{mfa, parent}, {count, sample}} ->
+      %{
+        count: count,
+        function: mfa(mfa),
+        parent: if(is_pid(parent), do: inspect(parent)),
+        parent_name: if(is_pid(parent), do: registered_name(parent)),
+        sample: inspect(sample),
+        sample_name: registered_name(sample)
+      }
+    end)
+  end
+
+  defp registered_name(pid) do
+    case :erlang.process_info(pid, :registered_name) do
+      {:registered_name, name} when is_atom(name) -> Beamlens.Domain.id(name)
+      _ -> nil
+    end
   end
 
   @doc """
