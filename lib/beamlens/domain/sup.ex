@@ -4,7 +4,7 @@ defmodule Beamlens.Domain.Sup do
   children counts, and restart activity.
 
   `Beamlens.Domain.Sup.Tracker` follows the supervisors of every running
-  application (at most 200, depth 8) and counts restarts by monitoring
+  application (at most 1,000, depth 8) and counts restarts by monitoring
   their children, so restarts are seen whatever the host's Logger
   configuration (since Elixir 1.15 Logger drops OTP's supervisor reports
   unless the host sets `handle_sasl_reports: true`). A snapshot reads each
