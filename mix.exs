@@ -29,12 +29,22 @@ defmodule Beamlens.MixProject do
     ]
   end
 
-  # :os_mon is started on demand by the :system watcher only (starting it
-  # changes the host: alarm handlers, port programs); releases that use the
-  # :system watcher should include it.
+  # :os_mon is started on demand by the :system watcher only: starting it
+  # changes the host (alarm handler, memsup/cpu_sup port programs, disk
+  # alarms in the log), so a host that does not use that watcher must not
+  # get it. Declaring it here is no way out: in `applications` Mix and
+  # releases start it at boot in every host; in `included_applications` a
+  # release only loads it, even when the host itself lists it to be started
+  # (measured on Elixir 1.18: the host's os_mon was then never started). So
+  # the host declares it (the watcher's error says how), and only this
+  # project's own tests include it, since Mix 1.15+ puts on the code path
+  # only the applications a project declares.
   def application do
-    [extra_applications: [:logger, :runtime_tools]]
+    [extra_applications: [:logger, :runtime_tools]] ++ test_applications(Mix.env())
   end
+
+  defp test_applications(:test), do: [included_applications: [:os_mon]]
+  defp test_applications(_), do: []
 
   # lib/mix/tasks/compile.beamlens_nif.ex is loaded by this file (see top).
   defp elixirc_paths(:test), do: ["lib/beamlens.ex", "lib/beamlens", "test/support"]

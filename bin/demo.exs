@@ -7,18 +7,29 @@
 #   bin/demo --local-model   a small open model on loopback: three watchers
 #                            (beam, ets, logger) and three faults, each given
 #                            time for the model's investigation
+#
+# Run from test/host_app (bin/demo does when PostgreSQL is there), it also
+# watches the host app's real database and its crashes: slow queries, a
+# saturated pool, failing SQL and payment crashes reported by Tower.
 
-unless Code.ensure_loaded?(:telemetry) do
+if Code.ensure_loaded?(:telemetry) do
+  # The real library (in the host app): `mix run --no-start` did not start it.
+  {:ok, _} = Application.ensure_all_started(:telemetry)
+else
   # Offline there is no telemetry library; use the test suite's stand-in.
   Code.require_file("../test/support/telemetry.ex", __DIR__)
 end
 
+# Only the demo's own output: no console logging (Elixir 1.14 has a console
+# backend; 1.15+ a :logger handler).
 Logger.remove_backend(:console)
+_ = :logger.remove_handler(:default)
 
 defmodule Demo do
   @moduledoc false
 
-  def puts(text), do: IO.puts("#{clock()}  #{text}")
+  def puts(text), do: IO.puts(line(text))
+  def line(text), do: "#{clock()}  #{text}"
 
   defp clock do
     ms = System.monotonic_time(:millisecond) - :persistent_term.get(:demo_t0)
@@ -29,22 +40,37 @@ defmodule Demo do
     puts("  state  #{pad(meta.watcher)} #{meta.from} -> #{meta.to}")
   end
 
+  # Each alert is printed with one write, so alerts fired at the same time
+  # by different watchers do not interleave.
   def handle([:beamlens, :watcher, :alert_fired], _m, %{alert: a}, _) do
-    puts("  ALERT  #{pad(a.watcher)} [#{a.severity}] #{a.anomaly_type} (#{a.source})")
-    IO.puts("           summary:     #{a.summary}")
-    IO.puts("           observation: #{String.slice(a.observation, 0, 300)}")
-    if a.hypothesis, do: IO.puts("           hypothesis:  #{a.hypothesis}")
     entities = Enum.map_join(Enum.take(a.entities, 4), ", ", fn {t, id} -> "#{t}=#{id}" end)
-    if entities != "", do: IO.puts("           entities:    #{entities}")
+
+    lines =
+      [
+        line("  ALERT  #{pad(a.watcher)} [#{a.severity}] #{a.anomaly_type} (#{a.source})"),
+        "           summary:     #{a.summary}",
+        "           observation: #{String.slice(a.observation, 0, 300)}",
+        a.hypothesis && "           hypothesis:  #{a.hypothesis}",
+        entities != "" && "           entities:    #{entities}",
+        slowest_sql(a) && "           slowest SQL: #{slowest_sql(a)}"
+      ]
+
+    IO.puts(Enum.filter(lines, & &1) |> Enum.join("\n"))
   end
 
   def handle([:beamlens, :coordinator, event], _m, %{insight: i}, _)
       when event in [:insight_produced, :insight_updated] do
     verb = if event == :insight_produced, do: "INSIGHT", else: "insight+"
     watchers = Enum.join(i.watchers, ", ")
-    puts("  #{verb} [#{i.correlation_type}, #{i.alert_count} alerts from #{watchers}] (#{i.summary_source})")
-    IO.puts("           summary:     #{i.summary}")
-    if i.root_cause_hypothesis, do: IO.puts("           root cause:  #{String.slice(i.root_cause_hypothesis, 0, 400)}")
+
+    [
+      line("  #{verb} [#{i.correlation_type}, #{i.alert_count} alerts from #{watchers}] (#{i.summary_source})"),
+      "           summary:     #{i.summary}",
+      i.root_cause_hypothesis && "           root cause:  #{String.slice(i.root_cause_hypothesis, 0, 400)}"
+    ]
+    |> Enum.filter(& &1)
+    |> Enum.join("\n")
+    |> IO.puts()
   end
 
   def handle([:beamlens, :watcher, :alert_folded], m, %{alert: a}, _) do
@@ -74,7 +100,21 @@ defmodule Demo do
 
   def handle(_event, _m, _meta, _), do: :ok
 
+  # In the host app, the normalised SQL of the slowest query group.
+  defp slowest_sql(%{watcher: :ecto, anomaly_type: "slow_queries"}) do
+    case apply(Module.concat(HostApp, EctoDomain), :snapshot, []).slowest do
+      [%{sql: sql} | _] -> sql
+      _ -> nil
+    end
+  rescue
+    _ -> nil
+  end
+
+  defp slowest_sql(_alert), do: nil
+
   defp pad(name), do: String.pad_trailing(to_string(name), 7)
+
+  def parent, do: if(Code.ensure_loaded?(HostApp.Boot), do: HostApp.Supervisor, else: Demo.Sup)
 end
 
 defmodule Demo.SampleApp do
@@ -123,9 +163,16 @@ faults = [
   {:sup, "Restart storm: a child that crashes at start-up",
    fn ->
      child = %{id: :flaky, start: {Task, :start_link, [fn -> Process.sleep(20); exit(:database_unreachable) end]}, restart: :permanent}
-     {:ok, _} = Supervisor.start_link([child], strategy: :one_for_one, max_restarts: 10_000, max_seconds: 1, name: Demo.FlakySup)
+     opts = [strategy: :one_for_one, max_restarts: 10_000, max_seconds: 1, name: Demo.FlakySup]
+     flaky = %{id: Demo.FlakySup, type: :supervisor, start: {Supervisor, :start_link, [[child], opts]}}
+     # In the host app, a supervisor of the application's own tree.
+     {:ok, _} = Supervisor.start_child(Demo.parent(), flaky)
      Process.sleep(2_000)
-   end, fn -> Supervisor.stop(Demo.FlakySup) end},
+   end,
+   fn ->
+     Supervisor.terminate_child(Demo.parent(), Demo.FlakySup)
+     Supervisor.delete_child(Demo.parent(), Demo.FlakySup)
+   end},
   {:ports, "Socket leak: 400 UDP sockets opened and never closed",
    fn ->
      pid = spawn(fn -> for(_ <- 1..400, do: :gen_udp.open(0)); Process.sleep(:infinity) end)
@@ -137,6 +184,63 @@ faults = [
      Process.register(pid, Demo.Churner)
    end, fn -> Process.exit(Process.whereis(Demo.Churner), :kill) end}
 ]
+
+host_app? = Code.ensure_loaded?(HostApp.Boot)
+
+# The host app's faults: real queries on a real PostgreSQL, real crashes.
+# `loops` runs a function again and again in n tasks of the app.
+loops = fn n, fun ->
+  for _ <- 1..n do
+    {:ok, pid} =
+      Task.Supervisor.start_child(HostApp.Tasks, fn ->
+        Stream.repeatedly(fn ->
+          try do
+            fun.()
+          rescue
+            _ -> :error
+          end
+        end)
+        |> Stream.run()
+      end)
+
+    pid
+  end
+end
+
+stop_loops = fn ->
+  :persistent_term.get(:demo_loops, []) |> Enum.each(&Task.Supervisor.terminate_child(HostApp.Tasks, &1))
+end
+run_loops = fn n, fun -> :persistent_term.put(:demo_loops, loops.(n, fun)) end
+
+database_faults =
+  if host_app? do
+    [
+      {:ecto, "Slow queries: a report runs pg_sleep(0.4) on PostgreSQL, 3 callers at a time",
+       fn -> run_loops.(3, fn -> HostApp.Orders.slow_report("acme", 0.4) end) end, stop_loops},
+      {:ecto, "Pool saturation: 15 callers share a pool of 5 connections, each holding one 150 ms",
+       fn -> run_loops.(15, fn -> HostApp.Orders.slow_report("acme", 0.15) end) end, stop_loops},
+      {:ecto, "Failing SQL: a query on a table that a migration forgot",
+       fn ->
+         run_loops.(2, fn ->
+           HostApp.Orders.broken_lookup(1)
+           Process.sleep(5)
+         end)
+       end, stop_loops},
+      {:exception, "Payment crashes: 40 declined charges crash their tasks (Tower reports them)",
+       fn ->
+         for id <- 1..40 do
+           HostApp.Orders.charge_async(id)
+           Process.sleep(20)
+         end
+       end, fn -> :ok end}
+    ]
+  else
+    []
+  end
+
+# The database's first: the :exception watcher's cooldown would hide the
+# Tower crashes behind the restart storm's.
+faults = database_faults ++ faults
 
 :persistent_term.put(:demo_t0, System.monotonic_time(:millisecond))
 {:ok, _} = Demo.SampleApp.start()
@@ -176,13 +280,34 @@ describe =
 
 interval = if local?, do: 1_000, else: 500
 watchers = if local?, do: [:beam, :ets, :logger], else: [:beam, :ets, :gc, :logger, :ports, :sup, :system]
-faults = if local?, do: Enum.filter(faults, fn {w, title, _, _} -> w in watchers and not (title =~ "Mailbox") end), else: faults
+ecto = [name: :ecto, domain_module: Module.concat(HostApp, EctoDomain)]
+watchers = if host_app? and not local?, do: watchers ++ [:exception, ecto], else: watchers
+names = Enum.map(watchers, fn w -> if is_list(w), do: w[:name], else: w end)
+faults = if local?, do: Enum.filter(faults, fn {w, title, _, _} -> w in names and not (title =~ "Mailbox") end), else: faults
 
 IO.puts("""
 BeamLens #{Beamlens.version()} demo
   model:    #{describe}
-  watchers: #{Enum.join(watchers, ", ")} (a snapshot every #{interval} ms, 8 to learn baselines)
+  watchers: #{Enum.join(names, ", ")} (a snapshot every #{interval} ms, 8 to learn baselines)
+  app:      #{if host_app?, do: "the host app (test/host_app): Ecto on a real PostgreSQL, Tower, ecto_psql_extras", else: "a sample app in this VM (bin/demo --vm-only, or no PostgreSQL / Elixir 1.16+)"}
 """)
+
+database =
+  if host_app? do
+    # The app's own tree: repo, the Ecto domain's registry and telemetry
+    # store (a 5 s window here, so faults show and heal quickly).
+    {:ok, url} = HostApp.Boot.start(false, window_ms: 5_000, slots: 5)
+    # Kinds of exception first seen 5 s after start count as new.
+    {:ok, _} = Beamlens.Domain.Exception.ExceptionStore.start_link(new_group_grace_ms: 5_000)
+    order = HostApp.Orders.place!("acme", 4200)
+    # The app's usual traffic: quick lookups.
+    loops.(2, fn ->
+      HostApp.Orders.find(order.id)
+      Process.sleep(5)
+    end)
+
+    Beamlens.Redactor.redact(url)
+  end
 
 {:ok, _} =
   Beamlens.start_link(
@@ -197,6 +322,7 @@ BeamLens #{Beamlens.version()} demo
     coordinator: [window_ms: 4_000]
   )
 
+if database, do: Demo.puts("database: #{database} (password redacted)")
 Demo.puts("learning baselines of a healthy app...")
 Process.sleep(6_000)
 

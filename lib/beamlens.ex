@@ -371,6 +371,11 @@ defmodule Beamlens do
         do: [Beamlens.Domain.Exception.ExceptionStore],
         else: []
 
+    sup_tracker =
+      if Enum.any?(opts[:watchers], &(&1[:domain_module] == Beamlens.Domain.Sup)),
+        do: [Beamlens.Domain.Sup.Tracker],
+        else: []
+
     children =
       [
         {Registry,
@@ -383,6 +388,7 @@ defmodule Beamlens do
       ] ++
         log_store ++
         exception_store ++
+        sup_tracker ++
         coordinator_children ++
         [
           %{
@@ -471,5 +477,5 @@ defmodule Beamlens do
       else: opts
   end
 
-  defp log_domains, do: [Beamlens.Domain.Logger, Beamlens.Domain.Sup, Beamlens.Domain.Exception]
+  defp log_domains, do: [Beamlens.Domain.Logger, Beamlens.Domain.Exception]
 end

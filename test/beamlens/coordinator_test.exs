@@ -400,6 +400,19 @@ defmodule Beamlens.CoordinatorTest do
                       %{reason: :not_running, alert: ^alert, coordinator: :no_such_coordinator}}
     end
 
+    defp count_overloaded(n) do
+      receive do
+        {:coordinator_event, :alert_dropped, %{count: 1}, %{reason: :overloaded}} ->
+          count_overloaded(n + 1)
+      after
+        0 -> n
+      end
+    end
+
+    # Correlating the 5,000 queued alerts takes seconds in the debug build
+    # on a loaded machine: the test waits for the coordinator's answer, not
+    # for a deadline.
+    @tag timeout: 300_000
     test "a full mailbox drops alerts instead of growing", context do
       name = start_coordinator(context)
       pid = Process.whereis(name)
@@ -409,15 +422,19 @@ defmodule Beamlens.CoordinatorTest do
         Coordinator.report_alert(name, alert("custom_#{i}", watcher: :custom))
       end
 
-      assert {:message_queue_len, 5_000} = Process.info(pid, :message_queue_len)
-
-      for _ <- 1..100 do
-        assert_received {:coordinator_event, :alert_dropped, %{count: 1}, %{reason: :overloaded}}
-      end
-
+      # Alerts are only cast below the bound; a timer tick of the
+      # coordinator may sit among them.
+      {:message_queue_len, queued} = Process.info(pid, :message_queue_len)
+      assert queued in 5_000..5_001
+      dropped = count_overloaded(0)
+      assert dropped >= 100
       refute_received {:coordinator_event, :alert_dropped, _, _}
       :ok = :sys.resume(pid)
-      assert {:ok, %{received: 5_000, message_queue_len: 0}} = Coordinator.stats(name)
+
+      # The stats call is answered after every queued alert: all were
+      # taken in, and each of the others was reported as dropped.
+      assert {:ok, %{received: received}} = GenServer.call(name, :stats, :infinity)
+      assert received + dropped == 5_100
     end
 
     test "fills in what a bare alert struct lacks", context do

@@ -78,6 +78,20 @@ defmodule Beamlens.EctoCase do
           num_rows: 1
         }
 
+      sql =~ "blocking" ->
+        %{
+          columns: ["blocked_pid", "blocking_statement", "blocking_pid", "blocked_statement"],
+          rows: [
+            [
+              4243,
+              "UPDATE orders SET status = 'paid', card = '4111111111111111' WHERE id = 7",
+              4242,
+              "UPDATE orders SET status = 'shipped' WHERE id = 7"
+            ]
+          ],
+          num_rows: 1
+        }
+
       true ->
         rows = for i <- 1..30, do: ["table_#{i}", 1.0 - i / 1000]
         %{columns: ["name", "ratio"], rows: rows, num_rows: 30}

@@ -56,6 +56,10 @@ defmodule Beamlens.Domain.Ecto do
   @psql_functions [
     locks:
       "Locks held and awaited: relation, mode, granted, age, query (normalised, redacted). One query on the database.",
+    blocking:
+      "Queries waiting for a lock and the queries holding it: blocked_pid, blocked_statement, " <>
+        "blocked_duration, blocking_pid, blocking_statement, blocking_duration (statements " <>
+        "normalised, redacted). One query on the database.",
     long_running_queries:
       "Queries running longer than 500 ms: pid, duration, query (normalised, redacted). One query on the database.",
     cache_hit:
@@ -440,8 +444,10 @@ defmodule Beamlens.Domain.Ecto do
     end)
   end
 
+  # SQL text (EctoPSQLExtras calls it query, query_snippet or *_statement)
+  # is normalised: its literals may be user data.
   defp cell(column, value) when is_binary(value) do
-    if String.contains?(column, "query"),
+    if String.contains?(column, "query") or String.contains?(column, "statement"),
       do: TelemetryStore.normalize_sql(value, 500),
       else: Redactor.redact(String.slice(value, 0, 500))
   end

@@ -3,20 +3,21 @@ defmodule Beamlens.Domain.Sup do
   The `:sup` domain: the supervision trees of the running applications,
   children counts, and restart activity.
 
-  The tree is walked from each application's top supervisor with
-  `count_children`/`which_children` calls (1 s timeout each; at most 200
-  supervisors and depth 8). Restarts are counted from the supervisor reports
-  that OTP logs when a child terminates abnormally, captured by BeamLens's
-  bounded log handler; no supervisor state is read.
+  `Beamlens.Domain.Sup.Tracker` follows the supervisors of every running
+  application (at most 200, depth 8) and counts restarts by monitoring
+  their children, so restarts are seen whatever the host's Logger
+  configuration (since Elixir 1.15 Logger drops OTP's supervisor reports
+  unless the host sets `handle_sasl_reports: true`). A snapshot costs one
+  `count_children` call per supervisor; children are listed only where
+  something changed. BeamLens starts the tracker with the `:sup` watcher;
+  no supervisor state is read. See the tracker's docs for costs and limits.
   """
 
   use Beamlens.Domain
 
-  alias Beamlens.LogStore
+  alias Beamlens.Domain.Sup.Tracker
 
-  @max_supervisors 200
   @max_depth 8
-  @call_timeout 1_000
 
   @impl true
   def name, do: :sup
@@ -28,22 +29,30 @@ defmodule Beamlens.Domain.Sup do
 
   @impl true
   def snapshot do
-    sups = walk_all()
-    totals = LogStore.totals()
+    view =
+      Tracker.refresh() ||
+        raise "the supervisor tracker is not running (BeamLens starts it with the :sup watcher)"
 
     %{
-      supervisors: length(sups),
-      children_total: Enum.reduce(sups, 0, &(&1.children + &2)),
-      largest: sups |> Enum.sort_by(& &1.children, :desc) |> Enum.take(5),
-      restarts_total: Map.get(totals, :restarts, 0),
-      supervisor_shutdowns_total: Map.get(totals, :supervisor_shutdowns, 0),
-      most_restarts: LogStore.top_supervisors(5)
+      supervisors: length(view.supervisors),
+      children_total: Enum.reduce(view.supervisors, 0, &(&1.children + &2)),
+      largest: view.supervisors |> Enum.sort_by(& &1.children, :desc) |> Enum.take(5),
+      restarts_total: view.restarts_total,
+      restarting: Enum.take(view.restarting, 5),
+      monitored_children: view.monitored_children,
+      unmonitored_supervisors: view.unmonitored_supervisors
     }
   end
 
   @impl true
   def metrics(s) do
-    restarting = s.most_restarts |> Enum.take(3) |> Enum.map(&{"supervisor", &1.supervisor})
+    # The supervisors restarting children in the last minute, and their
+    # last restarted child.
+    restarting =
+      s.restarting
+      |> Enum.take(3)
+      |> Enum.flat_map(&[{"supervisor", &1.supervisor}, {"child", &1.last_child}])
+      |> Enum.uniq()
 
     largest =
       s.largest
@@ -93,10 +102,19 @@ defmodule Beamlens.Domain.Sup do
 
   @impl true
   def summarize(finding, %{name: "sup.restarts", entities: entities} = metric) do
+    sups = for {"supervisor", name} <- entities, do: name
+    children = for {"child", name} <- entities, do: name
+
     who =
-      case entities do
-        [] -> ""
-        list -> " (most under #{Enum.map_join(list, ", ", &elem(&1, 1))})"
+      case {sups, children} do
+        {[], _} ->
+          ""
+
+        {sups, []} ->
+          " (most under #{Enum.join(sups, ", ")})"
+
+        {sups, children} ->
+          " (most under #{Enum.join(sups, ", ")}; child #{Enum.join(children, ", ")})"
       end
 
     Beamlens.Domain.default_summary(finding, metric) <> who
@@ -129,17 +147,24 @@ defmodule Beamlens.Domain.Sup do
         name: "restarts",
         args: "(n)",
         doc:
-          "The n (max 50) supervisors with the most abnormal child terminations, with the last child and reason.",
-        fun: fn n -> LogStore.top_supervisors(n |> trunc() |> max(1) |> min(50)) end
+          "The n (max 50) supervisors whose children terminated abnormally the most since " <>
+            "BeamLens started: restarts, last child and reason.",
+        fun: fn n -> Tracker.top_supervisors(n |> trunc() |> max(1) |> min(50)) end
       },
       %{
         name: "largest",
         args: "(n)",
         doc: "The n (max 50) supervisors with the most children, across all applications.",
         fun: fn n ->
-          walk_all()
-          |> Enum.sort_by(& &1.children, :desc)
-          |> Enum.take(n |> trunc() |> max(1) |> min(50))
+          case Tracker.refresh() do
+            nil ->
+              []
+
+            view ->
+              view.supervisors
+              |> Enum.sort_by(& &1.children, :desc)
+              |> Enum.take(n |> trunc() |> max(1) |> min(50))
+          end
         end
       }
     ]
@@ -154,7 +179,7 @@ defmodule Beamlens.Domain.Sup do
         raise ArgumentError, "no running application named #{inspect(app)}"
 
       {name, _, _} ->
-        case top_supervisor(name) do
+        case top_supervisor(Atom.to_string(name)) do
           nil -> %{application: app, supervisor: nil}
           pid -> %{application: app, supervisor: describe_tree(pid, 0)}
         end
@@ -181,59 +206,15 @@ defmodule Beamlens.Domain.Sup do
     }
   end
 
-  defp walk_all do
-    :application.which_applications()
-    |> Enum.flat_map(fn {app, _, _} ->
-      case top_supervisor(app) do
-        nil -> []
-        pid -> [{pid, Atom.to_string(app)}]
-      end
-    end)
-    |> walk([], 0)
-    |> elem(0)
-  end
-
-  # Breadth-first over supervisors, bounded in count and depth.
-  defp walk([], acc, _count), do: {Enum.reverse(acc), length(acc)}
-  defp walk(_queue, acc, count) when count >= @max_supervisors, do: {Enum.reverse(acc), count}
-
-  defp walk([{pid, app} | rest], acc, count) do
-    children = which_children(pid)
-
-    entry = %{
-      name: registered_name(pid) || inspect(pid),
-      application: app,
-      children: length(children)
-    }
-
-    subs = for {_id, child, :supervisor, _} <- children, is_pid(child), do: {child, app}
-
-    walk(rest ++ Enum.take(subs, @max_supervisors), [entry | acc], count + 1)
-  end
-
   defp top_supervisor(app) do
-    with master when is_pid(master) <- :application_controller.get_master(app),
-         {pid, _module} when is_pid(pid) <- :application_master.get_child(master) do
-      pid
-    else
-      _ -> nil
-    end
-  catch
-    _, _ -> nil
+    Enum.find_value(Tracker.app_supervisors(), fn {pid, name} -> if name == app, do: pid end)
   end
 
   defp which_children(pid) do
-    GenServer.call(pid, :which_children, @call_timeout)
-  catch
-    :exit, _ -> []
+    if Tracker.supervisor_pid?(pid), do: Tracker.which_children(pid), else: []
   end
 
-  defp registered_name(pid) do
-    case Process.info(pid, :registered_name) do
-      {:registered_name, name} when is_atom(name) and name != [] -> Beamlens.Domain.id(name)
-      _ -> nil
-    end
-  end
+  defp registered_name(pid), do: Tracker.registered_name(pid)
 
   defp child_pid(pid) when is_pid(pid), do: inspect(pid)
   defp child_pid(other), do: Beamlens.Domain.id(other)

@@ -5,8 +5,17 @@ defmodule Beamlens.Domain.System do
 
   `:os_mon` is started the first time a snapshot is taken, if it is not
   running already (it is part of Erlang/OTP; on Debian it is the
-  `erlang-os-mon` package). For releases, add `:os_mon` to the release's
-  applications when you use this watcher.
+  `erlang-os-mon` package). BeamLens does not declare it, since starting
+  it changes the host (port programs, an alarm handler), so a host that uses
+  this watcher declares it in its `mix.exs`:
+
+      def application do
+        [extra_applications: [:logger, :os_mon]]
+      end
+
+  Since Elixir 1.15, Mix (and any release) only puts the applications a
+  project declares on the code path; without that line the watcher says so
+  in its error.
   """
 
   use Beamlens.Domain
@@ -164,12 +173,23 @@ defmodule Beamlens.Domain.System do
 
   defp ensure_os_mon! do
     case Application.ensure_all_started(:os_mon) do
-      {:ok, _} ->
-        :ok
-
-      {:error, reason} ->
-        raise "the :system watcher needs OTP's :os_mon application, which failed to start: " <>
-                "#{inspect(reason)} (on Debian/Ubuntu: apt-get install erlang-os-mon)"
+      {:ok, _} -> :ok
+      {:error, reason} -> raise os_mon_error(reason)
     end
+  end
+
+  @doc false
+  # What the host must do, for each way starting :os_mon fails.
+  def os_mon_error({:os_mon, {~c"no such file or directory", ~c"os_mon.app"}}) do
+    "the :system watcher needs OTP's :os_mon application, which is not on the code path: " <>
+      "add it to your application's mix.exs, `extra_applications: [:logger, :os_mon]` " <>
+      "(Mix 1.15+ and releases only ship the applications a project declares; BeamLens does " <>
+      "not declare it, so that hosts without this watcher do not start it). If it is still " <>
+      "missing, install it: on Debian/Ubuntu `apt-get install erlang-os-mon`"
+  end
+
+  def os_mon_error(reason) do
+    "the :system watcher needs OTP's :os_mon application, which failed to start: " <>
+      inspect(reason)
   end
 end

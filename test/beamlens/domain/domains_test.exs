@@ -9,6 +9,7 @@ defmodule Beamlens.Domain.DomainsTest do
 
   setup do
     start_supervised!(LogStore)
+    start_supervised!(Sup.Tracker)
     :ok
   end
 
@@ -78,8 +79,99 @@ defmodule Beamlens.Domain.DomainsTest do
   end
 
   test "supervision trees are walked read-only" do
-    assert %{application: "logger", supervisor: %{children: [_ | _]}} = Sup.tree("logger")
+    worker = %{id: :worker, start: {Agent, :start_link, [fn -> :ok end]}}
+
+    inner = %{
+      id: :inner,
+      type: :supervisor,
+      start: {Supervisor, :start_link, [[worker], [strategy: :one_for_one]]}
+    }
+
+    Beamlens.TestApp.start!(:beamlens_test_tree_app, [inner],
+      strategy: :one_for_one,
+      name: :beamlens_test_tree_sup
+    )
+
+    assert %{
+             application: "beamlens_test_tree_app",
+             supervisor: %{
+               name: "beamlens_test_tree_sup",
+               children_count: 1,
+               children: [
+                 %{
+                   id: "inner",
+                   type: "supervisor",
+                   supervisor: %{children: [%{id: "worker", type: "worker"}]}
+                 }
+               ]
+             }
+           } = Sup.tree("beamlens_test_tree_app")
+
     assert_raise ArgumentError, ~r/no running application/, fn -> Sup.tree("nope") end
+
+    snapshot = Sup.snapshot()
+    assert snapshot.supervisors >= 2
+
+    assert %{name: "beamlens_test_tree_sup", application: "beamlens_test_tree_app", children: 1} in (Sup.snapshot().largest ++
+                                                                                                       largest_all())
+  end
+
+  # The child of `sup` when the tracker monitors it.
+  defp monitored_child(sup) do
+    with [{_, pid, _, _}] when is_pid(pid) <- Supervisor.which_children(sup),
+         {:monitored_by, by} <- Process.info(pid, :monitored_by),
+         true <- Process.whereis(Sup.Tracker) in by do
+      pid
+    else
+      _ -> nil
+    end
+  end
+
+  defp largest_all do
+    [%{fun: fun}] = Enum.filter(Sup.callbacks(), &(&1.name == "largest"))
+    fun.(50)
+  end
+
+  test "restarts are counted from the children, whatever Logger does with supervisor reports" do
+    worker = %{id: :flaky_worker, start: {Agent, :start_link, [fn -> :ok end]}}
+
+    sup =
+      Beamlens.TestApp.start!(:beamlens_test_restart_app, [worker],
+        strategy: :one_for_one,
+        name: :beamlens_test_restart_sup
+      )
+
+    Sup.snapshot()
+
+    for _ <- 1..3 do
+      # The tracker follows each child (the first, then its replacements)
+      # before it is killed.
+      assert Beamlens.Eventually.eventually(fn -> monitored_child(sup) != nil end)
+      pid = monitored_child(sup)
+      ref = Process.monitor(pid)
+      Process.exit(pid, :kill)
+      assert_receive {:DOWN, ^ref, _, _, :killed}
+    end
+
+    assert Beamlens.Eventually.eventually(fn -> monitored_child(sup) != nil end)
+
+    # A child stopped on purpose is no restart.
+    :ok = Supervisor.terminate_child(sup, :flaky_worker)
+
+    snapshot = Sup.snapshot()
+    assert snapshot.restarts_total == 3
+
+    assert [
+             %{
+               supervisor: "beamlens_test_restart_sup",
+               restarts_last_minute: 3,
+               last_child: "flaky_worker",
+               last_reason: "killed"
+             }
+           ] = snapshot.restarting
+
+    assert [%{supervisor: "beamlens_test_restart_sup", restarts: 3}] =
+             Sup.Tracker.top_supervisors(5)
   end
 
   test "ports list owners and descriptors" do

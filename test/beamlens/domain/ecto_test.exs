@@ -407,7 +407,7 @@ defmodule Beamlens.Domain.EctoTest do
       names = Enum.map(Domain.callbacks(), & &1.name)
 
       assert names -- ~w(stats slow_queries errors pool sources) ==
-               ~w(locks long_running_queries cache_hit index_usage bloat connections)
+               ~w(locks blocking long_running_queries cache_hit index_usage bloat connections)
 
       callbacks = Map.new(Domain.callbacks(), &{&1.name, &1.fun})
 
@@ -424,6 +424,16 @@ defmodule Beamlens.Domain.EctoTest do
       assert opts[:timeout] == 900
       assert opts[:telemetry_options] == [beamlens: true]
 
+      # Statements (EctoPSQLExtras's blocking) are SQL too: normalised.
+      assert [blocked] = callbacks["blocking"].()
+
+      assert blocked == %{
+               "blocked_pid" => 4243,
+               "blocked_statement" => "UPDATE orders SET status = ? WHERE id = ?",
+               "blocking_pid" => 4242,
+               "blocking_statement" => "UPDATE orders SET status = ?, card = ? WHERE id = ?"
+             }
+
       assert length(callbacks["cache_hit"].()) == 20
       # BeamLens's own queries stay out of the statistics.
       assert TelemetryStore.totals(store()).queries == 0
@@ -437,7 +447,15 @@ defmodule Beamlens.Domain.EctoTest do
     Code.compile_string(~S"""
     defmodule EctoPSQLExtras do
       @moduledoc false
-      for name <- [:locks, :long_running_queries, :cache_hit, :index_usage, :bloat, :connections] do
+      for name <- [
+            :locks,
+            :blocking,
+            :long_running_queries,
+            :cache_hit,
+            :index_usage,
+            :bloat,
+            :connections
+          ] do
         def unquote(name)(repo, opts) do
           :raw = Keyword.fetch!(opts, :format)
           sql = "/* ECTO_PSQL_EXTRAS: #{unquote(name)} */ SELECT 1"

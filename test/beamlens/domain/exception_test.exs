@@ -16,6 +16,7 @@ defmodule Beamlens.Domain.ExceptionTest do
     end
 
     def handle_cast(:lookup, state), do: {:noreply, Map.fetch!(state, :missing)}
+    def handle_cast(:quit, state), do: {:stop, :upstream_gone, state}
   end
 
   defmodule Billing do
@@ -166,8 +167,10 @@ defmodule Beamlens.Domain.ExceptionTest do
       {:ok, pid} = GenServer.start(Crasher, %{})
       GenServer.cast(pid, :lookup)
 
+      {:ok, pid} = GenServer.start(Crasher, %{})
+      GenServer.cast(pid, :quit)
+
       {:ok, _} = Task.start(fn -> raise ArgumentError, "task failed" end)
-      :proc_lib.spawn(fn -> exit(:proc_lib_exit) end)
       spawn(fn -> throw(:thrown) end)
       spawn(fn -> :erlang.error(:badarith) end)
 
@@ -175,10 +178,11 @@ defmodule Beamlens.Domain.ExceptionTest do
       Process.sleep(50)
       stats = settle()
 
-      # GenServer and Task crashes are reported twice by OTP (terminate and
-      # proc_lib crash report) and counted once.
+      # On Elixir 1.14 GenServer and Task crashes reach the handler twice
+      # (terminate report and proc_lib crash report); since 1.15 Logger
+      # drops the second. Either way each crash counts once.
       assert stats.recorded == 8
-      assert stats.duplicates >= 5
+      assert stats.recorded + stats.duplicates == stats.received
 
       groups = ExceptionStore.top_groups(20)
       charge = Enum.find(groups, &(&1.exception == "RuntimeError"))

@@ -19,7 +19,13 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
       the handler is installed unless Tower is loaded and configured with
       this reporter, so a crash is not counted twice. The reports of one
       crash (a `GenServer`'s terminate report and its `proc_lib` crash
-      report) count once.
+      report) count once. Both shapes of these reports are understood: as
+      OTP logs them (Elixir 1.14) and as Logger translates them since 1.15.
+      Since 1.15 Logger drops `proc_lib` crash reports unless the host sets
+      `config :logger, handle_sasl_reports: true`, so a crash that only
+      such a report describes (a bare `:proc_lib.spawn`) is in no log and
+      is not captured either; `GenServer`, `Task`, `:gen_statem` and
+      `spawn` crashes are.
 
   BeamLens starts the store when an `:exception` watcher runs. Start it
   yourself before BeamLens to pass options.
@@ -830,8 +836,10 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
       case crash(msg, meta) do
         {kind, reason, stacktrace, pid} ->
           # A crash_reason on an application's own log line is not a
-          # process termination; OTP's reports are.
-          terminal? = not Map.has_key?(meta, :crash_reason) or match?([:otp | _], meta[:domain])
+          # process termination; OTP's reports and the emulator's "process
+          # raised" errors are (since Elixir 1.15 both arrive translated,
+          # with a crash_reason).
+          terminal? = not Map.has_key?(meta, :crash_reason) or otp_termination?(meta)
 
           ExceptionStore.report_crash(
             shared,
@@ -852,8 +860,19 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
 
     def log(_event, _config), do: :ok
 
-    # Elixir's logger (and libraries such as Plug and Bandit) attach the
-    # crash to the metadata.
+    defp otp_termination?(%{domain: [:otp | _]}), do: true
+    defp otp_termination?(%{error_logger: %{emulator: true}}), do: true
+    defp otp_termination?(_meta), do: false
+
+    # Two shapes of the same crashes reach this handler. Elixir 1.14 lets
+    # OTP's reports through as they are (the clauses on `{:report, ...}`
+    # below). Since 1.15, Logger's primary filter translates them to text
+    # and puts the crash in the metadata as `crash_reason` (the first
+    # clause), and it drops the `[:otp, :sasl]` reports (`proc_lib` crash
+    # reports, supervisor reports) unless the host sets
+    # `handle_sasl_reports: true`: a process whose only report is its
+    # proc_lib crash report is then in no log, and not captured here either.
+    # Libraries such as Plug and Bandit also attach a `crash_reason`.
     defp crash(_msg, %{crash_reason: {reason, stacktrace}} = meta) when is_list(stacktrace),
       do: from_reason(reason, stacktrace, meta[:pid])
 
@@ -891,6 +910,10 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
     defp crash(_msg, _meta), do: nil
 
     defp from_reason({:nocatch, value}, stacktrace, pid), do: {:throw, value, stacktrace, pid}
+
+    # Elixir 1.15+ translates an uncaught throw in a plain process to this.
+    defp from_reason(%ErlangError{original: {:nocatch, value}}, stacktrace, pid),
+      do: {:throw, value, stacktrace, pid}
 
     defp from_reason(reason, stacktrace, pid) do
       if is_exception(reason),
