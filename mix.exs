@@ -54,11 +54,23 @@ defmodule Beamlens.MixProject do
   # every Elixir app (Phoenix, Ecto and Plug bring it); it is declared when Hex
   # is available so users get the real library. Offline, the test suite
   # provides a compatible module (see test/support/telemetry.ex).
+  #
+  # Phoenix LiveDashboard is optional: with it, Beamlens.Dashboard is
+  # compiled (the dependency makes Mix compile it first). Offline, a host
+  # app that uses the sources of BEAMLENS_DEPS_DIR sets that variable.
   defp deps do
-    if Code.ensure_loaded?(Hex) do
-      [{:telemetry, "~> 1.0"}]
-    else
-      []
+    cond do
+      Code.ensure_loaded?(Hex) ->
+        [{:telemetry, "~> 1.0"}, {:phoenix_live_dashboard, "~> 0.8", optional: true}]
+
+      dir = System.get_env("BEAMLENS_DEPS_DIR") ->
+        [
+          {:phoenix_live_dashboard,
+           path: Path.join(dir, "phoenix_live_dashboard"), optional: true}
+        ]
+
+      true ->
+        []
     end
   end
 

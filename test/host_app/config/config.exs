@@ -25,4 +25,21 @@ config :host_app, :beamlens,
     [name: :ecto, domain_module: HostApp.EctoDomain]
   ]
 
+# The web endpoint: LiveDashboard with BeamLens's page at /dashboard/beamlens,
+# on 127.0.0.1 only. The origin of LiveView's websocket is checked against
+# the url's host, and forms carry a CSRF token (the router's pipeline).
+config :host_app, HostAppWeb.Endpoint,
+  adapter: Bandit.PhoenixAdapter,
+  url: [host: "127.0.0.1"],
+  http: [ip: {127, 0, 0, 1}, port: 4000],
+  server: true,
+  check_origin: true,
+  render_errors: [formats: [html: HostAppWeb.ErrorHTML], layout: false],
+  pubsub_server: HostApp.PubSub,
+  live_view: [signing_salt: "b3aml3ns-lv"],
+  # A throwaway app's key (a real app reads it from the environment).
+  secret_key_base: "host-app-secret-key-base-only-for-this-test-app-" <> String.duplicate("0", 32)
+
+config :phoenix, :json_library, Jason
+
 import_config "#{config_env()}.exs"
