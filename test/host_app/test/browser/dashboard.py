@@ -6,7 +6,8 @@ app and talks to this script over stdin/stdout, one line each way:
   -> READY      the LiveView connected and shows every watcher
   <- FAULT      the test injected a fault
   -> DONE {...} its alert showed up live, its detail opened, an
-                investigation ran; the screenshot and HTML are saved
+                investigation ran, a watcher was paused; the screenshots
+                and the HTML are saved
   -> FAILED ... anything else (a screenshot is saved all the same)
 """
 import argparse
@@ -27,6 +28,7 @@ def main():
     ap.add_argument("--chromium", required=True)
     ap.add_argument("--watchers", required=True)
     ap.add_argument("--anomaly", required=True)
+    ap.add_argument("--pause", required=True, help="a watcher to pause from the page")
     ap.add_argument("--screenshot", required=True)
     ap.add_argument("--html", required=True)
     ap.add_argument("--top", required=True, help="a screenshot of the first screen, for the README")
@@ -62,14 +64,17 @@ def main():
             page.click("#beamlens-investigate button[type=submit]")
             report = page.wait_for_selector("#beamlens-report").inner_text()
 
+            # The summary, the watchers and the alerts (for the README).
+            page.screenshot(path=a.top, full_page=True,
+                            clip={"x": 0, "y": 0, "width": 1280, "height": 1320})
+            page.click(f"#beamlens-watcher-{a.pause} button:has-text('Pause')")
+            page.wait_for_selector(f"#beamlens-watcher-{a.pause} button:has-text('Resume')")
+
             states = {
                 el.get_attribute("data-watcher"): el.get_attribute("data-state")
                 for el in page.query_selector_all("tr[data-watcher]")
             }
             page.screenshot(path=a.screenshot, full_page=True)
-            # The summary, the watchers and the alerts.
-            page.screenshot(path=a.top, full_page=True,
-                            clip={"x": 0, "y": 0, "width": 1280, "height": 1320})
             with open(a.html, "w") as f:
                 f.write(page.content())
             say("DONE " + json.dumps(

@@ -107,6 +107,30 @@ defmodule HostApp.DashboardTest do
     end
   end
 
+  test "LiveView's websocket is refused to another origin", %{url: url} do
+    uri = URI.parse(url)
+    # The first line of the answer to a websocket upgrade from `origin`.
+    upgrade = fn origin ->
+      {:ok, tcp} =
+        :gen_tcp.connect(~c"127.0.0.1", uri.port, [:binary, packet: :line, active: false])
+
+      :ok =
+        :gen_tcp.send(tcp, [
+          "GET /live/websocket?vsn=2.0.0 HTTP/1.1\r\n",
+          "host: 127.0.0.1:#{uri.port}\r\norigin: #{origin}\r\n",
+          "connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n",
+          "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ])
+
+      {:ok, line} = :gen_tcp.recv(tcp, 0, 10_000)
+      :gen_tcp.close(tcp)
+      line |> String.split(" ") |> Enum.at(1)
+    end
+
+    assert upgrade.("http://evil.example") == "403"
+    assert upgrade.("http://127.0.0.1:#{uri.port}") == "101"
+  end
+
   @tag :browser
   test "in Chromium: connects, shows the watchers, then the fault's alert live", %{url: url} do
     browser = Application.fetch_env!(:host_app, :browser)
@@ -130,6 +154,8 @@ defmodule HostApp.DashboardTest do
           Enum.join(names(), ","),
           "--anomaly",
           "new_exception_group",
+          "--pause",
+          "gc",
           "--screenshot",
           screenshot,
           "--html",
@@ -161,6 +187,11 @@ defmodule HostApp.DashboardTest do
     end
 
     assert File.stat!(screenshot).size > 10_000
+
+    # The Pause button paused the watcher itself.
+    gc = Enum.find(Beamlens.status().watchers, &(&1.name == :gc))
+    assert gc.paused
+    assert html =~ "Paused :gc."
   end
 
   # Reads the script's lines until one starts with `tag`; returns the rest.
