@@ -378,3 +378,26 @@ if provider != :none do
   usage = Beamlens.LLM.usage()
   IO.puts("           model usage: #{inspect(usage)}")
 end
+
+# Operating BeamLens (issue 15): what an engineer sees from a remote console.
+# Memory grows again, and stays, so there is something to ask about.
+IO.puts("")
+Demo.puts("FAULT  Binary memory growth: a process holds 200 MB of binaries, left in place")
+pid = spawn(fn -> bins = for(_ <- 1..200, do: :binary.copy(<<1>>, 1_000_000)); receive(do: (:never -> bins)) end)
+Process.register(pid, Demo.BinaryHoarder)
+
+Enum.find_value(1..40, fn _ ->
+  Process.sleep(250)
+  Enum.find(Beamlens.status().watchers, &(&1.name == :beam and &1.state in [:warning, :critical]))
+end)
+
+IO.puts("")
+IO.puts("iex> Beamlens.report()")
+Beamlens.report()
+IO.puts("")
+IO.puts(~s|iex> {:ok, report} = Beamlens.investigate("why is memory growing?"); IO.puts(Beamlens.Report.to_text(report))|)
+
+case Beamlens.investigate("why is memory growing?", timeout: 180_000) do
+  {:ok, report} -> IO.puts(Beamlens.Report.to_text(report))
+  {:error, error} -> IO.puts("investigate/2 failed: #{Exception.message(error)}")
+end

@@ -251,7 +251,15 @@ defmodule Beamlens.Investigation do
       node: node(),
       started_at: started_at,
       domains:
-        Enum.map(domains, &%{watcher: &1.name, state: &1.status, key_figures: key_figures(&1)}),
+        Enum.map(
+          domains,
+          &%{
+            watcher: &1.name,
+            state: &1.status,
+            key_figures: key_figures(&1),
+            watching: watching(&1)
+          }
+        ),
       findings: findings,
       alerts: alerts
     }
@@ -390,7 +398,24 @@ defmodule Beamlens.Investigation do
        ), i}
     end)
     |> Enum.take(@max_figures)
-    |> Map.new(fn {m, _} -> {m.label, Domain.format(m.value, Map.get(m, :unit, :count))} end)
+    |> Map.new(fn {m, _} -> figure(m) end)
+  end
+
+  # A counter's rate needs two samples; one fresh snapshot gives its total.
+  defp figure(%{kind: :counter} = m), do: {"#{m.label} (total)", Domain.format(m.value, :count)}
+  defp figure(m), do: {m.label, Domain.format(m.value, Map.get(m, :unit, :count))}
+
+  # Metrics the watcher's gate sees anomalous but has not fired (not yet
+  # sustained, or quiet after a recent alert), with their fresh value.
+  defp watching(d) do
+    by_name = Map.new(d.fresh, &{&1.name, &1})
+
+    Enum.map(d.pending, fn name ->
+      case by_name[name] do
+        nil -> name
+        m -> "#{elem(figure(m), 0)} #{elem(figure(m), 1)}"
+      end
+    end)
   end
 
   defp gate_alerts(domains, findings) do

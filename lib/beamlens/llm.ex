@@ -63,6 +63,8 @@ defmodule Beamlens.LLM do
   (`usage/0`, `usage/1`). `set_budget/1` caps the tokens used in any
   60-minute window; once it is reached `chat_async/3` fails at once with
   reason `:budget_exceeded` and emits `[:beamlens, :llm, :budget_exceeded]`.
+  `handle_reply/2` also feeds `Beamlens.Usage` (tokens per caller over the
+  last hour, estimated when a provider reports none).
 
   ## Telemetry
 

@@ -9,9 +9,11 @@ defmodule Beamlens.Report do
     * `:model_used` - whether a model took part; when not,
       `:no_model_reason` says why ("no provider configured", "token budget
       spent", "provider unavailable: ...").
-    * `:domains` - per watcher: `%{watcher, state, key_figures}`, the
-      watcher's state and the main numbers of a fresh snapshot
-      (`%{label => formatted value}`).
+    * `:domains` - per watcher: `%{watcher, state, key_figures, watching}`,
+      the watcher's state, the main numbers of a fresh snapshot
+      (`%{label => formatted value}`; counters as their total, since a
+      rate needs two samples) and the metrics its gate sees anomalous but
+      has not alerted on (not yet sustained, or quiet after a recent alert).
     * `:findings` - what the anomaly gates found: `%{watcher, anomaly_type,
       severity, summary, evidence, entities}`. Facts measured, never
       written by the model.
@@ -40,7 +42,14 @@ defmodule Beamlens.Report do
           duration_ms: non_neg_integer(),
           model_used: boolean(),
           no_model_reason: String.t() | nil,
-          domains: [%{watcher: atom(), state: atom(), key_figures: %{String.t() => term()}}],
+          domains: [
+            %{
+              watcher: atom(),
+              state: atom(),
+              key_figures: %{String.t() => term()},
+              watching: [String.t()]
+            }
+          ],
           findings: [finding()],
           alerts: [Beamlens.Alert.t()],
           summary: String.t() | nil,
@@ -90,6 +99,14 @@ defmodule Beamlens.Report do
         line("  #{pad(d.watcher, 10)} #{pad(d.state, 9)} #{figures}")
       end)
 
+    watching =
+      case Enum.flat_map(r.domains, fn d ->
+             Enum.map(Map.get(d, :watching, []), &"#{d.watcher}: #{&1}")
+           end) do
+        [] -> []
+        list -> [line("Anomalous, not yet alerted: #{Enum.join(list, "; ")}")]
+      end
+
     findings =
       case r.findings do
         [] ->
@@ -138,7 +155,8 @@ defmodule Beamlens.Report do
         ["No model was used (#{r.no_model_reason}); the findings above are the gate's."]
       end
 
-    Enum.join(header ++ ["Domains:"] ++ domains ++ findings ++ alerts ++ model, "\n") <> "\n"
+    Enum.join(header ++ ["Domains:"] ++ domains ++ watching ++ findings ++ alerts ++ model, "\n") <>
+      "\n"
   end
 
   @doc """

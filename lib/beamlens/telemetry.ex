@@ -49,6 +49,19 @@ defmodule Beamlens.Telemetry do
         first 500 characters the model got back), `:error?` (the call was
         refused with a correction, or its Lua script failed).
 
+    * `[:beamlens, :watcher, :paused]` and `[:beamlens, :watcher, :resumed]` -
+      `Beamlens.pause/2` or `Beamlens.resume/2` was called.
+      * Measurements: `:duration` (ms, or `:infinity`) for `:paused`,
+        `:count` (1) for `:resumed`.
+
+  ## Investigations
+
+    * `[:beamlens, :investigation, :start | :stop | :exception]` - a span
+      around `Beamlens.investigate/2`, in the task that runs it.
+      * Start metadata: `:question`, `:watchers`.
+      * Stop measurements: `:duration`, `:input_tokens`, `:output_tokens`.
+      * Stop metadata: also `:model_used`, `:outcome`, `:findings` (count).
+
   ## Compaction
 
     * `[:beamlens, :compaction, :start]` - a watcher's conversation is over
