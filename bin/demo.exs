@@ -119,9 +119,21 @@ end
 
 defmodule Demo.SampleApp do
   @moduledoc false
-  # A tiny app to break: a cache, a pool of workers, a flaky supervisor.
+  # A tiny app to break: a cache, a pool of workers, a flaky supervisor. It
+  # is a real OTP application (:demo_app), as a user's app is: the :sup
+  # watcher follows the supervision trees of applications.
+  use Application
 
   def start do
+    spec = [description: ~c"BeamLens demo app", vsn: ~c"0.1.0", modules: [], registered: [],
+            applications: [:kernel, :stdlib], mod: {__MODULE__, []}]
+
+    :ok = :application.load({:application, :demo_app, spec})
+    {:ok, _} = Application.ensure_all_started(:demo_app)
+  end
+
+  @impl true
+  def start(_type, _args) do
     children = [
       %{id: :cache, start: {Agent, :start_link, [fn -> :ets.new(:demo_cache, [:public, :named_table]) end, [name: Demo.Cache]]}},
       {DynamicSupervisor, name: Demo.Workers, strategy: :one_for_one, max_children: 100_000},

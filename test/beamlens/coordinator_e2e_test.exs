@@ -65,10 +65,12 @@ defmodule Beamlens.CoordinatorE2ETest do
     start(instance, [:ets, :beam], 30_000)
 
     # ~1M small tuples: no large binaries, so only ETS and total memory move.
-    spawn_owner(fn ->
-      table = :ets.new(:e2e_cache, [:public, :named_table])
-      for i <- 1..1_000_000, do: :ets.insert(table, {i, i * 2, :cached})
-      table
+    between_snapshots(instance, [:ets, :beam], fn ->
+      spawn_owner(fn ->
+        table = :ets.new(:e2e_cache, [:public, :named_table])
+        for i <- 1..1_000_000, do: :ets.insert(table, {i, i * 2, :cached})
+        table
+      end)
     end)
 
     insight = await_insight(["ets_memory_growth", "memory_growth"], 30_000)
@@ -112,10 +114,12 @@ defmodule Beamlens.CoordinatorE2ETest do
   test "alerts far apart in time stay separate", %{instance: instance} do
     start(instance, [:ets, :ports], 1_000)
 
-    spawn_owner(fn ->
-      table = :ets.new(:e2e_separate, [:public, :named_table])
-      for i <- 1..300_000, do: :ets.insert(table, {i, "session-#{i}"})
-      table
+    between_snapshots(instance, [:ets], fn ->
+      spawn_owner(fn ->
+        table = :ets.new(:e2e_separate, [:public, :named_table])
+        for i <- 1..300_000, do: :ets.insert(table, {i, "session-#{i}"})
+        table
+      end)
     end)
 
     assert_alert(:ets, "ets_memory_growth", 10_000)

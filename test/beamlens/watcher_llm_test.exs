@@ -48,7 +48,7 @@ defmodule Beamlens.WatcherLLMTest do
       [{"done", %{}}]
     ])
 
-    grow_ets(:llm_sessions, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:llm_sessions, 300_000) end)
 
     assert_receive {:telemetry, [:beamlens, :watcher, :check], %{iterations: 4} = m,
                     %{outcome: :done} = meta},
@@ -110,7 +110,7 @@ defmodule Beamlens.WatcherLLMTest do
       [{"done", %{}}]
     ])
 
-    grow_ets(:llm_corrections, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:llm_corrections, 300_000) end)
 
     assert_receive {:telemetry, [:beamlens, :watcher, :check], %{corrections: 3},
                     %{outcome: :done}},
@@ -155,7 +155,7 @@ defmodule Beamlens.WatcherLLMTest do
     await_ticks(instance, :ets, 8)
     pid = Beamlens.Watcher.whereis(instance, :ets)
 
-    grow_ets(:llm_outage, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:llm_outage, 300_000) end)
 
     assert_receive {:telemetry, [:beamlens, :watcher, :check], _, %{outcome: :llm_server_error}},
                    10_000
@@ -186,7 +186,7 @@ defmodule Beamlens.WatcherLLMTest do
                     %{outcome: :llm_budget_exceeded}},
                    5_000
 
-    grow_ets(:llm_budget, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:llm_budget, 300_000) end)
     assert %{source: :gate} = assert_alert(:ets, "ets_memory_growth")
   end
 

@@ -56,7 +56,7 @@ defmodule Beamlens.WatcherSmallModelTest do
       LLMFixtures.text(:openai_compatible, ~s({"name": "done", "arguments": {}} That is all.))
     ])
 
-    grow_ets(:small_sessions, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:small_sessions, 300_000) end)
 
     assert_receive {:telemetry, [:beamlens, :watcher, :check], %{iterations: 3, corrections: 0},
                     %{outcome: :done}},
@@ -124,7 +124,7 @@ defmodule Beamlens.WatcherSmallModelTest do
       )
     )
 
-    grow_ets(:small_made_up, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:small_made_up, 300_000) end)
 
     assert_receive {:telemetry, [:beamlens, :watcher, :check], %{iterations: 8, corrections: 3},
                     %{outcome: :done, gate_alerts: 0}},

@@ -38,10 +38,12 @@ defmodule Beamlens.WatcherTest do
       start_beamlens(instance, watchers: [:ets])
       await_ticks(instance, :ets, 8)
 
-      table = :ets.new(:beamlens_test_sessions, [:public, :named_table])
+      between_snapshots(instance, [:ets], fn ->
+        table = :ets.new(:beamlens_test_sessions, [:public, :named_table])
 
-      for i <- 1..300_000,
-          do: :ets.insert(table, {i, "session-#{i}", %{user: i, roles: [:a, :b]}})
+        for i <- 1..300_000,
+            do: :ets.insert(table, {i, "session-#{i}", %{user: i, roles: [:a, :b]}})
+      end)
 
       alert = assert_alert(:ets, "ets_memory_growth")
       assert alert.summary =~ ~r/^ETS memory at \d+% of total memory, baseline \d+%$/

@@ -8,12 +8,15 @@ defmodule Beamlens.TestApp do
   use Application
 
   @impl true
+  def start(_type, {:process, {m, f, a}}), do: apply(m, f, a)
   def start(_type, {children, opts}), do: Supervisor.start_link(children, opts)
 
   @doc """
   Loads and starts application `name` (an atom the test chooses) with
   `children` under a supervisor started with `sup_opts`; stops and unloads
-  it when the test exits. Returns the top supervisor's pid.
+  it when the test exits. Returns the top supervisor's pid. With
+  `{:process, {m, f, a}}` as children, the application's top process is
+  whatever `m.f(a...)` starts (`{:ok, pid}`), supervisor or not.
   """
   def start!(name, children, sup_opts \\ [strategy: :one_for_one]) when is_atom(name) do
     spec = [
@@ -22,7 +25,7 @@ defmodule Beamlens.TestApp do
       modules: [],
       registered: [],
       applications: [:kernel, :stdlib],
-      mod: {__MODULE__, {children, sup_opts}}
+      mod: {__MODULE__, mod_arg(children, sup_opts)}
     ]
 
     :ok = :application.load({:application, name, spec})
@@ -33,8 +36,10 @@ defmodule Beamlens.TestApp do
       :application.unload(name)
     end)
 
-    {:ok, master} = {:ok, :application_controller.get_master(name)}
-    {pid, _module} = :application_master.get_child(master)
+    {pid, _module} = :application_master.get_child(:application_controller.get_master(name))
     pid
   end
+
+  defp mod_arg({:process, mfa}, _sup_opts), do: {:process, mfa}
+  defp mod_arg(children, sup_opts), do: {children, sup_opts}
 end

@@ -36,6 +36,24 @@ defmodule Beamlens.WatcherCase do
   def forward(event, measurements, metadata, pid),
     do: send(pid, {:telemetry, event, measurements, metadata})
 
+  @doc """
+  Runs `fun` while the given watchers of `instance` take no snapshot, and
+  returns its result: a fault injected this way appears all at once between
+  two snapshots, as on a fast machine. Injected step by step on a slow or
+  loaded machine, it would grow over many ticks and the gate's baselines
+  would follow it.
+  """
+  def between_snapshots(instance, watchers, fun) do
+    pids = Enum.map(watchers, &Beamlens.Watcher.whereis(instance, &1))
+    Enum.each(pids, &:sys.suspend/1)
+
+    try do
+      fun.()
+    after
+      Enum.each(pids, &:sys.resume/1)
+    end
+  end
+
   @doc "Starts BeamLens with fast defaults for tests; returns the instance name."
   def start_beamlens(instance, opts) do
     opts =

@@ -50,7 +50,11 @@ defmodule Beamlens.Domain.BeamTest do
     assert_raise ArgumentError, ~r/not a pid/, fn -> Beam.process_info("<0.99999999.0>") end
   end
 
-  test "a snapshot with 100,000 processes takes under 100 ms" do
+  # The cost is compared with a baseline measured in the same run, the
+  # least any look at every process costs (one process_info call per
+  # process; the snapshot ranks three orderings), so that a loaded or slow
+  # machine slows both alike.
+  test "a snapshot with 100,000 processes costs a few plain passes over the process table" do
     parent = self()
 
     pids =
@@ -60,16 +64,21 @@ defmodule Beamlens.Domain.BeamTest do
 
     on_exit(fn -> Enum.each(pids, &Process.exit(&1, :kill)) end)
 
-    # The best of three runs: the machine is shared, the cost is the minimum.
-    best =
-      for _ <- 1..3 do
-        {us, s} = :timer.tc(&Beam.snapshot/0)
-        assert s.process_count >= 100_000
-        # The utilisation sample waits 50 ms in parallel; subtract nothing.
-        us
-      end
-      |> Enum.min()
+    baseline = fn ->
+      Enum.each(:erlang.processes(), &Process.info(&1, :message_queue_len))
+    end
 
-    assert best < 100_000, "best snapshot took #{div(best, 1000)} ms"
+    # Best of five, interleaved: the machine is shared, the cost is the minimum.
+    {snapshot_us, baseline_us} =
+      for _ <- 1..5, reduce: {nil, nil} do
+        {best_snapshot, best_baseline} ->
+          {us, s} = :timer.tc(&Beam.snapshot/0)
+          assert s.process_count >= 100_000
+          {base_us, _} = :timer.tc(baseline)
+          {min(best_snapshot, us), min(best_baseline, base_us)}
+      end
+
+    assert snapshot_us < 8 * baseline_us,
+           "snapshot #{div(snapshot_us, 1000)} ms, plain pass #{div(baseline_us, 1000)} ms"
   end
 end

@@ -116,6 +116,62 @@ defmodule Beamlens.Domain.DomainsTest do
                                                                                                        largest_all())
   end
 
+  test "a restarted child supervisor is followed again, and its children with it" do
+    worker = %{id: :leaf, start: {Agent, :start_link, [fn -> :ok end]}}
+
+    inner = %{
+      id: :inner,
+      type: :supervisor,
+      start:
+        {Supervisor, :start_link,
+         [[worker], [strategy: :one_for_one, name: :beamlens_test_inner_sup]]}
+    }
+
+    top = Beamlens.TestApp.start!(:beamlens_test_nested_app, [inner], strategy: :one_for_one)
+    Sup.snapshot()
+
+    assert Beamlens.Eventually.eventually(fn ->
+             monitored_child(:beamlens_test_inner_sup) != nil
+           end)
+
+    # The whole inner supervisor crashes: one restart under the top one.
+    inner_pid = Process.whereis(:beamlens_test_inner_sup)
+    ref = Process.monitor(inner_pid)
+    Process.exit(inner_pid, :kill)
+    assert_receive {:DOWN, ^ref, _, _, :killed}
+
+    # Its replacement's child is monitored without waiting for a snapshot.
+    assert Beamlens.Eventually.eventually(fn ->
+             Process.whereis(:beamlens_test_inner_sup) not in [nil, inner_pid] and
+               monitored_child(:beamlens_test_inner_sup) != nil
+           end)
+
+    pid = monitored_child(:beamlens_test_inner_sup)
+    Process.exit(pid, :boom)
+
+    assert Beamlens.Eventually.eventually(fn ->
+             Enum.sort(Enum.map(Sup.snapshot().restarting, &{&1.supervisor, &1.last_child})) ==
+               Enum.sort([{"beamlens_test_inner_sup", "leaf"}, {inspect(top), "inner"}])
+           end)
+  end
+
+  test "an application whose top process is no supervisor gets no supervisor calls" do
+    # A GenServer without handle_call/3 crashes on any call.
+    top =
+      Beamlens.TestApp.start!(
+        :beamlens_test_plain_app,
+        {:process, {Agent, :start_link, [fn -> :state end]}}
+      )
+
+    Sup.snapshot()
+    assert Process.alive?(top)
+
+    assert %{application: "beamlens_test_plain_app", supervisor: %{children: []}} =
+             Sup.tree("beamlens_test_plain_app")
+
+    assert Process.alive?(top)
+  end
+
   # The child of `sup` when the tracker monitors it.
   defp monitored_child(sup) do
     with [{_, pid, _, _}] when is_pid(pid) <- Supervisor.which_children(sup),

@@ -140,8 +140,17 @@ defmodule Beamlens.Domain.Sup.Tracker do
 
       {{sup, child}, monitored} ->
         state = %{state | monitored: monitored}
-        state = if abnormal?(reason), do: count_restart(state, sup, child, reason), else: state
-        {:noreply, mark_dirty(state, sup, 0)}
+
+        # Children of a supervisor that died with it (killed along with
+        # it) were not restarted by it.
+        if abnormal?(reason) and Process.alive?(sup) do
+          {:noreply, state |> count_restart(sup, child, reason) |> mark_dirty(sup, 0)}
+        else
+          # A permanent child that stopped normally is restarted too; look
+          # once, later, rather than after every task of a busy
+          # Task.Supervisor.
+          {:noreply, mark_dirty(state, sup, length(@retry_ms) - 1)}
+        end
     end
   end
 
@@ -155,6 +164,10 @@ defmodule Beamlens.Domain.Sup.Tracker do
       |> Enum.take(20)
       |> Enum.reduce(state, fn {sup, {_at, attempt}}, state ->
         case Map.fetch(state.sups, sup) do
+          {:ok, %{listed_at: at}} when is_integer(at) and now - at < @relist_ms ->
+            # Listed moments ago: once more when the rate allows.
+            put_dirty(state, sup, at + @relist_ms, attempt)
+
           {:ok, entry} ->
             {found_new?, state} = list(state, sup, entry)
             if found_new?, do: state, else: mark_dirty(state, sup, attempt + 1)
@@ -224,20 +237,32 @@ defmodule Beamlens.Domain.Sup.Tracker do
         state
 
       delay ->
-        at = now_ms() + delay
-
-        dirty =
-          Map.update(state.dirty, sup, {at, attempt}, fn {old, a} ->
-            {min(old, at), min(a, attempt)}
-          end)
-
-        schedule_rescan(%{state | dirty: dirty})
+        put_dirty(state, sup, now_ms() + delay, attempt)
     end
   end
 
-  defp schedule_rescan(%{rescan: nil, dirty: dirty} = state) when map_size(dirty) > 0 do
+  defp put_dirty(state, sup, at, attempt) do
+    dirty =
+      Map.update(state.dirty, sup, {at, attempt}, fn {old, a} ->
+        {min(old, at), min(a, attempt)}
+      end)
+
+    schedule_rescan(%{state | dirty: dirty})
+  end
+
+  # One timer, due at the earliest dirty supervisor's time.
+  defp schedule_rescan(%{dirty: dirty} = state) when map_size(dirty) > 0 do
     next = dirty |> Map.values() |> Enum.map(&elem(&1, 0)) |> Enum.min()
-    %{state | rescan: Process.send_after(self(), :rescan, max(next - now_ms(), 0))}
+
+    case state.rescan do
+      {_timer, due} when due <= next ->
+        state
+
+      previous ->
+        with {timer, _due} <- previous, do: Process.cancel_timer(timer)
+        timer = Process.send_after(self(), :rescan, max(next - now_ms(), 0))
+        %{state | rescan: {timer, next}}
+    end
   end
 
   defp schedule_rescan(state), do: state
@@ -368,10 +393,16 @@ defmodule Beamlens.Domain.Sup.Tracker do
             true ->
               state = monitor_child(state, pid, child, child_name(id, modules))
 
+              # A new child supervisor (a restarted one too) is followed
+              # right away: counted, and its children listed.
               state =
-                if type == :supervisor,
-                  do: add_supervisor(state, child, app, pid, entry.depth + 1),
-                  else: state
+                with :supervisor <- type,
+                     %{sups: %{^child => _}} = state <-
+                       add_supervisor(state, child, app, pid, entry.depth + 1) do
+                  check(state, child, state.sups[child])
+                else
+                  _ -> state
+                end
 
               {true, state}
           end

@@ -55,5 +55,6 @@ defmodule HostApp.VmWatchersTest do
     alert = assert_alert(:sup, "restart_storm", 20_000)
     assert {"supervisor", "HostApp.GatewaySupervisor"} in alert.entities
     assert alert.summary =~ "most under HostApp.GatewaySupervisor"
+    assert alert.evidence.values["sup.restarts"].value > 0
   end
 end
