@@ -11,18 +11,17 @@ defmodule HostAppWeb.Router do
   import Phoenix.LiveDashboard.Router
 
   pipeline :browser do
-    plug(:accepts, ["html"])
-    plug(:fetch_session)
-    plug(:protect_from_forgery)
-    plug(:put_secure_browser_headers)
+    plug :accepts, ["html"]
+    plug :fetch_session
+    plug :protect_from_forgery
+    plug :put_secure_browser_headers
   end
 
   scope "/" do
-    pipe_through(:browser)
+    pipe_through :browser
 
-    live_dashboard("/dashboard",
+    live_dashboard "/dashboard",
       ecto_repos: [HostApp.Repo],
       additional_pages: [beamlens: Beamlens.Dashboard]
-    )
   end
 end

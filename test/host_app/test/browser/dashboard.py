@@ -66,7 +66,7 @@ def main():
 
             # The summary, the watchers and the alerts (for the README).
             page.screenshot(path=a.top, full_page=True,
-                            clip={"x": 0, "y": 0, "width": 1280, "height": 1320})
+                            clip={"x": 0, "y": 0, "width": 1280, "height": 1240})
             page.click(f"#beamlens-watcher-{a.pause} button:has-text('Pause')")
             page.wait_for_selector(f"#beamlens-watcher-{a.pause} button:has-text('Resume')")
 
