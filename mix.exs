@@ -57,13 +57,14 @@ defmodule Beamlens.MixProject do
   #
   # Phoenix LiveDashboard is optional: with it, Beamlens.Dashboard is
   # compiled (the dependency makes Mix compile it first). Offline, a host
-  # app that uses the sources of BEAMLENS_DEPS_DIR sets that variable.
+  # app that uses the sources of BEAMLENS_DEPS_DIR sets that variable
+  # (LiveView needs Elixir 1.15+).
   defp deps do
     cond do
       Code.ensure_loaded?(Hex) ->
         [{:telemetry, "~> 1.0"}, {:phoenix_live_dashboard, "~> 0.8", optional: true}]
 
-      dir = System.get_env("BEAMLENS_DEPS_DIR") ->
+      (dir = System.get_env("BEAMLENS_DEPS_DIR")) && Version.match?(System.version(), ">= 1.15.0") ->
         [
           {:phoenix_live_dashboard,
            path: Path.join(dir, "phoenix_live_dashboard"), optional: true}

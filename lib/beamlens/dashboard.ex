@@ -39,11 +39,18 @@ if Code.ensure_loaded?(Phoenix.LiveDashboard.PageBuilder) do
 
     @impl true
     def init(opts) do
-      opts = if Keyword.keyword?(opts), do: opts, else: bad_opts!(opts)
+      unless Keyword.keyword?(opts) do
+        raise ArgumentError,
+              "expected Beamlens.Dashboard's options to be a keyword list, got: #{inspect(opts)}"
+      end
 
       case Keyword.keys(opts) -- [:instance, :pause] do
-        [] -> :ok
-        [key | _] -> bad_opts!(key)
+        [] ->
+          :ok
+
+        [key | _] ->
+          raise ArgumentError,
+                "unknown Beamlens.Dashboard option #{inspect(key)}; known: :instance, :pause"
       end
 
       instance = Keyword.get(opts, :instance, Beamlens)
@@ -56,11 +63,6 @@ if Code.ensure_loaded?(Phoenix.LiveDashboard.PageBuilder) do
       end
 
       {:ok, %{instance: instance, pause: pause}, [{:process, instance}]}
-    end
-
-    defp bad_opts!(opts) do
-      raise ArgumentError,
-            "unknown Beamlens.Dashboard option #{inspect(opts)}; known: :instance, :pause"
     end
 
     @impl true

@@ -211,3 +211,23 @@ defmodule HostApp.DashboardTest do
     end
   end
 end
+
+defmodule HostApp.DashboardOptionsTest do
+  use ExUnit.Case, async: true
+
+  test "the page's options are checked when the router is compiled" do
+    assert {:ok, %{instance: Beamlens, pause: true}, [process: Beamlens]} =
+             Beamlens.Dashboard.init([])
+
+    assert {:ok, %{instance: MyLens, pause: false}, _} =
+             Beamlens.Dashboard.init(instance: MyLens, pause: false)
+
+    assert_raise ArgumentError, ~r/unknown Beamlens.Dashboard option :bogus; known/, fn ->
+      Beamlens.Dashboard.init(bogus: 1)
+    end
+
+    assert_raise ArgumentError, ~r/:pause a boolean, got: \[pause: "yes"\]/, fn ->
+      Beamlens.Dashboard.init(pause: "yes")
+    end
+  end
+end
