@@ -118,7 +118,7 @@ defmodule Beamlens do
   `:mode` is `:rules_only` with a `:mode_reason` when no provider is
   configured, the token budget is spent, or every provider's circuit
   breaker is open. Breaker states are as BeamLens last saw them in replies
-  (see `Beamlens.Usage.breaker/2`). Options: `:instance` (default `Beamlens`).
+  (see `Beamlens.Usage.breaker/3`). Options: `:instance` (default `Beamlens`).
   """
   @spec status(keyword()) :: map()
   def status(opts \\ []) do
@@ -259,10 +259,16 @@ defmodule Beamlens do
   def report(opts \\ []) do
     {device, opts} = Keyword.pop(opts, :device, :stdio)
     instance = instance!(opts, [])
-    status = status(instance: instance)
-    since = DateTime.add(DateTime.utc_now(), -3_600, :second)
-    recent = alerts(instance: instance, since: since, limit: 50)
-    IO.write(device, Beamlens.Report.format_status(status, recent))
+
+    if Process.whereis(Beamlens.History.name(instance)) do
+      status = status(instance: instance)
+      since = DateTime.add(DateTime.utc_now(), -3_600, :second)
+      recent = alerts(instance: instance, since: since, limit: 50)
+      latest = insights(instance: instance, since: since, limit: 1)
+      IO.write(device, Beamlens.Report.format_status(status, recent, latest))
+    else
+      IO.write(device, "BeamLens (#{inspect(instance)}) is not running on #{node()}.\n")
+    end
   end
 
   defp instance!(opts, allowed) do

@@ -81,7 +81,7 @@ defmodule Beamlens.History do
   @spec alerts(atom(), keyword()) :: [Alert.t()]
   def alerts(server, filters \\ []) do
     filters = validate!(filters, @alert_filters)
-    GenServer.call(server, {:alerts, filters})
+    call(server, {:alerts, filters})
   end
 
   @doc """
@@ -91,7 +91,15 @@ defmodule Beamlens.History do
   @spec insights(atom(), keyword()) :: [Insight.t()]
   def insights(server, filters \\ []) do
     filters = validate!(filters, @insight_filters)
-    GenServer.call(server, {:insights, filters})
+    call(server, {:insights, filters})
+  end
+
+  defp call(server, request) do
+    GenServer.call(server, request)
+  catch
+    :exit, {:noproc, _} ->
+      raise ArgumentError,
+            "no BeamLens history #{inspect(server)}: is the BeamLens instance running on #{node()}?"
   end
 
   @doc false

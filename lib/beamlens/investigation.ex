@@ -184,17 +184,23 @@ defmodule Beamlens.Investigation do
           true ->
             metadata = %{question: question, watchers: Enum.map(watchers, &elem(&1, 0))}
 
-            Telemetry.span([:investigation], metadata, fn ->
-              report = investigate(instance, question, watchers, opts)
+            try do
+              Telemetry.span([:investigation], metadata, fn ->
+                report = investigate(instance, question, watchers, opts)
 
-              {{:ok, report},
-               %{input_tokens: report.tokens.input, output_tokens: report.tokens.output},
-               Map.merge(metadata, %{
-                 model_used: report.model_used,
-                 outcome: report.outcome,
-                 findings: length(report.findings)
-               })}
-            end)
+                {{:ok, report},
+                 %{input_tokens: report.tokens.input, output_tokens: report.tokens.output},
+                 Map.merge(metadata, %{
+                   model_used: report.model_used,
+                   outcome: report.outcome,
+                   findings: length(report.findings)
+                 })}
+              end)
+            after
+              # Free the lock before replying, not when the task exits: the
+              # caller may start the next investigation at once.
+              Process.unregister(@lock)
+            end
         end
       end)
 

@@ -92,9 +92,10 @@ defmodule Beamlens.Report do
     domains =
       Enum.map(r.domains, fn d ->
         figures =
-          d.key_figures
-          |> Enum.take(@max_figures)
-          |> Enum.map_join(", ", fn {k, v} -> "#{k} #{v}" end)
+          case Enum.take(d.key_figures, @max_figures) do
+            [] -> "(no fresh snapshot)"
+            list -> Enum.map_join(list, ", ", fn {k, v} -> "#{k} #{v}" end)
+          end
 
         line("  #{pad(d.watcher, 10)} #{pad(d.state, 9)} #{figures}")
       end)
@@ -147,8 +148,8 @@ defmodule Beamlens.Report do
       if r.model_used do
         [
           "Model's answer (interpretation, not measured):",
-          wrap("  Summary: #{r.summary || "(none given)"}"),
-          wrap("  Hypothesis: #{r.hypothesis || "(none given)"}"),
+          wrap("Summary: #{r.summary || "(none given)"}"),
+          wrap("Hypothesis: #{r.hypothesis || "(none given)"}"),
           "Tokens: #{r.tokens.input} in, #{r.tokens.output} out#{if r.tokens.estimated, do: " (estimated)", else: ""}"
         ]
       else
@@ -161,11 +162,11 @@ defmodule Beamlens.Report do
 
   @doc """
   The map of `Beamlens.status/1` as text: one line per watcher, then the
-  coordinator, providers, budget and the latest alerts (`recent`, newest
-  first, at most 5 shown).
+  coordinator and its latest insight (`insights`, newest first), providers,
+  budget and the latest alerts (`recent`, newest first, at most 5 shown).
   """
-  @spec format_status(map(), [Beamlens.Alert.t()]) :: String.t()
-  def format_status(status, recent \\ []) do
+  @spec format_status(map(), [Beamlens.Alert.t()], [Beamlens.Insight.t()]) :: String.t()
+  def format_status(status, recent \\ [], insights \\ []) do
     header = "BeamLens on #{status.node} at #{time(DateTime.utc_now())}"
 
     watchers =
@@ -219,7 +220,8 @@ defmodule Beamlens.Report do
               Enum.map_join(list, " -> ", fn p ->
                 "#{p.provider} #{p.model} (breaker #{p.breaker})"
               end) <>
-              "; budget #{status.budget.used_this_hour}/#{status.budget.limit} tokens this hour"
+              "; budget #{status.budget.used_this_hour}/#{status.budget.limit} tokens this hour" <>
+              investigation_tokens(status)
           ]
       end
 
@@ -239,11 +241,32 @@ defmodule Beamlens.Report do
             end) ++ more(length(list) - 5, "alert")
       end
 
+    insight =
+      case insights do
+        [] ->
+          []
+
+        [latest | _] ->
+          [
+            line(
+              "Latest insight (#{latest.correlation_type}, #{latest.alert_count} alerts, " <>
+                "#{Enum.join(latest.watchers, ", ")}): #{latest.summary}"
+            )
+          ]
+      end
+
     Enum.join(
-      [header, "Watchers:"] ++ watchers ++ reasons ++ coordinator ++ providers ++ alerts,
+      [header, "Watchers:"] ++
+        watchers ++ reasons ++ coordinator ++ insight ++ providers ++ alerts,
       "\n"
     ) <> "\n"
   end
+
+  defp investigation_tokens(%{investigations: %{tokens: %{last_hour: %{input: i, output: o}}}})
+       when i + o > 0,
+       do: " (investigations #{i + o})"
+
+  defp investigation_tokens(_status), do: ""
 
   defp more(n, what) when n > 0, do: ["  ... and #{n} more #{what}(s)"]
   defp more(_, _), do: []
@@ -257,16 +280,22 @@ defmodule Beamlens.Report do
     if String.length(text) > @width, do: String.slice(text, 0, @width - 3) <> "...", else: text
   end
 
+  # Indented by 2, continuation lines by 4, at most 6 lines; a word longer
+  # than a line is cut.
   defp wrap(text) do
+    width = @width - 4
+
     text
     |> String.split(~r/\s+/, trim: true)
+    |> Enum.map(&String.slice(&1, 0, width))
     |> Enum.reduce([""], fn word, [current | done] ->
-      if current != "" and String.length(current) + String.length(word) + 1 > @width,
+      if current != "" and String.length(current) + String.length(word) + 1 > width,
         do: [word | [current | done]],
         else: [String.trim_leading(current <> " " <> word) | done]
     end)
     |> Enum.reverse()
     |> Enum.take(6)
     |> Enum.join("\n    ")
+    |> then(&("  " <> &1))
   end
 end

@@ -70,7 +70,8 @@ defmodule Beamlens.Status do
       watchers: watchers,
       coordinator: coordinator(instance),
       providers: providers,
-      budget: budget
+      budget: budget,
+      investigations: %{tokens: Usage.get(:investigation)}
     }
   end
 
@@ -120,7 +121,7 @@ defmodule Beamlens.Status do
       %{
         provider: p.provider,
         model: p[:model] || p[:deployment],
-        breaker: Usage.breaker(p.provider)
+        breaker: Usage.breaker(p.provider, Map.take(p, [:breaker_threshold, :breaker_cooldown]))
       }
     end)
   end

@@ -51,8 +51,8 @@ defmodule Beamlens.Telemetry do
 
     * `[:beamlens, :watcher, :paused]` and `[:beamlens, :watcher, :resumed]` -
       `Beamlens.pause/2` or `Beamlens.resume/2` was called.
-      * Measurements: `:duration` (ms, or `:infinity`) for `:paused`,
-        `:count` (1) for `:resumed`.
+      * Measurements: `:count` (1).
+      * Metadata: `:for` (ms, or `:infinity`) for `:paused`.
 
   ## Investigations
 

@@ -149,7 +149,7 @@ defmodule Beamlens.Usage do
   defp provider_result(nil, _result, _now), do: :ok
 
   defp provider_result(provider, :ok, _now) do
-    :ets.insert(@table, {{:provider, provider}, 0, nil})
+    :ets.insert(@table, {{:provider, provider}, 0, nil, nil})
     :ok
   rescue
     ArgumentError -> :ok
@@ -170,35 +170,48 @@ defmodule Beamlens.Usage do
   defp provider_result(provider, reason, now) do
     {failures, opened} =
       case :ets.lookup(@table, {:provider, provider}) do
-        [{_, failures, opened}] -> {failures + 1, opened}
+        [{_, failures, _last, opened}] -> {failures + 1, opened}
         [] -> {1, nil}
       end
 
-    opened =
-      cond do
-        reason == :circuit_open -> opened || now
-        failures >= @breaker_threshold -> opened || now
-        true -> opened
-      end
-
-    :ets.insert(@table, {{:provider, provider}, failures, opened})
+    opened = if reason == :circuit_open, do: now, else: opened
+    :ets.insert(@table, {{:provider, provider}, failures, now, opened})
     :ok
   rescue
     ArgumentError -> :ok
   end
 
   @doc """
-  The circuit breaker of `provider` as BeamLens last saw it: `:open` after
-  #{@breaker_threshold} failed requests in a row or a `:circuit_open` error,
-  `:half_open` once the default cooldown (#{@breaker_cooldown} ms) has
-  passed without a success since, `:closed` otherwise.
+  The circuit breaker of `provider` as BeamLens last saw it in replies:
+  `:open` within `:breaker_cooldown` of a `:circuit_open` error or of the
+  last of `:breaker_threshold` failed requests in a row, `:half_open` once
+  that cooldown has passed without a success since, `:closed` otherwise.
+  `opts` are the provider's `:breaker_threshold` (default #{@breaker_threshold})
+  and `:breaker_cooldown` (ms, default #{@breaker_cooldown}); `0` as
+  threshold means no breaker.
   """
-  @spec breaker(atom(), integer()) :: :closed | :open | :half_open
-  def breaker(provider, now_ms \\ System.system_time(:millisecond)) do
+  @spec breaker(atom(), keyword() | map(), integer()) :: :closed | :open | :half_open
+  def breaker(provider, opts \\ [], now_ms \\ System.system_time(:millisecond)) do
+    threshold = opts[:breaker_threshold] || @breaker_threshold
+    cooldown = opts[:breaker_cooldown] || @breaker_cooldown
+
     case :ets.lookup(@table, {:provider, provider}) do
-      [{_, _, opened}] when is_integer(opened) and now_ms - opened < @breaker_cooldown -> :open
-      [{_, _, opened}] when is_integer(opened) -> :half_open
-      _ -> :closed
+      [{_, failures, last, opened}] ->
+        since =
+          cond do
+            is_integer(opened) -> opened
+            threshold > 0 and failures >= threshold -> last
+            true -> nil
+          end
+
+        cond do
+          since == nil -> :closed
+          now_ms - since < cooldown -> :open
+          true -> :half_open
+        end
+
+      [] ->
+        :closed
     end
   rescue
     ArgumentError -> :closed

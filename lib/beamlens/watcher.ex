@@ -165,7 +165,7 @@ defmodule Beamlens.Watcher do
         ms -> {clock(state) + ms, DateTime.add(DateTime.utc_now(), ms, :millisecond)}
       end
 
-    Telemetry.execute([:watcher, :paused], %{duration: ms}, %{watcher: state.name})
+    Telemetry.execute([:watcher, :paused], %{count: 1}, %{watcher: state.name, for: ms})
     {:reply, :ok, %{state | paused_until: until, paused_until_at: at}}
   end
 

@@ -76,10 +76,13 @@ defmodule Beamlens.UsageTest do
     now = 2_000_000_000_000
 
     for _ <- 1..4, do: Usage.record_reply(pending, {:error, error}, now)
-    assert Usage.breaker(provider, now) == :closed
+    assert Usage.breaker(provider, [], now) == :closed
+    # The provider's own threshold and cooldown apply.
+    assert Usage.breaker(provider, [breaker_threshold: 3, breaker_cooldown: 1_000], now) == :open
+    assert Usage.breaker(provider, [breaker_threshold: 0], now) == :closed
     Usage.record_reply(pending, {:error, error}, now)
-    assert Usage.breaker(provider, now) == :open
-    assert Usage.breaker(provider, now + 31_000) == :half_open
+    assert Usage.breaker(provider, [], now) == :open
+    assert Usage.breaker(provider, [], now + 31_000) == :half_open
 
     ok = %LLM.Response{
       content: "",
@@ -89,6 +92,10 @@ defmodule Beamlens.UsageTest do
     }
 
     Usage.record_reply(%{pending | caller: {:usage_test, provider}}, {:ok, ok}, now)
-    assert Usage.breaker(provider, now) == :closed
+    assert Usage.breaker(provider, [], now) == :closed
+
+    circuit = %Beamlens.LLMError{reason: :circuit_open, provider: provider, message: "open"}
+    Usage.record_reply(pending, {:error, circuit}, now)
+    assert Usage.breaker(provider, [], now + 1) == :open
   end
 end

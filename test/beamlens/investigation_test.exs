@@ -76,8 +76,9 @@ defmodule Beamlens.InvestigationTest do
   } do
     start_beamlens(instance, watchers: [[name: :ets, warmup: 5], :beam])
     await_ticks(instance, :ets, 8)
-    # Paused, the watcher raises nothing itself: any alert would be the investigation's.
+    # Paused, the watchers raise nothing themselves: any alert would be the investigation's.
     :ok = Beamlens.pause(:ets, instance: instance)
+    :ok = Beamlens.pause(:beam, instance: instance)
     grow_ets(:inv_sessions, 300_000)
 
     assert_receive {:telemetry, [:beamlens, :watcher, :state_changed], _,

@@ -34,7 +34,9 @@ defmodule Beamlens.OperatingTest do
     assert DateTime.diff(ets.next_tick_at, ets.last_tick_at, :millisecond) == 50
     assert ets.firing == []
     assert ets.last_check == nil
-    assert ets.tokens == Beamlens.Usage.empty()
+    # Node-wide per caller name: other tests' :ets watchers may have used a model.
+    assert %{last_hour: %{input: _, output: _}, total: %{input: _, output: _}, estimated: _} =
+             ets.tokens
   end
 
   test "alerts are kept without any handler, with filters", %{instance: instance} do
@@ -168,5 +170,41 @@ defmodule Beamlens.OperatingTest do
     # A loaded test box may well have a CPU load alert.
     assert text =~ ~r/Recent alerts( \(newest first\):|: none)/
     for w <- watchers, do: assert(text =~ ~r/^  #{w}\s/m)
+  end
+end
+
+defmodule Beamlens.OperatingInsightsTest do
+  # Insights outlive their telemetry events too: the coordinator started by
+  # the Beamlens supervisor records what it emits.
+  use Beamlens.WatcherCase, async: false
+
+  import Beamlens.CoordinatorCase, only: [alert: 2, attach_coordinator_events: 1]
+
+  test "insights/1 lists what the coordinator produced, and report/1 shows the latest", context do
+    instance =
+      start_beamlens(context.instance,
+        watchers: [[name: :beam, interval: 60_000]],
+        coordinator: [window_ms: 30_000, leader_warmup_ms: 0]
+      )
+
+    attach_coordinator_events(context)
+    name = Module.concat(instance, Coordinator)
+    :ok = Beamlens.Coordinator.report_alert(name, alert("ets_memory_growth", ago_ms: 2_000))
+    :ok = Beamlens.Coordinator.report_alert(name, alert("memory_growth", ago_ms: 1_000))
+
+    assert_receive {:coordinator_event, :insight_produced, _, %{insight: produced}}, 10_000
+
+    assert [%Beamlens.Insight{id: id}] = Beamlens.insights(instance: instance)
+    assert id == produced.id
+
+    assert Beamlens.insights(
+             instance: instance,
+             since: DateTime.add(DateTime.utc_now(), 60, :second)
+           ) == []
+
+    {:ok, io} = StringIO.open("")
+    :ok = Beamlens.report(instance: instance, device: io)
+    {:ok, {_, text}} = StringIO.close(io)
+    assert text =~ "Latest insight (causal, 2 alerts"
   end
 end

@@ -92,9 +92,17 @@ defmodule Beamlens.HistoryTest do
     assert_raise ArgumentError, ~r/:since to be a DateTime/, fn -> History.alerts(h, since: 1) end
   end
 
-  test "recording to a history that is not running does nothing" do
+  test "recording to a history that is not running does nothing; reading it says so" do
     assert :ok = History.alert(:no_such_history, :fired, alert("x"))
     assert :ok = History.insight(nil, insight("x", 1))
+
+    assert_raise ArgumentError, ~r/is the BeamLens instance running/, fn ->
+      Beamlens.alerts(instance: NoSuchBeamlens)
+    end
+
+    {:ok, io} = StringIO.open("")
+    assert :ok = Beamlens.report(instance: NoSuchBeamlens, device: io)
+    assert {:ok, {_, "BeamLens (NoSuchBeamlens) is not running on " <> _}} = StringIO.close(io)
   end
 
   defp insight(id, version) do

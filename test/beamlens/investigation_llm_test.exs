@@ -86,7 +86,7 @@ defmodule Beamlens.InvestigationLLMTest do
     assert report.hypothesis == "Sessions are inserted and never deleted."
     # Three replies of 10 tokens in, 5 out, as the provider reported them.
     assert report.tokens == %{input: 30, output: 15, estimated: false}
-    after_ = Usage.get(:investigation)
+    after_ = Beamlens.status(instance: instance).investigations.tokens
     assert after_.total.input - before.total.input == 30
     assert after_.total.output - before.total.output == 15
 
