@@ -1,6 +1,8 @@
 defmodule Beamlens.LogStore do
   # A bounded record of what the application logs, fed by a `:logger`
-  # handler and read by the :logger, :sup and :exception domains.
+  # handler and read by the :logger domain. (Its restart counts come from
+  # OTP's supervisor reports, which Elixir 1.15+ drops by default; the :sup
+  # domain counts restarts itself, see Beamlens.Domain.Sup.Tracker.)
   #
   # The handler runs in the process that logs, so it does the minimum: it
   # bumps counters for every event, and only for warnings and worse formats

@@ -252,13 +252,15 @@ defmodule Beamlens.LLMTest do
 
   describe "chat_async/3 and handle_reply/2" do
     test "return at once; the reply arrives as a message", %{server: server} do
-      LoopbackServer.enqueue(server, Map.put(LLMFixtures.text(:anthropic, "later"), :delay, 300))
-      started = System.monotonic_time(:millisecond)
+      hold_replies(server, LLMFixtures.text(:anthropic, "later"))
 
       assert {:ok, %Pending{ref: ref} = pending} =
                LLM.chat_async(config!(server), @request, caller: :me)
 
-      assert System.monotonic_time(:millisecond) - started < 150
+      # chat_async returned while the server still holds the reply.
+      assert_receive {:request_held, connection}, 2_000
+      refute_received {^ref, _}
+      send(connection, :answer)
 
       assert_receive {^ref, raw}, 2_000
       assert {:ok, %Response{content: "later"}} = LLM.handle_reply(pending, raw)
@@ -266,7 +268,7 @@ defmodule Beamlens.LLMTest do
     end
 
     test "a GenServer keeps serving calls while the model thinks", %{server: server} do
-      LoopbackServer.enqueue(server, Map.put(LLMFixtures.text(:anthropic, "answer"), :delay, 500))
+      hold_replies(server, LLMFixtures.text(:anthropic, "answer"))
       config = config!(server)
       test = self()
 
@@ -276,11 +278,10 @@ defmodule Beamlens.LLMTest do
           pending
         end)
 
-      # The agent answers while its request is in flight.
-      for _ <- 1..10 do
-        {time, %Pending{}} = :timer.tc(fn -> Agent.get(pid, & &1) end)
-        assert time < 50_000
-      end
+      # The agent answers while the server holds its request's reply.
+      assert_receive {:request_held, connection}, 2_000
+      for _ <- 1..10, do: assert(%Pending{} = Agent.get(pid, & &1))
+      send(connection, :answer)
 
       Agent.update(pid, fn pending ->
         receive do
@@ -295,6 +296,22 @@ defmodule Beamlens.LLMTest do
 
       assert_receive {:result, {:ok, %Response{content: "answer"}}}, 3_000
     end
+  end
+
+  # The server answers `reply` to each request only when the test sends
+  # :answer to the connection it reports as {:request_held, pid}.
+  defp hold_replies(server, reply) do
+    test = self()
+
+    LoopbackServer.set_handler(server, fn _request ->
+      send(test, {:request_held, self()})
+
+      receive do
+        :answer -> reply
+      after
+        30_000 -> %{status: 504, body: "not released"}
+      end
+    end)
   end
 
   describe "chat/3" do

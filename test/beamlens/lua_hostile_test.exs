@@ -184,8 +184,12 @@ defmodule Beamlens.LuaHostileTest do
     |> Task.async_stream(
       fn {name, code, expected} ->
         # Eight CPU-bound runs share two cores here, so a runaway loop may
-        # reach its wall-time limit before its instruction limit.
-        expected = if :instruction_limit in expected, do: [:timeout | expected], else: expected
+        # reach its wall-time limit before its instruction, memory or
+        # output limit.
+        limits = [:instruction_limit, :memory_limit, :output_limit]
+
+        expected =
+          if Enum.any?(limits, &(&1 in expected)), do: [:timeout | expected], else: expected
 
         check(name, code, expected)
       end,

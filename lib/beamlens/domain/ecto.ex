@@ -72,6 +72,18 @@ defmodule Beamlens.Domain.Ecto do
       "Database connections by user, client address and state. One query on the database."
   ]
   @psql_names Keyword.keys(@psql_functions)
+  # The EctoPSQLExtras module of each diagnostic, run directly: its
+  # top-level functions first probe the database twice (pg_stat_statements
+  # and sslinfo versions) without our timeout or tag.
+  @psql_modules %{
+    locks: EctoPSQLExtras.Locks,
+    blocking: EctoPSQLExtras.Blocking,
+    long_running_queries: EctoPSQLExtras.LongRunningQueries,
+    cache_hit: EctoPSQLExtras.CacheHit,
+    index_usage: EctoPSQLExtras.IndexUsage,
+    bloat: EctoPSQLExtras.Bloat,
+    connections: EctoPSQLExtras.Connections
+  }
   @max_rows 20
 
   defmacro __using__(opts) do
@@ -419,20 +431,21 @@ defmodule Beamlens.Domain.Ecto do
   end
 
   @doc false
-  # Runs one EctoPSQLExtras diagnostic through the repo and returns at most
-  # 20 rows as maps, query text normalised and everything redacted.
+  # Runs one EctoPSQLExtras diagnostic through the repo (its SQL with its
+  # default arguments, one query) and returns at most 20 rows as maps,
+  # query text normalised and everything redacted.
   @spec psql(module(), atom()) :: [map()]
   def psql(repo, name) when name in @psql_names do
-    unless psql_extras?() do
-      raise ArgumentError, "EctoPSQLExtras is not installed"
+    module = Map.fetch!(@psql_modules, name)
+
+    unless Code.ensure_loaded?(module) do
+      raise ArgumentError, "EctoPSQLExtras is not installed (no #{inspect(module)})"
     end
 
-    opts = [
-      format: :raw,
-      query_opts: [log: false, timeout: 900, telemetry_options: [beamlens: true]]
-    ]
+    sql = module.query(Map.get(module.info(), :default_args, []))
 
-    result = apply(EctoPSQLExtras, name, [repo, opts])
+    result = repo.query!(sql, [], log: false, timeout: 900, telemetry_options: [beamlens: true])
+
     columns = Enum.map(result.columns || [], &to_string/1)
 
     result.rows

@@ -419,7 +419,12 @@ defmodule Beamlens.Domain.EctoTest do
                "query" => "UPDATE users SET api_token = ? WHERE email = ?"
              }
 
-      assert_received {:repo_query, "/* ECTO_PSQL_EXTRAS: long_running_queries */" <> _, opts}
+      # One query, with the module's default arguments, and no probes.
+      assert_received {:repo_query,
+                       "/* ECTO_PSQL_EXTRAS: long_running_queries */ SELECT '500 milliseconds'",
+                       opts}
+
+      refute_received {:repo_query, _, _}
       assert opts[:log] == false
       assert opts[:timeout] == 900
       assert opts[:telemetry_options] == [beamlens: true]
@@ -444,30 +449,38 @@ defmodule Beamlens.Domain.EctoTest do
   # query taking the repo and `format: :raw`, running the SQL with
   # `repo.query!(sql, [], query_opts)` and returning the raw result.
   defp define_psql_extras do
+    modules = ~w(Locks Blocking LongRunningQueries CacheHit IndexUsage Bloat Connections)
+
     Code.compile_string(~S"""
     defmodule EctoPSQLExtras do
       @moduledoc false
-      for name <- [
-            :locks,
-            :blocking,
-            :long_running_queries,
-            :cache_hit,
-            :index_usage,
-            :bloat,
-            :connections
-          ] do
-        def unquote(name)(repo, opts) do
-          :raw = Keyword.fetch!(opts, :format)
-          sql = "/* ECTO_PSQL_EXTRAS: #{unquote(name)} */ SELECT 1"
-          repo.query!(sql, [], Keyword.get(opts, :query_opts, log: false))
-        end
+      # Like the real one, each top-level function first probes the database.
+      def locks(repo, _opts), do: repo.query!("select installed_version from pg_available_extensions", [], [])
+    end
+
+    for {module, name} <- [
+          {Locks, "locks"},
+          {Blocking, "blocking"},
+          {LongRunningQueries, "long_running_queries"},
+          {CacheHit, "cache_hit"},
+          {IndexUsage, "index_usage"},
+          {Bloat, "bloat"},
+          {Connections, "connections"}
+        ] do
+      defmodule Module.concat(EctoPSQLExtras, module) do
+        @moduledoc false
+        @name name
+        def info, do: %{title: @name, columns: [], default_args: [threshold: "500 milliseconds"]}
+        def query(args), do: "/* ECTO_PSQL_EXTRAS: #{@name} */ SELECT '#{args[:threshold]}'"
       end
     end
     """)
 
     on_exit(fn ->
-      :code.purge(EctoPSQLExtras)
-      :code.delete(EctoPSQLExtras)
+      for module <- [EctoPSQLExtras | Enum.map(modules, &Module.concat(EctoPSQLExtras, &1))] do
+        :code.purge(module)
+        :code.delete(module)
+      end
     end)
   end
 end

@@ -17,12 +17,12 @@ defmodule Beamlens.Domain.Sup.Tracker do
   ## What it costs
 
     * On each refresh (one per `:sup` snapshot): one `count_children` call
-      per followed supervisor (at most #{200}, 1 s timeout each, the whole
+      per followed supervisor (at most 200, 1 s timeout each, the whole
       pass bounded to 500 ms) and one `Process.info(sup, :links)`, which
       reads the supervisor's links without a message. `which_children` is
       called only for a supervisor that is new, or whose counts or linked
       pids changed since the last look, and at most once per 50 ms each.
-    * One monitor per child of a followed supervisor, at most #{10_000} in
+    * One monitor per child of a followed supervisor, at most 10,000 in
       all; supervisors with more than 1,000 children are counted but their
       children are not monitored (a busy `DynamicSupervisor` of
       connections is better watched by the `:exception` watcher).

@@ -78,7 +78,16 @@ defmodule HostApp.PsqlExtrasTest do
     assert blocked["blocking_statement"] == normalised_holder
     assert is_integer(blocked["blocked_pid"]) and is_integer(blocked["blocking_pid"])
 
-    assert Enum.any?(result["long"], &(&1["query"] == normalised_waiter))
+    assert long = Enum.find(result["long"], &(&1["query"] == normalised_waiter))
+    # A Postgrex.Interval, shown as text.
+    assert is_binary(long["duration"]) and long["duration"] != ""
+
+    # BeamLens's own diagnostics (tagged through Ecto's telemetry_options)
+    # stay out of the statistics.
+    {:ok, store} = Beamlens.Domain.Ecto.TelemetryStore.lookup(Repo)
+    before = Beamlens.Domain.Ecto.TelemetryStore.totals(store).queries
+    lua!("return {ecto.locks(), ecto.blocking(), ecto.connections()}")
+    assert Beamlens.Domain.Ecto.TelemetryStore.totals(store).queries == before
 
     # Literals never reach the model.
     refute inspect(result) =~ "paid"
@@ -87,5 +96,22 @@ defmodule HostApp.PsqlExtrasTest do
     send(holder, :release)
     assert_receive {:ran, ^waiter}, 10_000
     send(waiter, :release)
+  end
+
+  test "every diagnostic answers on the real database, as rows of plain values" do
+    result =
+      lua!("""
+      return {cache_hit = ecto.cache_hit(), index_usage = ecto.index_usage(),
+              bloat = ecto.bloat(), connections = ecto.connections()}
+      """)
+
+    # Decimals come as text.
+    assert [%{"name" => "index hit rate", "ratio" => ratio} | _] = result["cache_hit"]
+    assert is_binary(ratio)
+    assert Enum.any?(result["index_usage"], &(&1["name"] == "orders"))
+    assert is_list(result["bloat"])
+    # This test's own connections, with their client address as text.
+    assert [%{"username" => "postgres", "client_address" => address} | _] = result["connections"]
+    assert address =~ "127.0.0.1"
   end
 end
