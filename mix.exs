@@ -57,14 +57,16 @@ defmodule Beamlens.MixProject do
   #
   # Phoenix LiveDashboard is optional: with it, Beamlens.Dashboard is
   # compiled (the dependency makes Mix compile it first). Offline, a host
-  # app that uses the sources of BEAMLENS_DEPS_DIR sets that variable
-  # (LiveView needs Elixir 1.15+).
+  # app that uses the sources of BEAMLENS_DEPS_DIR (test/host_app) sets
+  # that variable; BeamLens's own build never takes LiveDashboard from it.
   defp deps do
+    dir = System.get_env("BEAMLENS_DEPS_DIR")
+
     cond do
       Code.ensure_loaded?(Hex) ->
         [{:telemetry, "~> 1.0"}, {:phoenix_live_dashboard, "~> 0.8", optional: true}]
 
-      (dir = System.get_env("BEAMLENS_DEPS_DIR")) && Version.match?(System.version(), ">= 1.15.0") ->
+      dir && dependency?() ->
         [
           {:phoenix_live_dashboard,
            path: Path.join(dir, "phoenix_live_dashboard"), optional: true}
@@ -74,6 +76,10 @@ defmodule Beamlens.MixProject do
         []
     end
   end
+
+  # Whether BeamLens is being loaded as a dependency of another project
+  # (Mix evaluates this file with the parent project on its stack).
+  defp dependency?, do: Mix.Project.get() not in [nil, __MODULE__]
 
   defp package do
     [
