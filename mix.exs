@@ -54,13 +54,32 @@ defmodule Beamlens.MixProject do
   # every Elixir app (Phoenix, Ecto and Plug bring it); it is declared when Hex
   # is available so users get the real library. Offline, the test suite
   # provides a compatible module (see test/support/telemetry.ex).
+  #
+  # Phoenix LiveDashboard is optional: with it, Beamlens.Dashboard is
+  # compiled (the dependency makes Mix compile it first). Offline, a host
+  # app that uses the sources of BEAMLENS_DEPS_DIR (test/host_app) sets
+  # that variable; BeamLens's own build never takes LiveDashboard from it.
   defp deps do
-    if Code.ensure_loaded?(Hex) do
-      [{:telemetry, "~> 1.0"}]
-    else
-      []
+    dir = System.get_env("BEAMLENS_DEPS_DIR")
+
+    cond do
+      Code.ensure_loaded?(Hex) ->
+        [{:telemetry, "~> 1.0"}, {:phoenix_live_dashboard, "~> 0.8", optional: true}]
+
+      dir && dependency?() ->
+        [
+          {:phoenix_live_dashboard,
+           path: Path.join(dir, "phoenix_live_dashboard"), optional: true}
+        ]
+
+      true ->
+        []
     end
   end
+
+  # Whether BeamLens is being loaded as a dependency of another project
+  # (Mix evaluates this file with the parent project on its stack).
+  defp dependency?, do: Mix.Project.get() not in [nil, __MODULE__]
 
   defp package do
     [

@@ -335,6 +335,13 @@ database =
   )
 
 if database, do: Demo.puts("database: #{database} (password redacted)")
+
+# The host app's endpoint serves LiveDashboard with BeamLens's page.
+if host_app? do
+  {:ok, {ip, port}} = apply(Module.concat(HostAppWeb, Endpoint), :server_info, [:http])
+  Demo.puts("dashboard: http://#{:inet.ntoa(ip)}:#{port}/dashboard/beamlens (while the demo runs)")
+end
+
 Demo.puts("learning baselines of a healthy app...")
 Process.sleep(6_000)
 

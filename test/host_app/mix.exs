@@ -43,6 +43,11 @@ defmodule HostApp.MixProject do
     [{:beamlens, path: "../.."} | hex_or_path_deps()]
   end
 
+  # The web part (the endpoint that mounts LiveDashboard with BeamLens's page).
+  @web_deps ~w(phoenix_live_dashboard phoenix_live_view phoenix phoenix_pubsub phoenix_template
+               phoenix_html plug plug_crypto mime websock websock_adapter bandit thousand_island
+               hpax telemetry_metrics)a
+
   # From Hex when it is installed (the requirements a user writes);
   # otherwise the released sources in ../shared/deps, next to the
   # repository (BEAMLENS_DEPS_DIR overrides).
@@ -54,13 +59,19 @@ defmodule HostApp.MixProject do
         {:tower, "~> 0.8.6"},
         {:ecto_psql_extras, "~> 0.8"},
         {:telemetry, "~> 1.0"},
-        {:jason, "~> 1.4"}
+        {:jason, "~> 1.4"},
+        {:phoenix, "~> 1.8"},
+        {:phoenix_live_view, "~> 1.1"},
+        {:phoenix_live_dashboard, "~> 0.8.7"},
+        {:bandit, "~> 1.5"}
       ]
     else
       dir = System.get_env("BEAMLENS_DEPS_DIR") || Path.expand("../../../shared/deps", __DIR__)
+      # BeamLens's mix.exs then declares its optional LiveDashboard too.
+      System.put_env("BEAMLENS_DEPS_DIR", dir)
 
       for name <- ~w(telemetry decimal jason db_connection postgrex ecto ecto_sql
-                     tower uuid_v7 table_rex ecto_psql_extras)a do
+                     tower uuid_v7 table_rex ecto_psql_extras)a ++ @web_deps do
         {name, path: Path.join(dir, Atom.to_string(name)), override: true}
       end
     end

@@ -25,4 +25,25 @@ config :host_app, :beamlens,
     [name: :ecto, domain_module: HostApp.EctoDomain]
   ]
 
+# The web endpoint: LiveDashboard with BeamLens's page at /dashboard/beamlens,
+# on 127.0.0.1 only. The origin of LiveView's websocket is checked against
+# the url's host, and forms carry a CSRF token (the router's pipeline).
+# 10 acceptors, not Bandit's 100: each has a supervisor of its own, and 100
+# of them fill the :sup watcher's cap of 200 followed supervisors before it
+# reaches the app's own tree (a limit of Beamlens.Domain.Sup.Tracker that
+# any Phoenix app on Bandit's defaults meets).
+config :host_app, HostAppWeb.Endpoint,
+  adapter: Bandit.PhoenixAdapter,
+  url: [host: "127.0.0.1"],
+  http: [ip: {127, 0, 0, 1}, port: 4000, thousand_island_options: [num_acceptors: 10]],
+  server: true,
+  check_origin: true,
+  render_errors: [formats: [html: HostAppWeb.ErrorHTML], layout: false],
+  pubsub_server: HostApp.PubSub,
+  live_view: [signing_salt: "b3aml3ns-lv"],
+  # A throwaway app's key (a real app reads it from the environment).
+  secret_key_base: "host-app-secret-key-base-only-for-this-test-app-" <> String.duplicate("0", 32)
+
+config :phoenix, :json_library, Jason
+
 import_config "#{config_env()}.exs"

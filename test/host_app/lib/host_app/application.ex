@@ -2,7 +2,7 @@ defmodule HostApp.Application do
   @moduledoc """
   The host app's supervision tree, in the order BeamLens's README asks for:
   the repo, the Ecto domain's registry and telemetry store, the app's own
-  processes, then BeamLens (when `config :host_app, :beamlens` is a list of
+  processes and its web endpoint (LiveDashboard), then BeamLens (when `config :host_app, :beamlens` is a list of
   options; tests start their own instances).
   """
   use Application
@@ -15,7 +15,9 @@ defmodule HostApp.Application do
         {Registry, keys: :unique, name: Beamlens.Domain.Ecto.Registry},
         {Beamlens.Domain.Ecto.TelemetryStore,
          [repo: HostApp.Repo] ++ Application.get_env(:host_app, :telemetry_store, [])},
-        {Task.Supervisor, name: HostApp.Tasks}
+        {Task.Supervisor, name: HostApp.Tasks},
+        {Phoenix.PubSub, name: HostApp.PubSub},
+        HostAppWeb.Endpoint
       ] ++ beamlens()
 
     Supervisor.start_link(children, strategy: :one_for_one, name: HostApp.Supervisor)
