@@ -28,14 +28,12 @@ config :host_app, :beamlens,
 # The web endpoint: LiveDashboard with BeamLens's page at /dashboard/beamlens,
 # on 127.0.0.1 only. The origin of LiveView's websocket is checked against
 # the url's host, and forms carry a CSRF token (the router's pipeline).
-# 10 acceptors, not Bandit's 100: each has a supervisor of its own, and 100
-# of them fill the :sup watcher's cap of 200 followed supervisors before it
-# reaches the app's own tree (a limit of Beamlens.Domain.Sup.Tracker that
-# any Phoenix app on Bandit's defaults meets).
+# Bandit's defaults (100 acceptors, each with a supervisor of its own), as
+# most apps run it: the :sup watcher must still reach the app's own tree.
 config :host_app, HostAppWeb.Endpoint,
   adapter: Bandit.PhoenixAdapter,
   url: [host: "127.0.0.1"],
-  http: [ip: {127, 0, 0, 1}, port: 4000, thousand_island_options: [num_acceptors: 10]],
+  http: [ip: {127, 0, 0, 1}, port: 4000],
   server: true,
   check_origin: true,
   render_errors: [formats: [html: HostAppWeb.ErrorHTML], layout: false],

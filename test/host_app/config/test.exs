@@ -14,4 +14,4 @@ config :logger, level: :warning
 
 # Any free port on 127.0.0.1 (the tests ask the endpoint which).
 config :host_app, HostAppWeb.Endpoint,
-  http: [ip: {127, 0, 0, 1}, port: 0, thousand_island_options: [num_acceptors: 10]]
+  http: [ip: {127, 0, 0, 1}, port: 0]
