@@ -13,5 +13,4 @@ config :host_app, :telemetry_store, window_ms: 1_000, slots: 5
 config :logger, level: :warning
 
 # Any free port on 127.0.0.1 (the tests ask the endpoint which).
-config :host_app, HostAppWeb.Endpoint,
-  http: [ip: {127, 0, 0, 1}, port: 0]
+config :host_app, HostAppWeb.Endpoint, http: [ip: {127, 0, 0, 1}, port: 0]
