@@ -238,8 +238,10 @@ fn backtracking_patterns_are_interrupted() {
         limits,
         ErrorKind::Timeout,
     );
+    // Uninterrupted it would run for ages; the margin over the 200 ms limit
+    // is for a loaded machine that deschedules the thread.
     assert!(
-        started.elapsed() < Duration::from_millis(600),
+        started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
@@ -565,9 +567,11 @@ fn sorting_without_a_comparator_is_interrupted() {
 
 #[test]
 fn expensive_pattern_steps_meet_the_deadline() {
-    // `%b` scans the rest of the string at every start position.
+    // `%b` scans the rest of the string at every start position: with an
+    // opening parenthesis at each one, that is quadratic (about 5e11 steps),
+    // so no machine finishes it before the deadline.
     fails_within(
-        "local s = '(' .. string.rep('a', 8 * 1024 * 1024) return string.find(s, '%b()')",
+        "local s = string.rep('(', 1024 * 1024) return string.find(s, '%b()')",
         Limits {
             max_memory: 64 * 1024 * 1024,
             ..hostile()
