@@ -326,6 +326,8 @@ database =
     watchers: watchers,
     interval: interval,
     warmup: 8,
+    # Baselines also need 60 s by default; the demo's healthy phase is 6 s.
+    gate: [warmup_ms: 4_000],
     provider: provider,
     # A local model costs nothing per token; its context is 8,192 tokens.
     token_budget: if(local?, do: :infinity, else: 250_000),
@@ -366,11 +368,28 @@ await_check = fn watcher ->
   end)
 end
 
+# Rules-only, a fault stays until its watcher alerts (at most 30 s), as a
+# real one would: leaks are judged on their floor over a window of several
+# seconds, so a fault healed after a moment is rightly not a leak.
+await_alert = fn watcher, since ->
+  Enum.find_value(1..120, :timeout, fn _ ->
+    Process.sleep(250)
+    Beamlens.alerts(watcher: watcher, since: since) != [] and :alerted
+  end)
+end
+
 for {watcher, title, inject, heal} <- faults do
   IO.puts("")
   Demo.puts("FAULT  #{title}")
+  since = DateTime.utc_now()
   inject.()
-  if local?, do: await_check.(watcher), else: Process.sleep(5_000)
+
+  case local? || await_alert.(watcher, since) do
+    true -> await_check.(watcher)
+    :alerted -> Process.sleep(1_000)
+    :timeout -> Demo.puts("(no alert from #{watcher} within 30 s)")
+  end
+
   heal.()
   Demo.puts("healed")
   Process.sleep(3_000)
@@ -398,7 +417,8 @@ Demo.puts("FAULT  Binary memory growth: a process holds 200 MB of binaries, left
 pid = spawn(fn -> bins = for(_ <- 1..200, do: :binary.copy(<<1>>, 1_000_000)); receive(do: (:never -> bins)) end)
 Process.register(pid, Demo.BinaryHoarder)
 
-Enum.find_value(1..40, fn _ ->
+# Until :beam sees it (at most 30 s): growth is judged over a window.
+Enum.find_value(1..120, fn _ ->
   Process.sleep(250)
   Enum.find(Beamlens.status().watchers, &(&1.name == :beam and &1.state in [:warning, :critical]))
 end)
