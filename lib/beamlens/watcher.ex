@@ -23,14 +23,13 @@ defmodule Beamlens.Watcher do
   require Logger
 
   alias Beamlens.{Alert, Compaction, Gate, LLM, Lua, Telemetry}
-  alias Beamlens.Watcher.{Agent, Alerts}
+  alias Beamlens.Watcher.{Agent, Alerts, Status}
 
   @max_snapshots 10
   @max_open_alerts 64
   @max_corrections 3
   @max_guarded 256
   @max_tokens_per_turn 1_024
-  @routine_every_ticks 5
   @budget_pause_ms 300_000
   @continue "(Earlier turns are summarised in the system prompt. Continue this check.)"
 
@@ -434,9 +433,10 @@ defmodule Beamlens.Watcher do
   end
 
   @doc false
-  def paused?(%{paused_until: nil}), do: false
-  def paused?(%{paused_until: :infinity}), do: true
-  def paused?(state), do: clock(state) < state.paused_until
+  @spec paused?(%__MODULE__{}) :: boolean()
+  def paused?(state), do: Status.paused?(state, clock(state))
+
+  defp wake_reason(state, groups), do: Status.wake_reason(state, groups, clock(state))
 
   # A check_now/2 in rules-only mode (or while paused) is served by the
   # snapshot and the gate alone.
@@ -519,56 +519,6 @@ defmodule Beamlens.Watcher do
     case state.metrics[finding.name] do
       %{anomaly_type: type} -> type
       _ -> "unknown"
-    end
-  end
-
-  # When does the model get a look? Never without a provider or while paused;
-  # always in :always mode; in :gated mode on new findings, every few ticks
-  # while not healthy (unless it asked to wait), and on the heartbeat.
-  defp wake_reason(%{llm: nil}, _groups), do: nil
-
-  defp wake_reason(state, groups) do
-    now = clock(state)
-    since_last = if state.last_wake_tick, do: state.tick - state.last_wake_tick, else: nil
-
-    cond do
-      now < state.llm_paused_until ->
-        nil
-
-      state.check_requested ->
-        "check requested"
-
-      map_size(groups) > 0 ->
-        "gate findings"
-
-      state.opts[:llm] == :always ->
-        "continuous check"
-
-      now < state.sleep_until ->
-        nil
-
-      follow_up?(state) and (since_last == nil or since_last >= @routine_every_ticks) ->
-        "state is #{state.status}"
-
-      heartbeat_due?(state, now) ->
-        "heartbeat"
-
-      true ->
-        nil
-    end
-  end
-
-  # Routine follow-ups while something is wrong, or while the model said it
-  # is observing. The gate's own "observing" (an anomaly not yet sustained)
-  # waits for the gate to decide.
-  defp follow_up?(state) do
-    state.status in [:warning, :critical] or state.model_status == :observing
-  end
-
-  defp heartbeat_due?(state, now) do
-    case state.opts[:heartbeat] do
-      :infinity -> false
-      ms -> now - (state.last_wake_at || 0) >= ms
     end
   end
 
@@ -1344,42 +1294,11 @@ defmodule Beamlens.Watcher do
 
   ## States
 
-  @order %{healthy: 0, observing: 1, warning: 2, critical: 3}
-
   # The gate sets a floor: the model may raise the state, or lower it only
-  # as far as what the gate still sees firing.
+  # as far as what the gate still sees firing (`Beamlens.Watcher.Status`).
   defp update_status(state, model_reason \\ nil) do
-    {gate_status, gate_reason} = gate_status(state)
-
-    model_status = state.model_status
-
-    if model_status != nil and @order[model_status] >= @order[gate_status] do
-      set_status(state, model_status, model_reason || state.status_reason)
-    else
-      set_status(state, gate_status, gate_reason)
-    end
-  end
-
-  defp gate_status(state) do
-    cond do
-      Enum.any?(state.firing, fn {_, f} -> f.severity == :critical end) ->
-        {:critical, firing_reason(state, :critical)}
-
-      map_size(state.firing) > 0 ->
-        {:warning, firing_reason(state, :warning)}
-
-      state.pending != [] ->
-        {:observing, "watching #{Enum.join(state.pending, ", ")}"}
-
-      true ->
-        {:healthy, "all metrics within their baselines and limits"}
-    end
-  end
-
-  defp firing_reason(state, severity) do
-    state.firing
-    |> Enum.filter(fn {_, f} -> f.severity == severity end)
-    |> Enum.map_join("; ", fn {name, f} -> summarize(state.domain, f, state.metrics[name]) end)
+    {status, reason} = Status.resolve(state, model_reason)
+    set_status(state, status, reason)
   end
 
   defp set_status(%{status: status} = state, status, reason), do: %{state | status_reason: reason}
@@ -1395,11 +1314,7 @@ defmodule Beamlens.Watcher do
     %{state | status: status, status_reason: reason}
   end
 
-  defp summarize(domain, finding, metric) do
-    domain.summarize(finding, metric || %{label: finding.name})
-  rescue
-    _ -> Beamlens.Domain.default_summary(finding, metric || %{label: finding.name})
-  end
+  defp summarize(domain, finding, metric), do: Status.summarize(domain, finding, metric)
 
   defp hypothesis(domain, type) do
     domain.hypothesis(type)
