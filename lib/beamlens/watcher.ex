@@ -26,7 +26,6 @@ defmodule Beamlens.Watcher do
   alias Beamlens.Watcher.{Agent, Alerts, Status}
 
   @max_snapshots 10
-  @max_open_alerts 64
   @max_corrections 3
   @max_guarded 256
   @max_tokens_per_turn 1_024
@@ -208,7 +207,8 @@ defmodule Beamlens.Watcher do
       escalated?: false
     }
 
-    {:noreply, deliver(state, alert.anomaly_type, candidate, &%{alert | occurrences: &1})}
+    {state, _event} = deliver(state, alert.anomaly_type, candidate, &%{alert | occurrences: &1})
+    {:noreply, state}
   end
 
   @impl true
@@ -515,12 +515,7 @@ defmodule Beamlens.Watcher do
     end)
   end
 
-  defp anomaly_type(state, finding) do
-    case state.metrics[finding.name] do
-      %{anomaly_type: type} -> type
-      _ -> "unknown"
-    end
-  end
+  defp anomaly_type(state, finding), do: Alerts.anomaly_type(state, finding)
 
   ## Checks (model wake-ups)
 
@@ -573,16 +568,10 @@ defmodule Beamlens.Watcher do
     |> request_model()
   end
 
-  # Anomaly types with an open alert (fired within the cooldown), so that
-  # follow-up checks do not report them again.
-  defp open_alert_types(state) do
-    now = System.monotonic_time(:millisecond)
-
-    for {_, %{alert: alert, fired_at: at}} <- state.open_alerts,
-        now - at < state.opts[:alert_cooldown],
-        uniq: true,
-        do: alert.anomaly_type
-  end
+  # Anomaly types with an open alert, so that follow-up checks do not
+  # report them again.
+  defp open_alert_types(state),
+    do: Alerts.open_types(state.open_alerts, clock(state), state.opts[:alert_cooldown])
 
   defp request_model(state) do
     fixed = div(byte_size(system_prompt(state)) + 2_500, 4)
@@ -1099,7 +1088,7 @@ defmodule Beamlens.Watcher do
     send_chat(state)
   end
 
-  ## Alerts
+  ## Alerts (built and deduplicated in Beamlens.Watcher.Alerts)
 
   defp fire_gate_alerts(state, groups, snapshot_id) do
     Enum.reduce(groups, state, fn {type, findings}, acc ->
@@ -1108,159 +1097,71 @@ defmodule Beamlens.Watcher do
   end
 
   defp raise_alert(state, type, findings, snapshot_id) do
-    candidate = %{
-      severity:
-        if(Enum.any?(findings, &(&1.severity == :critical)), do: :critical, else: :warning),
-      values: evidence_values(findings),
-      escalated?: Enum.any?(findings, &(&1.status == "escalated"))
-    }
-
-    deliver(state, type, candidate, fn occurrences ->
-      gate_alert(state, type, findings, snapshot_id, occurrences)
-    end)
+    build = &Alerts.gate_alert(state, type, findings, snapshot_id, &1)
+    {state, _event} = deliver(state, type, Alerts.gate_candidate(findings), build)
+    state
   end
 
   defp model_alert(state, attrs) do
-    related = related_findings(state, attrs.anomaly_type)
+    related = Alerts.related_findings(state, attrs.anomaly_type, found(state))
+    build = &Alerts.model_alert(state, attrs, related, &1)
+    candidate = Alerts.model_candidate(attrs, related)
 
-    build = fn occurrences ->
-      Alert.new(
-        watcher: state.name,
-        severity: attrs.severity,
-        state: state.status,
-        anomaly_type: attrs.anomaly_type,
-        summary: name_culprit(state, attrs.summary, related),
-        observation: attrs.observation,
-        hypothesis: attrs.hypothesis,
-        evidence: %{snapshot_ids: attrs.snapshot_ids, values: evidence_values(related)},
-        entities: entities(state, related),
-        source: :llm,
-        occurrences: occurrences
-      )
+    case deliver(state, attrs.anomaly_type, candidate, build) do
+      {state, {:folded, alert}} ->
+        {state,
+         "Already reported as alert #{alert.id} (repeat folded into it). Call done if you are finished."}
+
+      {state, fired_or_escalated} ->
+        {state, "Alert #{elem(fired_or_escalated, 1).id} fired. Call done if you are finished."}
     end
-
-    candidate = %{
-      severity: attrs.severity,
-      values: evidence_values(related),
-      escalated?: false
-    }
-
-    before = state.alerts_fired
-    state = deliver(state, attrs.anomaly_type, candidate, build)
-    fingerprint = Alert.fingerprint(state.name, attrs.anomaly_type, node())
-    %{alert: alert} = state.open_alerts[fingerprint]
-
-    text =
-      if state.alerts_fired > before,
-        do: "Alert #{alert.id} fired. Call done if you are finished.",
-        else:
-          "Already reported as alert #{alert.id} (repeat folded into it). Call done if you are finished."
-
-    {state, text}
   end
+
+  defp found(%{wake: nil}), do: %{}
+  defp found(%{wake: wake}), do: wake.gate_groups
 
   # Fires a new alert, folds a repeat of an open one (same fingerprint,
   # within the cooldown), or fires it again when it is clearly worse (see
-  # `Beamlens.Watcher.Alerts`).
+  # `Beamlens.Watcher.Alerts`), and reports what happened.
   defp deliver(state, type, candidate, build) do
-    now = System.monotonic_time(:millisecond)
-    fingerprint = Alert.fingerprint(state.name, type, node())
-    open = state.open_alerts[fingerprint]
-    ratio = Keyword.get(state.opts[:gate] || [], :escalate_ratio, 2.0)
+    rules = %{
+      cooldown: state.opts[:alert_cooldown],
+      ratio: Keyword.get(state.opts[:gate] || [], :escalate_ratio, 2.0)
+    }
 
-    case Alerts.decide(open, candidate, now, state.opts[:alert_cooldown], ratio) do
-      :fold ->
-        open = Alerts.fold(open)
+    {open_alerts, event} =
+      Alerts.deliver(state.open_alerts, {state.name, type, candidate, build}, clock(state), rules)
 
-        Telemetry.execute([:watcher, :alert_folded], %{occurrences: open.alert.occurrences}, %{
-          alert: open.alert,
+    state = %{state | open_alerts: open_alerts}
+    history = Beamlens.History.name(state.instance)
+
+    case event do
+      {:folded, alert} ->
+        Telemetry.execute([:watcher, :alert_folded], %{occurrences: alert.occurrences}, %{
+          alert: alert,
           watcher: state.name
         })
 
-        Beamlens.History.alert(Beamlens.History.name(state.instance), :folded, open.alert)
+        Beamlens.History.alert(history, :folded, alert)
+        {state, event}
 
-        put_in(state.open_alerts[fingerprint], open)
+      {:fired, alert} ->
+        {fired(state, alert), event}
 
-      :fire ->
-        occurrences = if open, do: open.alert.occurrences + 1, else: 1
-        fire(state, build.(occurrences), now)
-
-      {:escalate, reason} ->
-        alert = build.(open.alert.occurrences + 1)
-        state = fire(state, alert, now)
+      {:escalated, alert, escalation} ->
+        state = fired(state, alert)
 
         Telemetry.execute(
           [:watcher, :alert_escalated],
           %{occurrences: alert.occurrences},
-          Map.put(Alerts.escalation(open.alert, alert, reason), :watcher, state.name)
+          Map.put(escalation, :watcher, state.name)
         )
 
-        state
+        {state, event}
     end
   end
 
-  defp gate_alert(state, type, findings, snapshot_id, occurrences) do
-    findings = Enum.sort_by(findings, &{&1.severity == :critical, &1.value}, :desc)
-    lead = hd(findings)
-    severity = if Enum.any?(findings, &(&1.severity == :critical)), do: :critical, else: :warning
-
-    Alert.new(
-      watcher: state.name,
-      severity: severity,
-      state: severity,
-      anomaly_type: type,
-      summary:
-        name_culprit(state, summarize(state.domain, lead, state.metrics[lead.name]), findings),
-      observation: Enum.map_join(findings, "; ", &describe_finding(&1, state.metrics[&1.name])),
-      hypothesis: hypothesis(state.domain, type),
-      evidence: %{snapshot_ids: [snapshot_id], values: evidence_values(findings)},
-      entities: entities(state, findings),
-      source: :gate,
-      occurrences: occurrences
-    )
-  end
-
-  defp evidence_values(findings) do
-    Map.new(
-      findings,
-      &{&1.name, Map.take(&1, [:value, :baseline, :threshold, :z, :severity, :samples])}
-    )
-  end
-
-  # The findings a model alert is about: those of its anomaly type firing
-  # now, else those the gate found in this check.
-  defp related_findings(state, type) do
-    case Enum.filter(Map.values(state.firing), &(anomaly_type(state, &1) == type)) do
-      [] ->
-        case state.wake && state.wake.gate_groups[type] do
-          {findings, _snapshot_id} -> findings
-          _ -> []
-        end
-
-      firing ->
-        firing
-    end
-  end
-
-  # Every alert names the top contributor the domain measured (the growing
-  # table, the leaking process group, the module that logs...), whoever
-  # wrote the summary.
-  defp name_culprit(state, summary, findings) do
-    Enum.find_value(findings, summary, fn finding ->
-      with %{} = metric <- state.metrics[finding.name],
-           culprit when is_binary(culprit) <- Beamlens.Domain.culprit(metric) do
-        Beamlens.Domain.with_culprit(summary, culprit, Map.get(metric, :entities, []))
-      end
-    end)
-  end
-
-  defp entities(state, findings) do
-    findings
-    |> Enum.flat_map(&Map.get(state.metrics[&1.name] || %{}, :entities, []))
-    |> Enum.uniq()
-  end
-
-  defp fire(state, alert, now) do
+  defp fired(state, alert) do
     Telemetry.execute([:watcher, :alert_fired], %{system_time: System.system_time()}, %{
       alert: alert,
       watcher: state.name
@@ -1268,28 +1169,13 @@ defmodule Beamlens.Watcher do
 
     notify_coordinator(state, alert)
     Beamlens.History.alert(Beamlens.History.name(state.instance), :fired, alert)
-
-    open_alerts =
-      state.open_alerts
-      |> Map.put(alert.fingerprint, %{alert: alert, fired_at: now})
-      |> prune_alerts()
-
-    %{state | open_alerts: open_alerts, alerts_fired: state.alerts_fired + 1}
+    %{state | alerts_fired: state.alerts_fired + 1}
   end
 
   defp notify_coordinator(%{coordinator: nil}, _alert), do: :ok
 
   defp notify_coordinator(%{coordinator: {module, server}}, alert) do
     module.report_alert(server, alert)
-  end
-
-  defp prune_alerts(alerts) when map_size(alerts) <= @max_open_alerts, do: alerts
-
-  defp prune_alerts(alerts) do
-    alerts
-    |> Enum.sort_by(fn {_, %{fired_at: at}} -> at end, :desc)
-    |> Enum.take(@max_open_alerts)
-    |> Map.new()
   end
 
   ## States
@@ -1315,40 +1201,6 @@ defmodule Beamlens.Watcher do
   end
 
   defp summarize(domain, finding, metric), do: Status.summarize(domain, finding, metric)
-
-  defp hypothesis(domain, type) do
-    domain.hypothesis(type)
-  rescue
-    _ -> nil
-  end
-
-  defp describe_finding(finding, metric) do
-    unit = (metric && Map.get(metric, :unit)) || :count
-    fmt = &Beamlens.Domain.format(&1, unit)
-
-    base =
-      case finding.baseline do
-        nil -> "limit #{fmt.(finding.threshold)}"
-        b -> "baseline #{fmt.(b)}, threshold #{fmt.(finding.threshold)}"
-      end
-
-    z = if finding.z, do: ", z=#{Float.round(finding.z * 1.0, 1)}", else: ""
-
-    "#{finding.name} = #{fmt.(finding.value)}#{span(finding)} (#{base}#{z}; #{finding.severity} for #{finding.samples} sample(s))"
-  end
-
-  # How the gate measured it: events over a window (counters), or the floor
-  # over a window (growth).
-  defp span(finding) do
-    window = Map.get(finding, :window_ms)
-    seconds = window && Float.round(window / 1000, 1)
-
-    case Map.get(finding, :count) do
-      count when is_number(count) and is_number(window) -> ", #{round(count)} in #{seconds} s"
-      _ when is_number(window) -> ", lowest over #{seconds} s"
-      _ -> ""
-    end
-  end
 
   defp cancel_timer(nil), do: :ok
   defp cancel_timer(ref), do: Process.cancel_timer(ref)

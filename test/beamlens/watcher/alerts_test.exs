@@ -82,4 +82,118 @@ defmodule Beamlens.Watcher.AlertsTest do
 
     assert {["error_log_burst", "restart_storm"], %{}} = Alerts.due(waiting, 11_000, 0)
   end
+
+  describe "building and delivering" do
+    defmodule Domain do
+      @moduledoc false
+      def summarize(finding, metric), do: "#{metric.label} at #{finding.value}"
+      def hypothesis("restart_storm"), do: "a child crashes on start"
+    end
+
+    @finding %{
+      name: "sup.restarts",
+      value: 20.0,
+      baseline: 0.1,
+      threshold: 1.0,
+      z: 8.04,
+      severity: :critical,
+      samples: 3,
+      status: "new",
+      count: 40,
+      window_ms: 2_000
+    }
+
+    @rules %{cooldown: @cooldown, ratio: 2.0}
+
+    defp watcher do
+      %{
+        name: :sup,
+        status: :critical,
+        domain: Domain,
+        metrics: %{
+          "sup.restarts" => %{
+            label: "child restarts",
+            anomaly_type: "restart_storm",
+            entities: [{"supervisor", "MyApp.Sup"}]
+          }
+        },
+        firing: %{"sup.restarts" => @finding}
+      }
+    end
+
+    test "the gate's alert names the culprit and describes how the gate measured" do
+      alert = Alerts.gate_alert(watcher(), "restart_storm", [@finding], "sup-7", 1)
+
+      assert %Alert{source: :gate, severity: :critical, state: :critical} = alert
+      assert alert.summary == "child restarts at 20.0 (culprit: supervisor MyApp.Sup)"
+
+      assert alert.observation ==
+               "sup.restarts = 20, 40 in 2.0 s (baseline 0, threshold 1, z=8.0; critical for 3 sample(s))"
+
+      assert alert.hypothesis == "a child crashes on start"
+      assert alert.evidence.snapshot_ids == ["sup-7"]
+      assert alert.evidence.values["sup.restarts"].value == 20.0
+      assert alert.entities == [{"supervisor", "MyApp.Sup"}]
+      assert Alerts.gate_candidate([@finding]).severity == :critical
+    end
+
+    test "the model's alert is about the findings of its type firing, else those found" do
+      w = watcher()
+      assert [@finding] = Alerts.related_findings(w, "restart_storm", %{})
+      found = %{"oom" => {[%{@finding | name: "x"}], "sup-1"}}
+      assert [%{name: "x"}] = Alerts.related_findings(w, "oom", found)
+      assert [] = Alerts.related_findings(w, "other", found)
+
+      attrs = %{
+        severity: :warning,
+        anomaly_type: "restart_storm",
+        summary: "MyApp.Sup restarts its worker in a loop",
+        observation: "20 restarts/s",
+        hypothesis: "bad config",
+        snapshot_ids: ["sup-7"]
+      }
+
+      alert = Alerts.model_alert(w, attrs, [@finding], 2)
+      assert %Alert{source: :llm, state: :critical, occurrences: 2} = alert
+      assert alert.summary == "MyApp.Sup restarts its worker in a loop"
+      assert Alerts.model_candidate(attrs, [@finding]).values["sup.restarts"].value == 20.0
+    end
+
+    test "deliver/4 fires, folds a repeat, and escalates what is clearly worse" do
+      w = watcher()
+      calm = %{@finding | value: 2.0, severity: :warning}
+      build = fn findings -> &Alerts.gate_alert(w, "restart_storm", findings, "sup-1", &1) end
+
+      item = fn findings ->
+        {:sup, "restart_storm", Alerts.gate_candidate(findings), build.(findings)}
+      end
+
+      assert {open, {:fired, %Alert{occurrences: 1} = first}} =
+               Alerts.deliver(%{}, item.([calm]), 0, @rules)
+
+      assert Alerts.open_types(open, 1_000, @cooldown) == ["restart_storm"]
+      assert Alerts.open_types(open, @cooldown, @cooldown) == []
+
+      assert {open, {:folded, %Alert{occurrences: 2, id: id}}} =
+               Alerts.deliver(open, item.([calm]), 1_000, @rules)
+
+      assert id == first.id
+
+      assert {open, {:escalated, %Alert{occurrences: 3} = worse, escalation}} =
+               Alerts.deliver(open, item.([@finding]), 2_000, @rules)
+
+      assert escalation.reason == "severity rose from warning to critical"
+      assert map_size(open) == 1
+      assert open[worse.fingerprint].fired_at == 2_000
+    end
+
+    test "prune/1 keeps the 64 most recently fired open alerts" do
+      alerts =
+        Map.new(1..70, fn i -> {"fp#{i}", %{alert: open(:warning, %{}).alert, fired_at: i}} end)
+
+      pruned = Alerts.prune(alerts)
+      assert map_size(pruned) == 64
+      assert Map.has_key?(pruned, "fp70") and not Map.has_key?(pruned, "fp6")
+    end
+  end
 end
