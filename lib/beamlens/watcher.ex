@@ -22,15 +22,11 @@ defmodule Beamlens.Watcher do
 
   require Logger
 
-  alias Beamlens.{Alert, Compaction, Gate, LLM, Lua, Telemetry}
-  alias Beamlens.Watcher.{Agent, Alerts, Status}
+  alias Beamlens.{Alert, Gate, LLM, Lua, Telemetry}
+  alias Beamlens.Watcher.{Alerts, Check, Status}
 
   @max_snapshots 10
-  @max_corrections 3
-  @max_guarded 256
-  @max_tokens_per_turn 1_024
   @budget_pause_ms 300_000
-  @continue "(Earlier turns are summarised in the system prompt. Continue this check.)"
 
   defstruct [
     :name,
@@ -45,6 +41,7 @@ defmodule Beamlens.Watcher do
     :coordinator,
     :llm,
     :wake,
+    :await,
     :summary,
     status: :healthy,
     status_reason: "started",
@@ -148,7 +145,7 @@ defmodule Beamlens.Watcher do
       alerts_fired: state.alerts_fired,
       firing: Map.keys(state.firing),
       checking?: state.wake != nil,
-      conversation_messages: length(state.conversation),
+      conversation_messages: length(conversation(state)),
       stats: state.stats,
       last_snapshot_id: match?([_ | _], state.snapshots) && elem(hd(state.snapshots), 0),
       last_error: state.last_error
@@ -266,40 +263,36 @@ defmodule Beamlens.Watcher do
   # Gate alerts whose grace ran out while a check is running.
   def handle_info(:gate_alerts_due, state), do: {:noreply, fire_due_gate_alerts(state)}
 
-  # Model replies.
-  def handle_info({ref, raw}, %{wake: %{awaiting: {:llm, %{ref: ref} = pending}}} = state) do
-    {:noreply, state |> settle() |> llm_replied(LLM.handle_reply(pending, raw))}
-  end
-
-  def handle_info(
-        {ref, raw},
-        %{wake: %{awaiting: {:compaction, %{ref: ref} = pending, plan}}} = state
-      ) do
-    {:noreply, state |> settle() |> compaction_replied(LLM.handle_reply(pending, raw), plan)}
+  # Model replies (a check's request or its compaction).
+  def handle_info({ref, raw}, %{await: %{ref: ref, kind: kind} = await} = state)
+      when kind in [:llm, :compaction] do
+    result = LLM.handle_reply(await.pending, raw)
+    state = settle(state)
+    {:noreply, run(state, Check.llm_replied(state.wake, result, env(state)))}
   end
 
   # Lua results.
-  def handle_info({ref, result}, %{wake: %{awaiting: {:lua, ref, call, _runner}}} = state) do
-    {text, error?} = Agent.lua_result(result, state.domain)
+  def handle_info({ref, result}, %{await: %{ref: ref, kind: :lua}} = state) do
     state = settle(state)
-    state = if error?, do: state, else: put_in(state.wake.investigated?, true)
-    {:noreply, state |> tool_result(call, text, error?) |> next_tool()}
+    {:noreply, run(state, Check.lua_replied(state.wake, result, env(state)))}
   end
 
   # The process serving the Lua run ended without an answer.
-  def handle_info(
-        {:DOWN, monitor, :process, _, reason},
-        %{wake: %{awaiting: {:lua, _ref, call, monitor}}} = state
-      ) do
-    text =
-      "The Lua run ended without an answer (#{inspect(reason, limit: 5)}). Try again or call done."
-
-    {:noreply, state |> settle() |> tool_result(call, text, true) |> next_tool()}
+  def handle_info({:DOWN, monitor, :process, _, reason}, %{await: %{monitor: monitor}} = state) do
+    state = settle(state)
+    {:noreply, run(state, Check.lua_replied(state.wake, {:down, reason}, env(state)))}
   end
 
   # A reply the check waits for is overdue: give up on it and go on.
-  def handle_info({:await_deadline, token}, %{wake: %{deadline: {token, _}}} = state) do
-    {:noreply, reply_overdue(state)}
+  def handle_info({:await_deadline, token}, %{await: %{token: token} = await} = state) do
+    Telemetry.execute([:watcher, :reply_timeout], %{timeout: await.ms}, %{
+      watcher: state.name,
+      awaiting: await.kind
+    })
+
+    overdue = %{ms: await.ms, provider: await[:pending] && await.pending.provider}
+    state = settle(state)
+    {:noreply, run(state, Check.overdue(state.wake, overdue, env(state)))}
   end
 
   # Late replies of requests that are no longer awaited.
@@ -330,16 +323,13 @@ defmodule Beamlens.Watcher do
   defp snapshot_done(state, :tick, {:ok, snapshot}), do: handle_snapshot(snapshot, state)
   defp snapshot_done(state, :tick, {:error, message}), do: snapshot_failed(state, message)
 
-  defp snapshot_done(state, {:tool, call}, {:ok, snapshot}) do
+  defp snapshot_done(state, {:tool, _call}, {:ok, snapshot}) do
     {id, state} = store_snapshot(state, snapshot)
-    state |> tool_result(call, Agent.snapshot_result(id, snapshot), false) |> next_tool()
+    run(state, Check.snapshot_taken(state.wake, {:ok, id, snapshot}, env(state)))
   end
 
-  defp snapshot_done(state, {:tool, call}, {:error, message}) do
-    state
-    |> tool_result(call, "Snapshot failed: #{Beamlens.Redactor.redact(message)}", true)
-    |> next_tool()
-  end
+  defp snapshot_done(state, {:tool, _call}, {:error, message}),
+    do: run(state, Check.snapshot_taken(state.wake, {:error, message}, env(state)))
 
   defp snapshot_failed(state, message) do
     message = Beamlens.Redactor.redact_text(message)
@@ -418,9 +408,7 @@ defmodule Beamlens.Watcher do
       state.wake != nil ->
         # A check is running: the model gets the grace period to report
         # these, then the gate's alerts fire.
-        state
-        |> merge_groups(groups, snapshot_id)
-        |> fire_due_gate_alerts()
+        run(state, Check.gate_findings(state.wake, groups, snapshot_id, env(state)))
 
       reason = wake_reason(state, groups) ->
         state
@@ -458,114 +446,55 @@ defmodule Beamlens.Watcher do
       }
   end
 
-  defp merge_groups(state, groups, snapshot_id) do
-    now = System.monotonic_time(:millisecond)
-
-    Enum.reduce(groups, state, fn {type, findings}, acc ->
-      if Map.has_key?(acc.wake.gate_groups, type) do
-        # An escalation of a type already found in this check goes out now.
-        escalated? = Enum.any?(findings, &(&1.status == "escalated"))
-
-        reported? =
-          MapSet.member?(acc.wake.gate_fired, type) or MapSet.member?(acc.wake.fired_types, type)
-
-        cond do
-          # Reported already in this check, and now worse: it goes out now.
-          escalated? and reported? ->
-            raise_alert(acc, type, findings, snapshot_id)
-
-          # Still waiting for the model: its alert (or the gate's) will carry
-          # the worse figures.
-          escalated? ->
-            put_in(acc.wake.gate_groups[type], {findings, snapshot_id})
-
-          true ->
-            acc
-        end
-      else
-        acc = put_in(acc.wake.gate_groups[type], {findings, snapshot_id})
-        await_gate_alert(acc, type, now)
-      end
-    end)
-  end
-
-  # The gate's alert of `type` waits at most the grace period for the model.
-  defp await_gate_alert(state, type, now) do
-    grace = state.opts[:gate_alert_grace]
-    if grace > 0, do: Process.send_after(self(), :gate_alerts_due, grace)
-    put_in(state.wake.gate_waiting[type], now)
-  end
-
-  # Fires the gate alerts of the running check whose grace ran out, unless
-  # the model reported that anomaly type already.
+  # Gate alerts of the running check whose grace ran out go out, unless the
+  # model reported that anomaly type already.
   defp fire_due_gate_alerts(%{wake: nil} = state), do: state
-
-  defp fire_due_gate_alerts(state) do
-    now = System.monotonic_time(:millisecond)
-    {due, waiting} = Alerts.due(state.wake.gate_waiting, now, state.opts[:gate_alert_grace])
-    state = put_in(state.wake.gate_waiting, waiting)
-
-    due
-    |> Enum.reject(&MapSet.member?(state.wake.fired_types, &1))
-    |> Enum.reduce(state, fn type, acc ->
-      {findings, snapshot_id} = acc.wake.gate_groups[type]
-      acc = update_in(acc.stats.gate_fallbacks, &(&1 + 1))
-      acc = update_in(acc.wake.gate_fired, &MapSet.put(&1, type))
-      raise_alert(acc, type, findings, snapshot_id)
-    end)
-  end
+  defp fire_due_gate_alerts(state), do: run(state, Check.gate_due(state.wake, env(state)))
 
   defp anomaly_type(state, finding), do: Alerts.anomaly_type(state, finding)
 
-  ## Checks (model wake-ups)
+  ## Checks (model wake-ups, driven by Beamlens.Watcher.Check)
 
   defp start_check(state, reason, snapshot_id, snapshot, findings, groups) do
-    message = %{
-      role: :user,
-      content:
-        Agent.check_message(%{
-          snapshot_id: snapshot_id,
-          snapshot: snapshot,
-          reason: reason,
-          status: state.status,
-          findings: findings,
-          metrics: state.metrics,
-          domain: state.domain,
-          reported: open_alert_types(state)
-        })
-    }
-
-    wake = %{
+    start = %{
       reason: reason,
-      iteration: 0,
-      awaiting: nil,
-      queue: [],
-      guard: {MapSet.new(), :queue.new()},
-      corrections: 0,
-      force: nil,
-      report_asked?: false,
-      spent: MapSet.new(),
-      investigated?: false,
-      fired_types: MapSet.new(),
-      gate_groups: Map.new(groups, fn {type, fs} -> {type, {fs, snapshot_id}} end),
-      gate_waiting: %{},
-      gate_fired: MapSet.new(),
-      deadline: nil,
-      ended: nil,
-      started_at: System.monotonic_time(:millisecond),
-      requests: 0,
-      tokens: 0
+      snapshot_id: snapshot_id,
+      snapshot: snapshot,
+      status: state.status,
+      findings: findings,
+      groups: groups,
+      reported: open_alert_types(state),
+      conversation: state.conversation,
+      summary: state.summary,
+      reported_tokens: state.reported_tokens
     }
 
-    stats = Map.update!(state.stats, :checks, &(&1 + 1))
-    now = System.monotonic_time(:millisecond)
+    config = %{
+      domain: state.domain,
+      interval: state.opts[:interval],
+      max_iterations: state.opts[:max_iterations],
+      gate_alert_grace: state.opts[:gate_alert_grace],
+      compaction_max_tokens: state.opts[:compaction_max_tokens],
+      compaction_keep_last: state.opts[:compaction_keep_last],
+      llm_deadline: llm_deadline(state),
+      lua_deadline: lua_deadline(state)
+    }
 
-    state = %{state | wake: wake, conversation: state.conversation ++ [message], stats: stats}
+    state = update_in(state.stats.checks, &(&1 + 1))
+    run(state, Check.start(start, config, env(state)))
+  end
 
-    groups
-    |> Map.keys()
-    |> Enum.reduce(state, &await_gate_alert(&2, &1, now))
-    |> request_model()
+  # What the check machine needs to know of the watcher now.
+  defp env(state) do
+    %{
+      now: clock(state),
+      metrics: state.metrics,
+      firing: state.firing,
+      pending: state.pending,
+      snapshot_ids: Enum.map(state.snapshots, &elem(&1, 0)),
+      snapshot_busy?: state.snapshot_task != nil,
+      paused?: paused?(state)
+    }
   end
 
   # Anomaly types with an open alert, so that follow-up checks do not
@@ -573,85 +502,112 @@ defmodule Beamlens.Watcher do
   defp open_alert_types(state),
     do: Alerts.open_types(state.open_alerts, clock(state), state.opts[:alert_cooldown])
 
-  defp request_model(state) do
-    fixed = div(byte_size(system_prompt(state)) + 2_500, 4)
+  # The conversation: the running check's, else the one kept between checks.
+  defp conversation(%{wake: nil} = state), do: state.conversation
+  defp conversation(%{wake: check}), do: check.conversation
 
-    case Compaction.plan(
-           state.conversation,
-           state.opts[:compaction_max_tokens],
-           state.opts[:compaction_keep_last],
-           fixed,
-           state.reported_tokens
-         ) do
-      {:ok, nil} -> send_chat(state)
-      {:ok, plan} -> start_compaction(state, plan)
-      {:error, _} -> send_chat(state)
+  # Carries out the effects of a check transition in order. An effect whose
+  # outcome the check needs (a request that cannot be sent, a state set, an
+  # alert delivered) feeds it back at once, and the effects of that
+  # transition follow.
+  defp run(state, {check, effects}), do: carry_out(%{state | wake: check}, effects)
+
+  defp carry_out(state, []), do: state
+
+  defp carry_out(state, [effect | rest]) do
+    case effect(state, effect) do
+      {:next, state} -> carry_out(state, rest)
+      {:then, state, transition} -> run(state, transition)
     end
   end
 
-  defp system_prompt(state),
-    do: Agent.system_prompt(state.domain, state.domain.callbacks(), state.summary)
-
-  defp send_chat(state) do
-    request = %{
-      system: system_prompt(state),
-      messages: state.conversation,
-      tools:
-        Agent.tools(
-          anomaly_types(state),
-          state.opts[:interval],
-          state.wake.spent |> MapSet.delete(state.wake.force) |> MapSet.to_list()
-        ),
-      max_tokens: @max_tokens_per_turn,
-      tool_choice: if(state.wake.force, do: {:tool, state.wake.force}, else: :required)
-    }
-
+  defp effect(state, {:chat, request}) do
     case LLM.chat_async(state.llm, request, caller: {:watcher, state.name}) do
-      {:ok, pending} ->
-        state = put_in(state.wake.force, nil)
-        state = update_in(state.stats.llm_requests, &(&1 + 1))
-        state = update_in(state.wake.requests, &(&1 + 1))
-        await(state, {:llm, pending}, llm_deadline(state))
+      {:ok, pending} -> {:next, %{state | await: %{ref: pending.ref, pending: pending}}}
+      {:error, error} -> {:then, state, Check.chat_failed(state.wake, error, env(state))}
+    end
+  end
+
+  # The timer's token (not the reply's ref) names the wait, so an overdue
+  # reply is given up whatever happened to it.
+  defp effect(state, {:await, kind, ms}) do
+    token = make_ref()
+    timer = Process.send_after(self(), {:await_deadline, token}, ms)
+    await = Map.merge(state.await, %{kind: kind, ms: ms, token: token, timer: timer})
+    state = %{state | await: await}
+    {:next, if(kind == :llm, do: update_in(state.stats.llm_requests, &(&1 + 1)), else: state)}
+  end
+
+  defp effect(state, {:lua, _call, code}) do
+    opts = [result: :full, telemetry_metadata: %{watcher: state.name}]
+
+    case Lua.eval_async_monitored(code, lua_callbacks(state.domain), opts) do
+      {:ok, ref, runner} ->
+        {:next, %{state | await: %{ref: ref, monitor: Process.monitor(runner)}}}
 
       {:error, error} ->
-        finish_check(llm_failed(state, error), {:llm_error, error.reason})
+        {:then, state, Check.lua_replied(state.wake, {:error, error}, env(state))}
     end
   end
 
-  defp anomaly_types(state) do
-    state.metrics |> Map.values() |> Enum.map(& &1.anomaly_type) |> Enum.uniq() |> Enum.sort()
+  defp effect(state, {:snapshot, call}), do: {:next, start_snapshot(state, {:tool, call})}
+
+  defp effect(state, {:set_state, _call, status, reason}) do
+    state = update_status(%{state | model_status: status}, reason)
+    text = "State is now #{state.status}."
+    {:then, state, Check.tool_done(state.wake, text, false, env(state))}
   end
 
-  defp llm_replied(state, {:ok, response}) do
-    usage = response.usage || %{}
-    state = %{state | reported_tokens: usage[:input_tokens] || state.reported_tokens}
-
-    state =
-      update_in(
-        state.wake.tokens,
-        &(&1 + (usage[:input_tokens] || 0) + (usage[:output_tokens] || 0))
-      )
-
-    assistant = %{
-      role: :assistant,
-      content: response.content || "",
-      tool_calls: response.tool_calls
-    }
-
-    state = %{state | conversation: state.conversation ++ [assistant]}
-
-    case response.tool_calls do
-      [] ->
-        correction(state, "Answer with a tool call. If you are finished, call done.")
-
-      calls ->
-        state |> put_in([Access.key(:wake), :queue], calls) |> next_tool()
-    end
+  defp effect(state, {:fire, _call, attrs}) do
+    {state, text} = model_alert(state, attrs)
+    {:then, state, Check.tool_done(state.wake, text, false, env(state))}
   end
 
-  defp llm_replied(state, {:error, error}) do
-    finish_check(llm_failed(state, error), {:llm_error, error.reason})
+  defp effect(state, {:raise, type, findings, snapshot_id}),
+    do: {:next, raise_alert(state, type, findings, snapshot_id)}
+
+  defp effect(state, {:gate_fallback, type, findings, snapshot_id}) do
+    state = update_in(state.stats.gate_fallbacks, &(&1 + 1))
+    {:next, raise_alert(state, type, findings, snapshot_id)}
   end
+
+  defp effect(state, {:timer, :gate_alerts_due, ms}) do
+    Process.send_after(self(), :gate_alerts_due, ms)
+    {:next, state}
+  end
+
+  defp effect(state, {:tool_result, call, text, error?}) do
+    Telemetry.execute([:watcher, :tool_call], %{count: 1}, %{
+      watcher: state.name,
+      tool: call.name,
+      arguments: Beamlens.Redactor.redact(call.arguments),
+      result: text |> Beamlens.Redactor.redact() |> String.slice(0, 500),
+      error?: error?
+    })
+
+    {:next, state}
+  end
+
+  defp effect(state, :correction), do: {:next, update_in(state.stats.corrections, &(&1 + 1))}
+  defp effect(state, {:llm_failed, error}), do: {:next, llm_failed(state, error)}
+
+  defp effect(state, {:compaction, :start, tokens}) do
+    Telemetry.execute([:compaction, :start], %{tokens: tokens}, %{watcher: state.name})
+    {:next, state}
+  end
+
+  defp effect(state, {:compaction, :stop, info}) do
+    Telemetry.execute(
+      [:compaction, :stop],
+      Map.take(info, [:tokens_before, :tokens_after, :messages_removed]),
+      %{watcher: state.name, method: info.method}
+    )
+
+    {:next, update_in(state.stats.compactions, &(&1 + 1))}
+  end
+
+  defp effect(state, {:wait, ms}), do: {:next, %{state | sleep_until: clock(state) + ms}}
+  defp effect(state, {:finish, result}), do: {:next, finish_check(state, result)}
 
   defp llm_failed(state, error) do
     now = clock(state)
@@ -670,346 +626,55 @@ defmodule Beamlens.Watcher do
       else: state
   end
 
-  # A reply without a usable tool call gets a short correction as a user turn.
-  defp correction(state, text) do
-    state = update_in(state.stats.corrections, &(&1 + 1))
-    state = update_in(state.wake.corrections, &(&1 + 1))
-
-    if state.wake.corrections > @max_corrections do
-      finish_check(state, :too_many_corrections)
-    else
-      %{state | conversation: state.conversation ++ [%{role: :user, content: text}]}
-      |> next_turn()
-    end
-  end
-
-  defp next_tool(%{wake: %{queue: []}} = state) do
-    if state.wake.ended, do: finish_check(state, state.wake.ended), else: next_turn(state)
-  end
-
-  defp next_tool(%{wake: %{queue: [call | rest]}} = state) do
-    state = put_in(state.wake.queue, rest)
-    run_tool(state, call)
-  end
-
-  defp next_turn(state) do
-    state = update_in(state.wake.iteration, &(&1 + 1))
-
-    if state.wake.iteration >= state.opts[:max_iterations] do
-      finish_check(state, :iteration_cap)
-    else
-      request_model(state)
-    end
-  end
-
-  defp run_tool(%{wake: %{ended: ended}} = state, call) when ended != nil do
-    state |> tool_result(call, "Skipped: this check has ended.", true) |> next_tool()
-  end
-
-  defp run_tool(state, call) do
-    key = Agent.call_key(call)
-
-    cond do
-      # done and wait end the check: repeating them cannot loop.
-      call.name not in ["done", "wait"] and MapSet.member?(elem(state.wake.guard, 0), key) ->
-        state = update_in(state.wake.corrections, &(&1 + 1))
-        state = update_in(state.stats.corrections, &(&1 + 1))
-        # A model that repeats a call will likely repeat it again: stop offering that tool.
-        state = update_in(state.wake.spent, &MapSet.put(&1, call.name))
-
-        text =
-          "You already made this exact #{call.name} call in this check. Use its result above, " <>
-            "try something different, or call done."
-
-        state = tool_result(state, call, text, true)
-
-        if state.wake.corrections > @max_corrections,
-          do: finish_check(state, :too_many_corrections),
-          else: next_tool(state)
-
-      true ->
-        state = update_in(state.wake.guard, &remember_call(&1, key))
-
-        ctx = %{
-          anomaly_types: anomaly_types(state),
-          active_types: active_types(state),
-          reported_types: state.wake.fired_types,
-          investigated?: state.wake.investigated?,
-          found?: map_size(state.wake.gate_groups) > 0,
-          snapshot_ids: Enum.map(state.snapshots, &elem(&1, 0)),
-          interval: state.opts[:interval]
-        }
-
-        case Agent.validate(call, ctx) do
-          {:ok, action} ->
-            perform(state, call, action)
-
-          {:error, text} ->
-            state = update_in(state.wake.corrections, &(&1 + 1))
-            state = update_in(state.stats.corrections, &(&1 + 1))
-            state = tool_result(state, call, text, true)
-
-            if state.wake.corrections > @max_corrections,
-              do: finish_check(state, :too_many_corrections),
-              else: next_tool(state)
-        end
-    end
-  end
-
-  # Anomaly types the gate found in this check or sees firing or pending now
-  # (a burst of log errors may be over by the time the model reports it).
-  defp active_types(state) do
-    firing = Enum.map(state.firing, fn {_, finding} -> anomaly_type(state, finding) end)
-    pending = Enum.map(state.pending, &get_in(state.metrics, [&1, :anomaly_type]))
-    MapSet.new(Map.keys(state.wake.gate_groups) ++ firing ++ pending)
-  end
-
-  # The repeated-call guard remembers the last @max_guarded calls of a check.
-  defp remember_call({set, order}, key) do
-    {set, order} = {MapSet.put(set, key), :queue.in(key, order)}
-
-    if MapSet.size(set) > @max_guarded do
-      {{:value, oldest}, order} = :queue.out(order)
-      {MapSet.delete(set, oldest), order}
-    else
-      {set, order}
-    end
-  end
-
-  defp perform(state, call, :take_snapshot) do
-    if state.snapshot_task do
-      state
-      |> tool_result(
-        call,
-        "A snapshot is being taken right now; its data will be in the next check.",
-        true
-      )
-      |> next_tool()
-    else
-      # It takes no arguments: any further call would be a repeat.
-      state = update_in(state.wake.spent, &MapSet.put(&1, "take_snapshot"))
-      start_snapshot(state, {:tool, call})
-    end
-  end
-
-  defp perform(state, call, {:execute_lua, code}) do
-    callbacks = lua_callbacks(state.domain)
-    opts = [result: :full, telemetry_metadata: %{watcher: state.name}]
-
-    case Lua.eval_async_monitored(code, callbacks, opts) do
-      {:ok, ref, runner} ->
-        monitor = Process.monitor(runner)
-        await(state, {:lua, ref, call, monitor}, lua_deadline(state))
-
-      {:error, error} ->
-        state
-        |> tool_result(call, elem(Agent.lua_result({:error, error}, state.domain), 0), true)
-        |> next_tool()
-    end
-  end
-
-  defp perform(state, call, {:set_state, status, reason}) do
-    state = %{state | model_status: status}
-    state = update_status(state, reason)
-    state |> tool_result(call, "State is now #{state.status}.", false) |> next_tool()
-  end
-
-  defp perform(state, call, {:fire_alert, attrs}) do
-    {state, text} = model_alert(state, attrs)
-    state = update_in(state.wake.fired_types, &MapSet.put(&1, attrs.anomaly_type))
-    state |> tool_result(call, text, false) |> next_tool()
-  end
-
-  defp perform(state, call, :done), do: end_or_report(state, call, :done)
-  defp perform(state, call, {:wait, _} = action), do: end_or_report(state, call, action)
-
-  defp end_or_report(state, call, action) do
-    case unreported(state) do
-      [_ | _] = types when not state.wake.report_asked? -> ask_for_report(state, call, types)
-      _ -> end_check(state, call, action)
-    end
-  end
-
-  defp end_check(state, call, {:wait, ms}) do
-    state = %{state | sleep_until: clock(state) + ms}
-    state = put_in(state.wake.ended, :wait)
-    state |> tool_result(call, "OK, next routine check in #{ms} ms.", false) |> next_tool()
-  end
-
-  defp end_check(state, call, :done) do
-    state = put_in(state.wake.ended, :done)
-    state |> tool_result(call, "OK.", false) |> next_tool()
-  end
-
-  # Anomaly types the gate found in this check that nobody reported yet.
-  defp unreported(state) do
-    state.wake.gate_groups
-    |> Map.keys()
-    |> Enum.reject(&MapSet.member?(state.wake.fired_types, &1))
-    |> Enum.reject(&MapSet.member?(state.wake.gate_fired, &1))
-    |> Enum.sort()
-  end
-
-  # The model wants to end the check without reporting what the gate found:
-  # once per check, ask it to write the alert (forced with tool_choice where
-  # the provider supports it). If it still does not, the gate's alert fires.
-  defp ask_for_report(state, call, types) do
-    found =
-      Enum.map_join(types, "; ", fn type ->
-        {[finding | _], _} = state.wake.gate_groups[type]
-        "#{summarize(state.domain, finding, state.metrics[finding.name])} (anomaly_type #{type})"
-      end)
-
-    text =
-      "Not finished: the gate found #{found}. Call fire_alert for it now: summary = what is wrong, " <>
-        "observation = the numbers you saw, hypothesis = the likely cause. Then call done."
-
-    state = put_in(state.wake.report_asked?, true)
-    state = put_in(state.wake.force, "fire_alert")
-    state |> tool_result(call, text, false) |> next_tool()
-  end
-
   @doc false
   def lua_callbacks(domain) do
     prefix = Atom.to_string(domain.name())
     Map.new(domain.callbacks(), fn cb -> {"#{prefix}.#{cb.name}", cb.fun} end)
   end
 
-  defp tool_result(state, call, text, error?) do
-    Telemetry.execute([:watcher, :tool_call], %{count: 1}, %{
-      watcher: state.name,
-      tool: call.name,
-      arguments: Beamlens.Redactor.redact(call.arguments),
-      result: text |> Beamlens.Redactor.redact() |> String.slice(0, 500),
-      error?: error?
-    })
-
-    message = %{
-      role: :tool,
-      tool_call_id: call.id,
-      name: call.name,
-      content: text,
-      is_error: error?
-    }
-
-    %{state | conversation: state.conversation ++ [message]}
-  end
-
-  defp finish_check(state, outcome) do
+  # The check is over: the watcher keeps its conversation for the next one.
+  defp finish_check(state, result) do
     state = settle(state)
-    wake = state.wake
-    state = %{state | wake: nil, last_wake_tick: state.tick, last_wake_at: clock(state)}
+    check = state.wake
 
     state = %{
       state
-      | last_check: %{
+      | wake: nil,
+        conversation: check.conversation,
+        summary: check.summary,
+        reported_tokens: check.reported_tokens,
+        last_wake_tick: state.tick,
+        last_wake_at: clock(state),
+        last_check: %{
           at: DateTime.utc_now(),
-          reason: wake.reason,
-          outcome: outcome_name(outcome),
-          tokens: wake.tokens
+          reason: result.reason,
+          outcome: result.outcome,
+          tokens: result.tokens
         }
     }
 
-    # Paused while the check ran: raise nothing.
-    uncovered_source = if paused?(state), do: %{}, else: wake.gate_groups
-
-    # The model's alerts cover their anomaly types; the gate covers the rest
-    # (some of it may have gone out already, when the grace ran out).
-    uncovered =
-      uncovered_source
-      |> Enum.reject(fn {type, _} -> MapSet.member?(wake.fired_types, type) end)
-      |> Enum.reject(fn {type, _} -> MapSet.member?(wake.gate_fired, type) end)
-
-    state =
-      Enum.reduce(uncovered, state, fn {type, {findings, snapshot_id}}, acc ->
-        acc = update_in(acc.stats.gate_fallbacks, &(&1 + 1))
-        raise_alert(acc, type, findings, snapshot_id)
-      end)
-
     Telemetry.execute(
       [:watcher, :check],
-      %{
-        duration: System.monotonic_time(:millisecond) - wake.started_at,
-        iterations: wake.requests,
-        tokens: wake.tokens,
-        corrections: wake.corrections
-      },
+      Map.take(result, [:duration, :iterations, :tokens, :corrections]),
       %{
         watcher: state.name,
-        reason: wake.reason,
-        outcome: outcome_name(outcome),
-        gate_alerts: length(uncovered) + MapSet.size(wake.gate_fired)
+        reason: result.reason,
+        outcome: result.outcome,
+        gate_alerts: result.gate_alerts
       }
     )
 
     state
   end
 
-  defp outcome_name({:llm_error, reason}), do: :"llm_#{reason}"
-  defp outcome_name(outcome), do: outcome
-
-  ## Replies a check waits for
-
-  # Waits for `awaiting` with a deadline: the timer's token (not the reply's
-  # ref) names the wait, so an overdue reply is given up whatever happened
-  # to it.
-  defp await(state, awaiting, ms) do
-    token = make_ref()
-    timer = Process.send_after(self(), {:await_deadline, token}, ms)
-    state = put_in(state.wake.awaiting, awaiting)
-    put_in(state.wake.deadline, {token, timer})
-  end
-
   # The awaited reply arrived (or was given up): stop waiting for it.
-  defp settle(%{wake: %{deadline: deadline, awaiting: awaiting}} = state) do
-    case deadline do
-      {_token, timer} -> Process.cancel_timer(timer)
-      nil -> :ok
-    end
+  defp settle(%{await: nil} = state), do: state
 
-    case awaiting do
-      {:lua, _ref, _call, monitor} -> Process.demonitor(monitor, [:flush])
-      _ -> :ok
-    end
-
-    state = put_in(state.wake.deadline, nil)
-    put_in(state.wake.awaiting, nil)
+  defp settle(%{await: await} = state) do
+    if await[:timer], do: Process.cancel_timer(await.timer)
+    if await[:monitor], do: Process.demonitor(await.monitor, [:flush])
+    %{state | await: nil}
   end
-
-  defp reply_overdue(state) do
-    awaiting = state.wake.awaiting
-    {_, ms} = deadline_ms(state, awaiting)
-    state = settle(state)
-
-    Telemetry.execute([:watcher, :reply_timeout], %{timeout: ms}, %{
-      watcher: state.name,
-      awaiting: elem(awaiting, 0)
-    })
-
-    case awaiting do
-      {:llm, pending} ->
-        llm_replied(state, {:error, overdue_error(pending, ms)})
-
-      {:compaction, pending, plan} ->
-        compaction_replied(state, {:error, overdue_error(pending, ms)}, plan)
-
-      {:lua, _ref, call, _monitor} ->
-        text = "The Lua run did not answer within #{ms} ms. Try something simpler or call done."
-        state |> tool_result(call, text, true) |> next_tool()
-    end
-  end
-
-  defp overdue_error(pending, ms) do
-    %Beamlens.LLMError{
-      reason: :timeout,
-      provider: pending.provider,
-      message: "no reply within #{ms} ms",
-      retryable?: true
-    }
-  end
-
-  defp deadline_ms(state, {:lua, _, _, _}), do: {:lua, lua_deadline(state)}
-  defp deadline_ms(state, _llm), do: {:llm, llm_deadline(state)}
 
   # `:reply_timeout`, or by default the longest the configured retries and
   # fallbacks can take (plus 5 s) ...
@@ -1026,66 +691,6 @@ defmodule Beamlens.Watcher do
       ms when is_integer(ms) -> ms
       _ -> Lua.defaults()[:timeout] + 5_000
     end
-  end
-
-  ## Compaction
-
-  defp start_compaction(state, plan) do
-    transcript =
-      if state.summary,
-        do: "[summary of even earlier messages] #{state.summary}\n" <> plan.transcript,
-        else: plan.transcript
-
-    request = %{
-      system: "You compact the memory of a monitoring agent.",
-      messages: [
-        %{role: :user, content: plan.instructions <> "\n<data>\n" <> transcript <> "\n</data>"}
-      ],
-      tools: [],
-      max_tokens: 600,
-      tool_choice: :none
-    }
-
-    Telemetry.execute([:compaction, :start], %{tokens: plan.tokens_before}, %{watcher: state.name})
-
-    case LLM.chat_async(state.llm, request, caller: {:watcher, state.name}) do
-      {:ok, pending} -> await(state, {:compaction, pending, plan}, llm_deadline(state))
-      {:error, error} -> state |> compaction_replied({:error, error}, plan)
-    end
-  end
-
-  defp compaction_replied(state, result, plan) do
-    {state, cut, method} =
-      case result do
-        {:ok, %{content: summary}} when is_binary(summary) and summary != "" ->
-          {%{state | summary: String.slice(summary, 0, 4_000)}, plan.cut, :summary}
-
-        _ ->
-          # Summarising failed: drop the older messages instead, so memory stays bounded.
-          case Compaction.truncate(state.conversation, state.opts[:compaction_keep_last]) do
-            {:ok, cut} when is_integer(cut) -> {state, cut, :truncate}
-            _ -> {state, plan.cut, :truncate}
-          end
-      end
-
-    conversation = Enum.drop(state.conversation, cut)
-
-    conversation =
-      case conversation do
-        [%{role: :user} | _] -> conversation
-        _ -> [%{role: :user, content: @continue} | conversation]
-      end
-
-    state = %{state | conversation: conversation, reported_tokens: 0}
-    state = update_in(state.stats.compactions, &(&1 + 1))
-
-    Telemetry.execute(
-      [:compaction, :stop],
-      %{tokens_before: plan.tokens_before, tokens_after: plan.tokens_kept, messages_removed: cut},
-      %{watcher: state.name, method: method}
-    )
-
-    send_chat(state)
   end
 
   ## Alerts (built and deduplicated in Beamlens.Watcher.Alerts)
@@ -1199,8 +804,6 @@ defmodule Beamlens.Watcher do
 
     %{state | status: status, status_reason: reason}
   end
-
-  defp summarize(domain, finding, metric), do: Status.summarize(domain, finding, metric)
 
   defp cancel_timer(nil), do: :ok
   defp cancel_timer(ref), do: Process.cancel_timer(ref)
