@@ -35,7 +35,7 @@ defmodule Beamlens.Investigation do
   """
 
   alias Beamlens.{Alert, Domain, Error, Gate, LLM, Lua, Report, Telemetry, Usage}
-  alias Beamlens.Watcher.Agent
+  alias Beamlens.Watcher.{Agent, Alerts, Check, Status}
 
   @lock __MODULE__
   @max_snapshot_ms 10_000
@@ -365,7 +365,7 @@ defmodule Beamlens.Investigation do
       watcher: d.name,
       anomaly_type: Map.get(metric, :anomaly_type, "unknown"),
       severity: f.severity,
-      summary: summarize(d.domain, f, metric),
+      summary: Status.summarize(d.domain, f, metric),
       evidence:
         %{
           metric: f.name,
@@ -379,12 +379,6 @@ defmodule Beamlens.Investigation do
         |> then(&if snapshot_id, do: Map.put(&1, :snapshot_id, snapshot_id), else: &1),
       entities: Map.get(metric, :entities, [])
     }
-  end
-
-  defp summarize(domain, finding, metric) do
-    domain.summarize(finding, metric)
-  rescue
-    _ -> Domain.default_summary(finding, metric)
   end
 
   # The metrics that matter most first: firing, then pending, then the
@@ -442,7 +436,7 @@ defmodule Beamlens.Investigation do
         anomaly_type: type,
         summary: lead.summary,
         observation: Enum.map_join(group, "; ", & &1.summary),
-        hypothesis: hypothesis(d.domain, type),
+        hypothesis: Alerts.hypothesis(d.domain, type),
         evidence: %{
           snapshot_ids:
             group
@@ -459,12 +453,6 @@ defmodule Beamlens.Investigation do
         source: :gate
       )
     end)
-  end
-
-  defp hypothesis(domain, type) do
-    domain.hypothesis(type)
-  rescue
-    _ -> nil
   end
 
   defp fire(alerts, watchers) do
@@ -596,13 +584,7 @@ defmodule Beamlens.Investigation do
          {:ok, response} <- await(pending, remaining(loop)) do
       loop = %{loop | requests: loop.requests + 1} |> count_tokens(pending, response)
 
-      assistant = %{
-        role: :assistant,
-        content: response.content || "",
-        tool_calls: response.tool_calls
-      }
-
-      loop = %{loop | messages: loop.messages ++ [assistant]}
+      loop = %{loop | messages: loop.messages ++ [Check.assistant_message(response)]}
 
       case response.tool_calls do
         [] ->
@@ -663,18 +645,9 @@ defmodule Beamlens.Investigation do
     }
   end
 
-  defp correction(loop, text) do
-    %{
-      loop
-      | corrections: loop.corrections + 1,
-        messages: loop.messages ++ [%{role: :user, content: text}]
-    }
-    |> then(fn loop ->
-      if loop.corrections > @max_corrections,
-        do: %{loop | answer: loop.answer || {nil, nil}},
-        else: loop
-    end)
-  end
+  # A reply without a tool call gets a short correction as a user turn.
+  defp correction(loop, text),
+    do: correction_count(%{loop | messages: loop.messages ++ [%{role: :user, content: text}]})
 
   defp tools_run(loop, calls, report) do
     Enum.reduce(calls, loop, fn call, loop ->
@@ -727,6 +700,8 @@ defmodule Beamlens.Investigation do
     loop |> tool_result(call, text, true) |> correction_count()
   end
 
+  # A refused call counts as a correction: past @max_corrections the
+  # investigation ends without an answer.
   defp correction_count(loop) do
     loop = %{loop | corrections: loop.corrections + 1}
 
@@ -812,17 +787,8 @@ defmodule Beamlens.Investigation do
     )
   end
 
-  defp tool_result(loop, call, text, error?) do
-    message = %{
-      role: :tool,
-      tool_call_id: call.id,
-      name: call.name,
-      content: text,
-      is_error: error?
-    }
-
-    %{loop | messages: loop.messages ++ [message]}
-  end
+  defp tool_result(loop, call, text, error?),
+    do: %{loop | messages: loop.messages ++ [Check.tool_message(call, text, error?)]}
 
   defp text(value) when is_binary(value) do
     case String.trim(value) do

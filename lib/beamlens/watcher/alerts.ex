@@ -323,7 +323,10 @@ defmodule Beamlens.Watcher.Alerts do
     |> Enum.uniq()
   end
 
-  defp hypothesis(domain, type) do
+  @doc false
+  # The domain's likely cause of an anomaly type (nil when it raises).
+  @spec hypothesis(module(), String.t()) :: String.t() | nil
+  def hypothesis(domain, type) do
     domain.hypothesis(type)
   rescue
     _ -> nil
