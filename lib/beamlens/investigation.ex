@@ -54,6 +54,7 @@ defmodule Beamlens.Investigation do
   ]
 
   @doc false
+  @spec defaults() :: keyword()
   def defaults, do: @defaults
 
   @doc false

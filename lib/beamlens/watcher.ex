@@ -3,19 +3,26 @@ defmodule Beamlens.Watcher do
   # the numbers to its anomaly gate, keeps its state (:healthy, :observing,
   # :warning, :critical) and fires alerts.
   #
+  # This module is the process shell: timers, tasks and messages in,
+  # effects carried out. The decisions are pure modules with the clock
+  # passed in: `Beamlens.Watcher.Status` (when the model looks, the state
+  # floor), `Beamlens.Watcher.Check` (one model wake-up as a state machine),
+  # `Beamlens.Watcher.Alerts` (building, fold, escalate, prune) and
+  # `Beamlens.Watcher.Agent` (prompts, tools, validation).
+  #
   # Nothing slow runs in this process. Snapshots run in tasks (a snapshot
   # still running at the next tick makes that tick skip), model requests run
   # on the native runtime and answer with a message, Lua runs in the sandbox
-  # and answers with a message. A "check" (one wake-up of the model) is a
-  # small state machine driven by those messages: request -> tool calls ->
-  # results -> request ... until the model calls done/wait, the iteration cap
-  # is reached, or something fails. Every reply a check waits for has a
-  # deadline (and a Lua run is monitored), so a hung provider or a lost reply
-  # ends the wait, never the watcher. The gate's own alerts never wait for
-  # the model: the model gets `:gate_alert_grace` ms to report the anomaly
-  # itself, then the gate's alert fires whatever the provider does (and at
-  # the end of the check at the latest). Delivery rules (fold, escalate)
-  # are in `Beamlens.Watcher.Alerts`.
+  # and answers with a message; each such answer is fed to the running
+  # check. Every reply a check waits for has a deadline (and a Lua run is
+  # monitored), so a hung provider or a lost reply ends the wait, never the
+  # watcher. The gate's own alerts never wait for the model: the model gets
+  # `:gate_alert_grace` ms to report the anomaly itself, then the gate's
+  # alert fires whatever the provider does (and at the end of the check at
+  # the latest).
+  #
+  # Times kept in the state (pauses, sleeps, alerts' fired_at) are on the
+  # watcher's clock: ms since it started (`clock/1`).
   @moduledoc false
 
   use GenServer, restart: :permanent
@@ -40,6 +47,8 @@ defmodule Beamlens.Watcher do
     :started_at,
     :coordinator,
     :llm,
+    # The running check (a Beamlens.Watcher.Check) or nil, and what it
+    # waits for: the reply's ref, its deadline timer, the Lua run's monitor.
     :wake,
     :await,
     :summary,
@@ -76,6 +85,7 @@ defmodule Beamlens.Watcher do
 
   ## API
 
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
     %{
       id: {__MODULE__, Keyword.fetch!(opts, :name)},
@@ -84,15 +94,18 @@ defmodule Beamlens.Watcher do
     }
   end
 
+  @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
     GenServer.start_link(__MODULE__, opts, name: via(opts[:instance], opts[:name]))
   end
 
   @doc false
+  @spec via(atom(), atom()) :: GenServer.name()
   def via(instance, name),
     do: {:via, Registry, {Module.concat(instance, Registry), {:watcher, name}}}
 
   @doc false
+  @spec whereis(atom(), atom()) :: pid() | nil
   def whereis(instance, name) do
     case Registry.lookup(Module.concat(instance, Registry), {:watcher, name}) do
       [{pid, _}] -> pid
@@ -101,6 +114,7 @@ defmodule Beamlens.Watcher do
   end
 
   @doc false
+  @spec info(GenServer.server(), timeout()) :: map()
   def info(server, timeout \\ 5_000), do: GenServer.call(server, :info, timeout)
 
   ## GenServer
@@ -627,6 +641,8 @@ defmodule Beamlens.Watcher do
   end
 
   @doc false
+  # The domain's callbacks under their Lua names (`ets.tables`, ...).
+  @spec lua_callbacks(module()) :: %{optional(String.t()) => function()}
   def lua_callbacks(domain) do
     prefix = Atom.to_string(domain.name())
     Map.new(domain.callbacks(), fn cb -> {"#{prefix}.#{cb.name}", cb.fun} end)

@@ -17,6 +17,7 @@ defmodule Beamlens.Watcher.Agent do
   @after_result "Next: if this shows a problem, call fire_alert; if not, call done."
 
   @doc false
+  @spec states() :: [String.t()]
   def states, do: @states
 
   @doc """
@@ -24,6 +25,7 @@ defmodule Beamlens.Watcher.Agent do
   small local model can copy: a 0.5B model follows "one tool per turn,
   execute_lua then fire_alert then done" where it loses its way in prose.
   """
+  @spec system_prompt(module(), [map()], String.t() | nil) :: String.t()
   def system_prompt(domain, callbacks, summary) do
     functions =
       Enum.map_join(callbacks, "\n", fn cb ->
@@ -71,6 +73,7 @@ defmodule Beamlens.Watcher.Agent do
   `omit` are left out (the watcher omits the ones the model could only
   repeat in this check).
   """
+  @spec tools([String.t()], pos_integer(), [String.t()]) :: [map()]
   def tools(anomaly_types, interval, omit \\ []) do
     [
       %{
@@ -153,6 +156,7 @@ defmodule Beamlens.Watcher.Agent do
   `check` has `:snapshot_id`, `:snapshot`, `:reason`, `:status`,
   `:findings`, `:metrics`, `:domain` and `:reported`.
   """
+  @spec check_message(map()) :: String.t()
   def check_message(check) do
     %{findings: findings, domain: domain, snapshot_id: id} = check
 
@@ -203,11 +207,13 @@ defmodule Beamlens.Watcher.Agent do
   end
 
   @doc "A tool result for a snapshot."
+  @spec snapshot_result(String.t(), term()) :: String.t()
   def snapshot_result(snapshot_id, snapshot) do
     "Snapshot #{snapshot_id}:\n<data>\n#{encode(snapshot, @max_snapshot_bytes)}\n</data>"
   end
 
   @doc "A tool result for a Lua run of `domain`'s callbacks: `{text, error?}`."
+  @spec lua_result({:ok, term()} | {:error, Exception.t()}, module()) :: {String.t(), boolean()}
   def lua_result(result, domain)
 
   def lua_result({:ok, %{value: value, output: output}}, _domain) do
@@ -236,6 +242,7 @@ defmodule Beamlens.Watcher.Agent do
   end
 
   @doc "JSON text of a term, redacted (see `Beamlens.Redactor`) and bounded."
+  @spec encode(term(), pos_integer()) :: String.t()
   def encode(term, max_bytes) do
     case Native.json_encode(Redactor.redact(term), max_bytes) do
       {:ok, json} -> fenced_json(json)
@@ -247,15 +254,18 @@ defmodule Beamlens.Watcher.Agent do
   # reads as a `<data>` or `</data>` tag is escaped, as `\u003c` in JSON
   # (the same string once decoded) and as `&lt;` in plain text.
   @doc false
+  @spec fenced(String.t()) :: String.t()
   def fenced(text), do: Regex.replace(~r/<(?=[\s\/]{0,8}data)/i, text, "&lt;")
 
   @doc false
+  @spec fenced_json(String.t()) :: String.t()
   def fenced_json(json), do: Regex.replace(~r/<(?=[\s\/]{0,8}data)/i, json, fn _ -> "\\u003c" end)
 
   @doc """
   Validates one tool call. Returns `{:ok, action}` or `{:error, correction}`
   where `correction` is a short message for the model.
   """
+  @spec validate(Beamlens.LLM.ToolCall.t(), map()) :: {:ok, term()} | {:error, String.t()}
   def validate(%{error: error, name: name}, _ctx) when is_binary(error) do
     {:error, "Your #{name} call was not understood: #{error}. Send valid JSON arguments."}
   end
@@ -372,6 +382,7 @@ defmodule Beamlens.Watcher.Agent do
   end
 
   @doc "A key identifying a tool call, for the repeated-call guard."
+  @spec call_key(Beamlens.LLM.ToolCall.t()) :: non_neg_integer()
   def call_key(%{name: name, arguments: args}), do: :erlang.phash2({name, args})
 
   defp text(value) when is_binary(value) do
