@@ -49,12 +49,14 @@ defmodule Beamlens.Schema do
       (`" for Beamlens.Coordinator"`).
     * `:of` - what the whole list is called when it is not a keyword list,
       `"the options"` by default.
-    * `:unknown`, `:invalid`, `:missing` - message templates with
-      `%{label}`, `%{key}`, `%{context}`, `%{hint}`, `%{known}`,
-      `%{subject}`, `%{expected}` and `%{value}` placeholders; the defaults
-      are `"unknown %{label} %{key}%{context}%{hint}. Known options: %{known}"`,
-      `"expected %{subject} to be %{expected}, got: %{value}"` and
-      `"the %{subject} option is required%{context}"`.
+    * `:unknown`, `:invalid`, `:missing`, `:not_keyword` - message
+      templates with `%{label}`, `%{key}`, `%{context}`, `%{hint}`,
+      `%{known}`, `%{subject}`, `%{expected}`, `%{of}` and `%{value}`
+      placeholders; the defaults are
+      `"unknown %{label} %{key}%{context}%{hint}. Known options: %{known}"`,
+      `"expected %{subject} to be %{expected}, got: %{value}"`,
+      `"the %{subject} option is required%{context}"` and
+      `"expected %{of} to be a keyword list, got: %{value}"`.
     * `:defaults` - values that take the place of the schema's defaults
       (a watcher inherits the top-level settings this way).
   """
@@ -65,7 +67,7 @@ defmodule Beamlens.Schema do
   The type of an option's value:
 
     * `:any`, `:atom`, `:module` (a non-nil atom), `:boolean`, `:map`,
-      `:string` (a non-empty binary), `:keyword` (any keyword list),
+      `:string` (a non-empty binary), `:binary` (any binary), `:keyword` (any keyword list),
       `:pos_integer`, `:non_neg_integer`, `:float`, `:number`;
     * `{:integer, min, max}` - an integer in `min..max`;
     * `{:in, values}` - one of `values`;
@@ -83,6 +85,7 @@ defmodule Beamlens.Schema do
           | :boolean
           | :map
           | :string
+          | :binary
           | :keyword
           | :pos_integer
           | :non_neg_integer
@@ -108,6 +111,7 @@ defmodule Beamlens.Schema do
   @unknown "unknown %{label} %{key}%{context}%{hint}. Known options: %{known}"
   @invalid "expected %{subject} to be %{expected}, got: %{value}"
   @missing "the %{subject} option is required%{context}"
+  @not_keyword "expected %{of} to be a keyword list, got: %{value}"
 
   @doc """
   Validates `opts` against `schema`. Returns `{:ok, resolved}`, the options
@@ -221,9 +225,12 @@ defmodule Beamlens.Schema do
     cond do
       not Keyword.keyword?(opts) ->
         value = if secret?(schema), do: describe_value(opts), else: inspect(opts)
-        of = Keyword.get(wording, :of, "the options")
-        of = if path == [], do: of, else: "#{render_key(path)}"
-        error(path, "not_keyword", "expected #{of} to be a keyword list, got: #{value}")
+        of = if path == [], do: Keyword.get(wording, :of, "the options"), else: render_key(path)
+
+        template =
+          if path == [], do: Keyword.get(wording, :not_keyword, @not_keyword), else: @not_keyword
+
+        error(path, "not_keyword", render(template, wording, of: of, value: value))
 
       unknown = Enum.find(Keyword.keys(opts), &(not Keyword.has_key?(schema, &1))) ->
         unknown(unknown, schema, wording, path)
@@ -366,6 +373,7 @@ defmodule Beamlens.Schema do
   defp valid?(v, :boolean), do: is_boolean(v)
   defp valid?(v, :map), do: is_map(v)
   defp valid?(v, :string), do: is_binary(v) and v != ""
+  defp valid?(v, :binary), do: is_binary(v)
   defp valid?(v, :keyword), do: Keyword.keyword?(v)
   defp valid?(v, :pos_integer), do: is_integer(v) and v > 0
   defp valid?(v, :float), do: is_float(v)
@@ -393,6 +401,7 @@ defmodule Beamlens.Schema do
   def describe(:boolean), do: "a boolean"
   def describe(:map), do: "a map"
   def describe(:string), do: "a non-empty string"
+  def describe(:binary), do: "a string"
   def describe(:keyword), do: "a keyword list"
   def describe(:pos_integer), do: "a positive integer"
   def describe(:float), do: "a float"
