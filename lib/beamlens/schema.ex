@@ -74,6 +74,7 @@ defmodule Beamlens.Schema do
     * `{:or, types}` - any of `types`;
     * `{:list, type}` - a list whose every element is of `type`;
     * `{:fun, arity}` - a function of that arity;
+    * `{:struct, module}` - a struct of that module;
     * `{:tuple, types}` - a tuple of that size, each element of its type;
     * `{:keyword, schema}` - a nested keyword list, validated against
       `schema` (its defaults filled in).
@@ -96,6 +97,7 @@ defmodule Beamlens.Schema do
           | {:or, [type()]}
           | {:list, type()}
           | {:fun, non_neg_integer()}
+          | {:struct, module()}
           | {:tuple, [type()]}
           | {:keyword, t()}
 
@@ -384,6 +386,7 @@ defmodule Beamlens.Schema do
   defp valid?(v, {:or, types}), do: Enum.any?(types, &valid?(v, &1))
   defp valid?(v, {:list, type}), do: is_list(v) and Enum.all?(v, &valid?(&1, type))
   defp valid?(v, {:fun, arity}), do: is_function(v, arity)
+  defp valid?(v, {:struct, module}), do: is_struct(v, module)
 
   defp valid?(v, {:tuple, types}) do
     is_tuple(v) and tuple_size(v) == length(types) and
@@ -413,6 +416,7 @@ defmodule Beamlens.Schema do
   def describe({:or, types}), do: Enum.map_join(types, " or ", &describe/1)
   def describe({:list, type}), do: "a list of elements that are each " <> describe(type)
   def describe({:fun, arity}), do: "a function of arity #{arity}"
+  def describe({:struct, module}), do: "a %#{inspect(module)}{}"
 
   def describe({:tuple, types}),
     do: "a tuple {" <> Enum.map_join(types, ", ", &describe/1) <> "}"
