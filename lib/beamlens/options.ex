@@ -97,11 +97,11 @@ defmodule Beamlens.Options do
       type: :keyword,
       default: [],
       doc:
-        "Anomaly gate tuning: `:z_threshold` (4.0), `:window` (120 samples), " <>
-          "`:cooldown_ms` (900000), `:max_fires_per_hour` (3), `:relearn_after` (240 samples), " <>
-          "`:warmup_ms` (60000: baselines judge only after this long and `:warmup` samples), " <>
-          "`:escalate_ratio` (2.0: a repeat this many times worse than the open alert fires " <>
-          "again), `:growth_window_ms` (overrides every growth metric's window)."
+        "Anomaly gate tuning: the options of `Beamlens.Gate.new/1` (" <>
+          (Beamlens.Gate.defaults()
+           |> Enum.reject(fn {_, value} -> is_nil(value) end)
+           |> Enum.map_join(", ", fn {key, value} -> "`#{inspect(key)}` #{inspect(value)}" end)) <>
+          ", `:growth_window_ms`); `:warmup` and `:cooldown_ms` default to this watcher's `:warmup` and `:alert_cooldown`."
     ]
   ]
 
