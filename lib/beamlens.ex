@@ -412,7 +412,7 @@ defmodule Beamlens do
 
   defp coordinator(instance, opts, llm_config) do
     name = Keyword.get(opts, :name, Module.concat(instance, Coordinator))
-    scope = Keyword.get(opts, :pg_scope, :beamlens_pg)
+    scope = Keyword.get(opts, :pg_scope, Beamlens.Coordinator.Options.defaults()[:pg_scope])
 
     summarizer =
       if llm_config,

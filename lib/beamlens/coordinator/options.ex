@@ -75,6 +75,10 @@ defmodule Beamlens.Coordinator.Options do
   def docs, do: Schema.docs(@schema)
 
   @doc false
+  @spec defaults() :: keyword()
+  def defaults, do: Schema.defaults(@schema)
+
+  @doc false
   @spec validate(term()) :: {:ok, keyword()} | {:error, ArgumentError.t()}
   def validate(opts) do
     case Schema.validate(opts, @schema, context: " for Beamlens.Coordinator") do
