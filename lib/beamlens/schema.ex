@@ -226,7 +226,7 @@ defmodule Beamlens.Schema do
   defp validate_at(opts, schema, wording, path) do
     cond do
       not Keyword.keyword?(opts) ->
-        value = if secret?(schema), do: describe_value(opts), else: inspect(opts)
+        value = if secret?(schema), do: describe_value(opts), else: show(opts)
         of = if path == [], do: Keyword.get(wording, :of, "the options"), else: render_key(path)
 
         template =
@@ -331,7 +331,7 @@ defmodule Beamlens.Schema do
   end
 
   defp invalid(value, spec, wording, path) do
-    shown = if spec[:secret], do: describe_value(value), else: inspect(value)
+    shown = if spec[:secret], do: describe_value(value), else: show(value)
 
     message =
       render(Keyword.get(wording, :invalid, @invalid), wording,
@@ -422,6 +422,9 @@ defmodule Beamlens.Schema do
     do: "a tuple {" <> Enum.map_join(types, ", ", &describe/1) <> "}"
 
   def describe({:keyword, _}), do: "a keyword list"
+
+  # A bad value as errors show it: bounded, so a huge term cannot flood a log.
+  defp show(value), do: inspect(value, limit: 25, printable_limit: 1_024)
 
   # Never show a secret; say what kind of term it was.
   defp describe_value(v) when is_binary(v), do: "a string of #{byte_size(v)} bytes"

@@ -90,6 +90,12 @@ defmodule Beamlens.SchemaTest do
                "expected :callback to be a function of arity 1, got: #Function<"
     end
 
+    test "a huge bad value is shown bounded" do
+      message = message(name: :x, interval: Enum.to_list(1..100_000))
+      assert message =~ "expected :interval to be a positive integer, got: [1, 2, 3,"
+      assert byte_size(message) < 300
+    end
+
     test "a key whose default is nil accepts nil" do
       assert {:ok, resolved} = Schema.validate([name: :x, summarizer: nil], @schema)
       assert resolved[:summarizer] == nil
