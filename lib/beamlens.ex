@@ -233,11 +233,10 @@ defmodule Beamlens do
   configured, budget spent, provider down) the report holds the facts and
   says that no model was used. See `Beamlens.Investigation`.
 
-  Options: `:watchers` (names; default all running), `:timeout` (ms,
-  default 60000), `:max_iterations` (6), `:max_tokens` (30000),
-  `:fire_alerts` (default `false`: the alerts are only in the report),
-  `:instance`. One investigation runs at a time per node; another gets
-  `{:error, %Beamlens.Error{kind: :busy}}`.
+  One investigation runs at a time per node; another gets
+  `{:error, %Beamlens.Error{kind: :busy}}`. Options:
+
+  #{Beamlens.Investigation.Options.docs()}
 
       {:ok, report} = Beamlens.investigate("why is memory growing?")
       IO.puts(Beamlens.Report.to_text(report))
@@ -413,7 +412,7 @@ defmodule Beamlens do
 
   defp coordinator(instance, opts, llm_config) do
     name = Keyword.get(opts, :name, Module.concat(instance, Coordinator))
-    scope = Keyword.get(opts, :pg_scope, :beamlens_pg)
+    scope = Keyword.get(opts, :pg_scope, Beamlens.Coordinator.Options.defaults()[:pg_scope])
 
     summarizer =
       if llm_config,

@@ -56,41 +56,73 @@ defmodule Beamlens.Gate do
           dropped: [String.t()]
         }
 
-  @config_keys [
-    :warmup,
-    :warmup_ms,
-    :growth_window_ms,
-    :window,
-    :z_threshold,
-    :cooldown_ms,
-    :max_fires_per_hour,
-    :relearn_after,
-    :escalate_ratio
+  @schema [
+    warmup: [
+      type: :non_neg_integer,
+      default: 10,
+      doc: "Samples a baseline learns from before it judges (together with `:warmup_ms`)."
+    ],
+    warmup_ms: [
+      type: :non_neg_integer,
+      default: 60_000,
+      doc: "Milliseconds since a metric's first sample before its baseline judges."
+    ],
+    growth_window_ms: [
+      type: :pos_integer,
+      default: nil,
+      doc: "Overrides the window of every `:growth` metric."
+    ],
+    window: [type: :pos_integer, default: 120, doc: "Normal samples kept per baseline."],
+    z_threshold: [
+      type: :number,
+      default: 4.0,
+      doc: "Robust deviations above the baseline from which a value is anomalous."
+    ],
+    cooldown_ms: [
+      type: :non_neg_integer,
+      default: 900_000,
+      doc: "Milliseconds after clearing during which a metric does not fire again."
+    ],
+    max_fires_per_hour: [
+      type: :non_neg_integer,
+      default: 3,
+      doc: "Most firings of one metric per hour."
+    ],
+    relearn_after: [
+      type: :pos_integer,
+      default: 240,
+      doc: "Samples of continuous firing after which the level is the new normal."
+    ],
+    escalate_ratio: [
+      type: :number,
+      default: 2.0,
+      doc: "A value this many times the last one reported fires again as an escalation."
+    ]
   ]
+
   @sample_keys [:warn, :critical, :min_rel, :min_abs, :critical_rel, :sustain, :min_count]
 
   @doc """
-  Creates a gate. Options: `:warmup` (10 samples) and `:warmup_ms` (60000:
-  a baseline judges only after both), `:growth_window_ms` (overrides the
-  window of every `:growth` metric), `:window` (120),
-  `:z_threshold` (4.0), `:cooldown_ms` (900000), `:max_fires_per_hour` (3),
-  `:relearn_after` (240), `:escalate_ratio` (2.0).
+  Creates a gate. Options:
+
+  #{Beamlens.Schema.docs(@schema)}
   """
   @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
   def new(opts \\ []) do
-    case Keyword.keys(opts) -- @config_keys do
-      [] ->
-        config = Map.new(opts, fn {k, v} -> {Atom.to_string(k), v} end)
-        Error.wrap(Native.gate_new(config))
-
-      unknown ->
-        {:error,
-         %Error{
-           kind: :bad_argument,
-           message: "unknown gate options #{inspect(unknown)}; known: #{inspect(@config_keys)}"
-         }}
+    with {:ok, config} <- Beamlens.Schema.validate(opts, @schema, label: "gate option") do
+      config = Map.new(config, fn {k, v} -> {Atom.to_string(k), v} end)
+      Error.wrap(Native.gate_new(config))
     end
   end
+
+  @doc """
+  The default of each gate option.
+
+      iex> Beamlens.Gate.defaults()[:z_threshold]
+      4.0
+  """
+  @spec defaults() :: keyword()
+  def defaults, do: Beamlens.Schema.defaults(@schema)
 
   @doc """
   Feeds the metrics of one snapshot taken at `now_ms` and returns the

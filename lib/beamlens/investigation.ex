@@ -45,23 +45,11 @@ defmodule Beamlens.Investigation do
   @max_corrections 3
   @caller :investigation
 
-  @defaults [
-    watchers: nil,
-    timeout: 60_000,
-    max_iterations: 6,
-    max_tokens: 30_000,
-    fire_alerts: false
-  ]
-
-  @doc false
-  @spec defaults() :: keyword()
-  def defaults, do: @defaults
-
   @doc false
   @spec run(atom(), String.t() | nil, keyword()) :: {:ok, Report.t()} | {:error, Exception.t()}
   def run(instance, question, opts) do
     with :ok <- check_question(question),
-         {:ok, opts} <- validate(opts),
+         {:ok, opts} <- Beamlens.Investigation.Options.validate(opts),
          :ok <- not_in_watcher(instance),
          {:ok, watchers} <- chosen(instance, opts[:watchers]) do
       start(instance, question, watchers, opts)
@@ -78,39 +66,6 @@ defmodule Beamlens.Investigation do
        message:
          "expected the question to be a string of at most 2000 bytes or nil, got: #{inspect(q, limit: 5, printable_limit: 80)}"
      }}
-  end
-
-  defp validate(opts) do
-    Enum.reduce_while(opts, {:ok, @defaults}, fn {key, value}, {:ok, acc} ->
-      case check(key, value) do
-        :ok -> {:cont, {:ok, Keyword.put(acc, key, value)}}
-        {:error, message} -> {:halt, {:error, %Error{kind: :bad_argument, message: message}}}
-      end
-    end)
-  end
-
-  defp check(:watchers, list) when is_list(list) do
-    if Enum.all?(list, &is_atom/1),
-      do: :ok,
-      else:
-        {:error,
-         "expected :watchers to be a list of watcher names (atoms), got: #{inspect(list)}"}
-  end
-
-  defp check(key, n)
-       when key in [:timeout, :max_iterations, :max_tokens] and is_integer(n) and n > 0,
-       do: :ok
-
-  defp check(:fire_alerts, b) when is_boolean(b), do: :ok
-
-  defp check(key, value)
-       when key in [:watchers, :timeout, :max_iterations, :max_tokens, :fire_alerts],
-       do: {:error, "invalid value for #{inspect(key)}: #{inspect(value)}"}
-
-  defp check(key, _value) do
-    {:error,
-     "unknown option #{inspect(key)} for Beamlens.investigate/2; known: " <>
-       Enum.map_join([:instance | Keyword.keys(@defaults)], ", ", &inspect/1)}
   end
 
   # A watcher waiting for its own investigation would never answer it.

@@ -15,6 +15,8 @@ defmodule Beamlens.LogStore do
 
   use GenServer
 
+  @options [capacity: [type: :pos_integer, default: 500, doc: "Slots of the event ring."]]
+
   @levels [:emergency, :alert, :critical, :error, :warning, :notice, :info, :debug]
   @max_keys 500
   @message_limit 1024
@@ -39,6 +41,8 @@ defmodule Beamlens.LogStore do
 
   @doc "Starts the store, or does nothing when it already runs."
   def start_link(opts \\ []) do
+    opts = Beamlens.Schema.validate!(opts, @options, label: "#{inspect(__MODULE__)} option")
+
     case GenServer.start_link(__MODULE__, opts, name: __MODULE__) do
       {:error, {:already_started, _pid}} -> :ignore
       other -> other
@@ -149,7 +153,7 @@ defmodule Beamlens.LogStore do
   @impl true
   def init(opts) do
     Process.flag(:trap_exit, true)
-    capacity = Keyword.get(opts, :capacity, 500)
+    capacity = opts[:capacity]
 
     state = %{
       capacity: capacity,

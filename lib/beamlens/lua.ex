@@ -1,39 +1,57 @@
 defmodule Beamlens.Lua do
-  @options [
+  @limits [
     timeout: [
+      type: {:integer, 1, 60_000},
       default: 2_000,
-      max: 60_000,
-      doc: "wall time of the whole run in milliseconds, callbacks included"
+      doc: "Wall time of the whole run in milliseconds, callbacks included."
     ],
     max_instructions: [
+      type: {:integer, 1, 10_000_000_000},
       default: 10_000_000,
-      max: 10_000_000_000,
       doc:
-        "interrupt checks the script may pass: Luau checks at every loop iteration, " <>
-          "function call and pattern-matching step (10 million is roughly 50-100 ms of a tight loop)"
+        "Interrupt checks the script may pass: Luau checks at every loop iteration, " <>
+          "function call and pattern-matching step (10 million is roughly 50-100 ms of a tight loop)."
     ],
     max_memory: [
+      type: {:integer, 1, 256 * 1024 * 1024},
       default: 8 * 1024 * 1024,
-      max: 256 * 1024 * 1024,
-      doc: "bytes the script may allocate"
+      doc: "Bytes the script may allocate."
     ],
     max_output: [
+      type: {:integer, 1, 16 * 1024 * 1024},
       default: 64 * 1024,
-      max: 16 * 1024 * 1024,
-      doc: "bytes of the returned value (as JSON), and separately of `print` output"
+      doc: "Bytes of the returned value (as JSON), and separately of `print` output."
     ],
     max_callbacks: [
+      type: {:integer, 1, 100_000},
       default: 200,
-      max: 100_000,
-      doc: "callback calls per run"
+      doc: "Callback calls per run."
     ],
     callback_timeout: [
+      type: {:integer, 1, 60_000},
       default: 1_000,
-      max: 60_000,
-      doc: "wall time of one callback call in milliseconds"
+      doc: "Wall time of one callback call in milliseconds."
     ]
   ]
 
+  @options @limits ++
+             [
+               result: [
+                 type: {:in, [:value, :full]},
+                 default: :value,
+                 expected: ":value or :full",
+                 doc: "`:value` or `:full`, see \"Output\"."
+               ],
+               telemetry_metadata: [
+                 type: :map,
+                 default: %{},
+                 doc:
+                   "A map merged into the metadata of the `[:beamlens, :lua, :execute, ...]` " <>
+                     "events (for example `%{watcher: :beam}`)."
+               ]
+             ]
+
+  @native_keys Keyword.keys(@limits)
   @native_keys Keyword.keys(@options)
 
   @moduledoc """
@@ -112,16 +130,7 @@ defmodule Beamlens.Lua do
 
   ## Options
 
-  Limits (positive integers):
-
-  #{Enum.map_join(@options, "\n", fn {key, spec} -> "  * `#{inspect(key)}` - #{spec[:doc]}. Default `#{spec[:default]}`, at most `#{spec[:max]}`." end)}
-
-  Other options:
-
-    * `:result` - `:value` (default) or `:full`, see "Output".
-    * `:telemetry_metadata` - a map merged into the metadata of the
-      `[:beamlens, :lua, :execute, ...]` events (for example
-      `%{watcher: :beam}`). Default `%{}`.
+  #{Beamlens.Schema.docs(@options)}
 
   Breaking a limit ends the run with the matching `Beamlens.LuaError` kind
   (`:timeout`, `:instruction_limit`, `:memory_limit`, `:output_limit`,
@@ -230,7 +239,7 @@ defmodule Beamlens.Lua do
       2000
   """
   @spec defaults() :: keyword(pos_integer())
-  def defaults, do: Enum.map(@options, fn {key, spec} -> {key, spec[:default]} end)
+  def defaults, do: Beamlens.Schema.defaults(@limits)
 
   @doc false
   def native_option_keys, do: @native_keys
@@ -269,67 +278,14 @@ defmodule Beamlens.Lua do
     )
   end
 
-  defp validate_options(opts) when is_list(opts) do
-    initial =
-      Map.new(@options, fn {key, spec} -> {key, spec[:default]} end)
-      |> Map.merge(%{result: :value, telemetry_metadata: %{}})
-
-    Enum.reduce_while(opts, {:ok, initial}, fn
-      {key, value}, {:ok, acc} when is_atom(key) ->
-        case validate_option(key, value) do
-          :ok -> {:cont, {:ok, Map.put(acc, key, value)}}
-          {:error, _} = error -> {:halt, error}
-        end
-
-      other, _acc ->
-        {:halt, bad_argument("options must be a keyword list, got element: #{inspect(other)}")}
-    end)
-  end
-
-  defp validate_options(other) do
-    bad_argument("options must be a keyword list, got: #{inspect(other, limit: 5)}")
-  end
-
-  defp validate_option(key, value) when key in @native_keys do
-    max = @options[key][:max]
-
-    if is_integer(value) and value >= 1 and value <= max do
-      :ok
-    else
-      bad_argument(
-        "invalid option #{inspect(key)}: expected an integer from 1 to #{max}, got: #{inspect(value)}"
-      )
+  defp validate_options(opts) do
+    case Beamlens.Schema.validate(opts, @options,
+           not_keyword: "options must be a keyword list, got: %{value}",
+           invalid: "invalid option %{key}: expected %{expected}, got: %{value}"
+         ) do
+      {:ok, config} -> {:ok, Map.new(config)}
+      {:error, error} -> bad_argument(error.message)
     end
-  end
-
-  defp validate_option(:result, value) when value in [:value, :full], do: :ok
-
-  defp validate_option(:result, value) do
-    bad_argument("invalid option :result: expected :value or :full, got: #{inspect(value)}")
-  end
-
-  defp validate_option(:telemetry_metadata, value) when is_map(value), do: :ok
-
-  defp validate_option(:telemetry_metadata, value) do
-    bad_argument("invalid option :telemetry_metadata: expected a map, got: #{inspect(value)}")
-  end
-
-  defp validate_option(key, _value) do
-    known = @native_keys ++ [:result, :telemetry_metadata]
-
-    hint =
-      known
-      |> Enum.map(&{&1, String.jaro_distance(to_string(&1), to_string(key))})
-      |> Enum.max_by(&elem(&1, 1))
-      |> case do
-        {name, score} when score > 0.8 -> " (did you mean #{inspect(name)}?)"
-        _ -> ""
-      end
-
-    bad_argument(
-      "unknown option #{inspect(key)}#{hint}; known options: " <>
-        Enum.map_join(known, ", ", &inspect/1)
-    )
   end
 
   defp bad_argument(message) do

@@ -5,6 +5,7 @@ defmodule Beamlens.Native do
 
   @on_load :load_nif
   @load_error_key {__MODULE__, :load_error}
+  @native_defaults Beamlens.Runtime.native_defaults()
 
   # The library is loaded with settings from `config :beamlens, :native`
   # (`:worker_threads`, `:job_capacity`). A failed load is recorded instead of
@@ -17,6 +18,7 @@ defmodule Beamlens.Native do
       |> Application.get_env(:native, [])
       |> Map.new()
       |> Map.take([:worker_threads, :job_capacity])
+      |> then(&Map.merge(@native_defaults, &1))
 
     result =
       case :code.priv_dir(:beamlens) do

@@ -1,8 +1,11 @@
 defmodule Beamlens.Options do
-  # The option schema of `{Beamlens, opts}` and of each watcher, in one place:
-  # validation with messages that name the key, "did you mean" hints for
-  # unknown keys, and the docs rendered into the `Beamlens` moduledoc.
+  # The option schema of `{Beamlens, opts}` and of each watcher, in one place
+  # (declared with `Beamlens.Schema`): validation with messages that name the
+  # key, "did you mean" hints for unknown keys, and the docs rendered into the
+  # `Beamlens` moduledoc.
   @moduledoc false
+
+  alias Beamlens.Schema
 
   @builtin_watchers %{
     beam: Beamlens.Domain.Beam,
@@ -94,11 +97,11 @@ defmodule Beamlens.Options do
       type: :keyword,
       default: [],
       doc:
-        "Anomaly gate tuning: `:z_threshold` (4.0), `:window` (120 samples), " <>
-          "`:cooldown_ms` (900000), `:max_fires_per_hour` (3), `:relearn_after` (240 samples), " <>
-          "`:warmup_ms` (60000: baselines judge only after this long and `:warmup` samples), " <>
-          "`:escalate_ratio` (2.0: a repeat this many times worse than the open alert fires " <>
-          "again), `:growth_window_ms` (overrides every growth metric's window)."
+        "Anomaly gate tuning: the options of `Beamlens.Gate.new/1` (" <>
+          (Beamlens.Gate.defaults()
+           |> Enum.reject(fn {_, value} -> is_nil(value) end)
+           |> Enum.map_join(", ", fn {key, value} -> "`#{inspect(key)}` #{inspect(value)}" end)) <>
+          ", `:growth_window_ms`); `:warmup` and `:cooldown_ms` default to this watcher's `:warmup` and `:alert_cooldown`."
     ]
   ]
 
@@ -118,7 +121,8 @@ defmodule Beamlens.Options do
 
   @schema ([
              watchers: [
-               type: :watchers,
+               type: {:list, :any},
+               expected: "a list of watcher names or keyword lists",
                default: [:beam],
                doc:
                  "Watchers to run: built-in names (#{Enum.map_join(Map.keys(@builtin_watchers) |> Enum.sort(), ", ", &inspect/1)}) " <>
@@ -130,12 +134,14 @@ defmodule Beamlens.Options do
                doc: "Name of the BeamLens supervisor; change it only to run two instances."
              ],
              provider: [
-               type: :provider,
+               type: {:or, [:atom, :keyword, {:list, {:or, [:atom, :keyword]}}]},
+               expected: "a provider name, a keyword list or a list of them",
+               doc_default:
+                 "`config :beamlens, :provider`, then `:anthropic` (with `ANTHROPIC_API_KEY`)",
                doc:
                  "The model: `:none` (rules only), a provider name such as `:anthropic`, a keyword " <>
                    "list (`[provider: :openai, model: \"...\"]`), or a list of those as a fallback " <>
-                   "chain. Defaults to `config :beamlens, :provider`, then `:anthropic` with " <>
-                   "`ANTHROPIC_API_KEY`. Without a usable key BeamLens logs one error and runs rules-only."
+                   "chain. Without a usable key BeamLens logs one error and runs rules-only."
              ],
              token_budget: [
                type: {:or, [:pos_integer, {:in, [:infinity]}]},
@@ -145,7 +151,11 @@ defmodule Beamlens.Options do
                    "coordinator. When spent, watchers fall back to rules-only until the hour turns."
              ],
              redact: [
-               type: :redact,
+               type: :keyword,
+               validate: {__MODULE__, :check_redact, []},
+               expected:
+                 "a keyword list with :patterns (regexes), :keys, :function (arity 1) and " <>
+                   ":defaults (boolean); see Beamlens.Redactor",
                doc:
                  "How text is scrubbed before it can reach the model: `:patterns`, `:keys`, " <>
                    "`:function`, `:defaults` (see `Beamlens.Redactor`). Defaults to " <>
@@ -182,22 +192,19 @@ defmodule Beamlens.Options do
   def builtin_watchers, do: @builtin_watchers
 
   @doc false
-  def docs do
-    Enum.map_join(@schema, "\n", fn {key, spec} ->
-      default =
-        if Keyword.has_key?(spec, :default),
-          do: " Default: `#{inspect(spec[:default])}`.",
-          else: ""
-
-      "  * `#{inspect(key)}` - #{spec[:doc]}#{default}"
-    end)
-  end
+  def docs, do: Schema.docs(@schema)
 
   @doc false
-  def watcher_docs do
-    Enum.map_join(@watcher_schema, "\n", fn {key, spec} ->
-      "  * `#{inspect(key)}` - #{spec[:doc]}"
-    end)
+  def watcher_docs, do: Schema.docs(@watcher_schema)
+
+  @doc false
+  # The :redact option is valid when the redactor accepts it.
+  @spec check_redact(keyword()) :: :ok | :error
+  def check_redact(opts) do
+    case Beamlens.Redactor.new(opts) do
+      {:ok, _} -> :ok
+      {:error, _} -> :error
+    end
   end
 
   @doc """
@@ -207,18 +214,16 @@ defmodule Beamlens.Options do
   """
   @spec validate!(keyword()) :: keyword()
   def validate!(opts) do
-    unless Keyword.keyword?(opts) do
-      raise ArgumentError, "expected BeamLens options to be a keyword list, got: #{inspect(opts)}"
-    end
-
-    opts = validate_keys!(opts, @schema, "BeamLens option")
-
     opts =
-      Keyword.put_new_lazy(opts, :provider, fn ->
-        Application.get_env(:beamlens, :provider, :anthropic)
-      end)
-
-    validate_value!(:provider, opts[:provider], :provider, "BeamLens option")
+      Schema.validate!(
+        opts,
+        @schema,
+        wording(
+          "BeamLens option",
+          of: "BeamLens options",
+          defaults: [provider: Application.get_env(:beamlens, :provider, :anthropic)]
+        )
+      )
 
     with coordinator when is_list(coordinator) <- opts[:coordinator],
          {:error, error} <- Beamlens.Coordinator.Options.validate(coordinator) do
@@ -251,7 +256,7 @@ defmodule Beamlens.Options do
         raise ArgumentError,
               "unknown watcher #{inspect(name)}. Built-in watchers are: " <>
                 Enum.map_join(Map.keys(@builtin_watchers) |> Enum.sort(), ", ", &inspect/1) <>
-                did_you_mean(name, Map.keys(@builtin_watchers)) <>
+                Schema.did_you_mean(name, Map.keys(@builtin_watchers)) <>
                 ". For your own domain, pass [name: ..., domain_module: MyDomain]."
     end
   end
@@ -262,7 +267,7 @@ defmodule Beamlens.Options do
             "expected each watcher to be an atom or a keyword list, got: #{inspect(opts)}"
     end
 
-    opts = validate_keys!(opts, @watcher_schema, "watcher option", defaults)
+    opts = Schema.validate!(opts, @watcher_schema, wording("watcher option", defaults: defaults))
 
     name =
       opts[:name] ||
@@ -295,82 +300,12 @@ defmodule Beamlens.Options do
           "expected each watcher to be an atom or a keyword list, got: #{inspect(other)}"
   end
 
-  defp validate_keys!(opts, schema, what, inherited \\ []) do
-    known = Keyword.keys(schema)
-
-    Enum.each(opts, fn {key, _} ->
-      unless key in known do
-        raise ArgumentError,
-              "unknown #{what} #{inspect(key)}#{did_you_mean(key, known)}. Known options: " <>
-                Enum.map_join(known, ", ", &inspect/1)
-      end
-    end)
-
-    Enum.reduce(schema, opts, fn {key, spec}, acc ->
-      case Keyword.fetch(acc, key) do
-        {:ok, value} ->
-          validate_value!(key, value, spec[:type], what)
-          acc
-
-        :error ->
-          cond do
-            Keyword.has_key?(inherited, key) -> Keyword.put(acc, key, inherited[key])
-            Keyword.has_key?(spec, :default) -> Keyword.put(acc, key, spec[:default])
-            true -> acc
-          end
-      end
-    end)
-  end
-
-  defp validate_value!(key, value, type, what) do
-    unless valid?(value, type) do
-      raise ArgumentError,
-            "invalid value for #{what} #{inspect(key)}: expected #{describe(type)}, got: #{inspect(value)}"
-    end
-  end
-
-  defp valid?(v, :atom), do: is_atom(v)
-  defp valid?(v, :module), do: is_atom(v) and not is_nil(v)
-  defp valid?(v, :pos_integer), do: is_integer(v) and v > 0
-  defp valid?(v, :non_neg_integer), do: is_integer(v) and v >= 0
-  defp valid?(v, :keyword), do: Keyword.keyword?(v)
-  defp valid?(v, {:in, values}), do: v in values
-  defp valid?(v, {:or, types}), do: Enum.any?(types, &valid?(v, &1))
-  defp valid?(v, :watchers), do: is_list(v)
-  defp valid?(v, :redact), do: match?({:ok, _}, Beamlens.Redactor.new(v))
-
-  defp valid?(v, :provider) do
-    is_atom(v) or Keyword.keyword?(v) or
-      (is_list(v) and v != [] and Enum.all?(v, &(is_atom(&1) or Keyword.keyword?(&1))))
-  end
-
-  defp describe(:atom), do: "an atom"
-  defp describe(:module), do: "a module"
-  defp describe(:pos_integer), do: "a positive integer"
-  defp describe(:non_neg_integer), do: "a non-negative integer"
-  defp describe(:keyword), do: "a keyword list"
-  defp describe(:watchers), do: "a list of watcher names or keyword lists"
-
-  defp describe(:redact),
-    do:
-      "a keyword list with :patterns (regexes), :keys, :function (arity 1) and " <>
-        ":defaults (boolean); see Beamlens.Redactor"
-
-  defp describe(:provider), do: "a provider name, a keyword list or a list of them"
-  defp describe({:in, values}), do: "one of " <> Enum.map_join(values, ", ", &inspect/1)
-  defp describe({:or, types}), do: Enum.map_join(types, " or ", &describe/1)
-
-  defp did_you_mean(key, candidates) do
-    key = to_string(key)
-
-    candidates
-    |> Enum.map(&{&1, String.jaro_distance(key, to_string(&1))})
-    |> Enum.filter(fn {_, score} -> score >= 0.8 end)
-    |> Enum.max_by(fn {_, score} -> score end, fn -> nil end)
-    |> case do
-      nil -> ""
-      {candidate, _} -> " (did you mean #{inspect(candidate)}?)"
-    end
+  defp wording(label, extra) do
+    [
+      label: label,
+      invalid: "invalid value for %{label} %{key}: expected %{expected}, got: %{value}"
+    ] ++
+      extra
   end
 
   defp duplicates(list) do

@@ -1,4 +1,36 @@
 defmodule Beamlens.Redactor do
+  @options [
+    patterns: [
+      type: {:list, {:or, [{:struct, Regex}, {:tuple, [{:struct, Regex}, :binary]}]}},
+      default: [],
+      expected: "a list of regexes or {regex, replacement} pairs",
+      doc:
+        "Extra regexes, replaced by `\"[REDACTED]\"`, or `{regex, replacement}` pairs " <>
+          "(the replacement may use `\\\\1`...). They run after the defaults."
+    ],
+    keys: [
+      type: {:list, {:or, [:string, :atom]}},
+      default: [],
+      expected: "a list of strings or atoms",
+      doc:
+        "Extra key names (strings or atoms) whose values are secret, in data (any letter " <>
+          "case) and in `key=value` text (written in lower, upper or title case: `iban`, " <>
+          "`IBAN`, `Iban`)."
+    ],
+    function: [
+      type: {:fun, 1},
+      default: nil,
+      doc:
+        "A function `String.t() -> String.t()` applied last to every string. If it raises, " <>
+          "the string is replaced by `\"[REDACTION FAILED]\"`: redaction fails closed."
+    ],
+    defaults: [
+      type: :boolean,
+      default: true,
+      doc: "`false` turns the default rules off (not recommended)."
+    ]
+  ]
+
   @moduledoc """
   Scrubs secrets and personal data from everything BeamLens may show a
   model: snapshots, Lua results and printed output, log messages, exception
@@ -53,16 +85,7 @@ defmodule Beamlens.Redactor do
          function: &MyApp.Scrub.text/1
        ]}
 
-    * `:patterns` - extra regexes, replaced by `"[REDACTED]"`, or
-      `{regex, replacement}` pairs (the replacement may use `\\\\1`...).
-      They run after the defaults.
-    * `:keys` - extra key names (strings or atoms) whose values are secret,
-      in data (any letter case) and in `key=value` text (written in lower,
-      upper or title case: `iban`, `IBAN`, `Iban`).
-    * `:function` - a function `String.t() -> String.t()` applied last to
-      every string. If it raises, the string is replaced by
-      `"[REDACTION FAILED]"`: redaction fails closed.
-    * `:defaults` - `false` turns the default rules off (not recommended).
+  #{Beamlens.Schema.docs(@options)}
 
   Atoms in data are checked too; one that holds a secret comes out as a
   redacted string (no atom is ever created). Charlists are left as they
@@ -100,7 +123,6 @@ defmodule Beamlens.Redactor do
   @mask "[REDACTED]"
   @failed "[REDACTION FAILED]"
   @max_depth 40
-  @option_keys [:patterns, :keys, :function, :defaults]
   # Text up to this size is redacted on the calling scheduler (tens of
   # microseconds); longer text on a dirty CPU scheduler.
   @inline_bytes 16_384
@@ -424,41 +446,14 @@ defmodule Beamlens.Redactor do
   ## Building
 
   defp build!(opts) do
-    unless Keyword.keyword?(opts) do
-      raise ArgumentError, "expected :redact to be a keyword list, got: #{inspect(opts)}"
-    end
+    opts =
+      Beamlens.Schema.validate!(opts, @options,
+        label: ":redact option",
+        of: ":redact",
+        unknown: "unknown %{label} %{key}%{hint}; known: %{known}"
+      )
 
-    for {key, _} <- opts, key not in @option_keys do
-      raise ArgumentError,
-            "unknown :redact option #{inspect(key)}#{did_you_mean(key)}; known: " <>
-              Enum.map_join(@option_keys, ", ", &inspect/1)
-    end
-
-    defaults = Keyword.get(opts, :defaults, true)
-    patterns = Keyword.get(opts, :patterns, [])
-    keys = Keyword.get(opts, :keys, [])
-    function = Keyword.get(opts, :function)
-
-    unless is_boolean(defaults) do
-      raise ArgumentError,
-            "expected :redact option :defaults to be a boolean, got: #{inspect(defaults)}"
-    end
-
-    unless is_list(patterns) and Enum.all?(patterns, &pattern?/1) do
-      raise ArgumentError,
-            "expected :redact option :patterns to be a list of regexes or {regex, replacement} " <>
-              "pairs, got: #{inspect(patterns)}"
-    end
-
-    unless is_list(keys) and Enum.all?(keys, &((is_binary(&1) and &1 != "") or is_atom(&1))) do
-      raise ArgumentError,
-            "expected :redact option :keys to be a list of strings or atoms, got: #{inspect(keys)}"
-    end
-
-    unless function == nil or is_function(function, 1) do
-      raise ArgumentError,
-            "expected :redact option :function to be a function of arity 1, got: #{inspect(function)}"
-    end
+    [patterns: patterns, keys: keys, function: function, defaults: defaults] = opts
 
     words = Enum.map(keys, &(&1 |> to_string() |> String.downcase()))
     words = if defaults, do: @secret_words ++ words, else: words
@@ -508,20 +503,6 @@ defmodule Beamlens.Redactor do
       ]
     )
     |> Enum.uniq()
-  end
-
-  defp pattern?(%Regex{}), do: true
-  defp pattern?({%Regex{}, replacement}) when is_binary(replacement), do: true
-  defp pattern?(_), do: false
-
-  defp did_you_mean(key) do
-    @option_keys
-    |> Enum.map(&{&1, String.jaro_distance(to_string(key), to_string(&1))})
-    |> Enum.max_by(&elem(&1, 1))
-    |> case do
-      {candidate, score} when score >= 0.8 -> " (did you mean #{inspect(candidate)}?)"
-      _ -> ""
-    end
   end
 
   defp key_regex([]), do: nil

@@ -1,4 +1,18 @@
 defmodule Beamlens.Runtime do
+  # `config :beamlens, :native, ...`, read once when the NIF loads.
+  @native_options [
+    worker_threads: [
+      type: :pos_integer,
+      default: 2,
+      doc: "Threads of the native (tokio) runtime; BeamLens mostly waits on the network."
+    ],
+    job_capacity: [
+      type: :pos_integer,
+      default: 4096,
+      doc: "Most native jobs in flight; more are refused with `:busy`."
+    ]
+  ]
+
   @moduledoc """
   The native runtime behind BeamLens: status, and waiting for async jobs.
 
@@ -24,7 +38,12 @@ defmodule Beamlens.Runtime do
   Returns the runtime's counters, or an error if the NIF is not loaded.
 
   The runtime is configured once, when the NIF loads, from
-  `config :beamlens, :native, worker_threads: 2, job_capacity: 4096`.
+  `config :beamlens, :native, ...`:
+
+  #{Beamlens.Schema.docs(@native_options)}
+
+  A value that is not a positive integer makes the NIF fail to load (see
+  `Beamlens.Native`'s load error in the logs).
   """
   @spec status() :: {:ok, status()} | {:error, Error.t()}
   def status do
@@ -32,6 +51,12 @@ defmodule Beamlens.Runtime do
   rescue
     e in ErlangError -> {:error, not_loaded(e)}
   end
+
+  @doc false
+  # The defaults of `config :beamlens, :native`, merged into the NIF's load
+  # info (at compile time: the NIF loads before this module may be).
+  @spec native_defaults() :: %{atom() => pos_integer()}
+  def native_defaults, do: Map.new(Beamlens.Schema.defaults(@native_options))
 
   @doc """
   Returns `true` when the native library is loaded.

@@ -1,4 +1,14 @@
 defmodule Beamlens.Domain.Ecto do
+  @use_options [
+    repo: [type: :module, required: true, doc: "Your Ecto repo module (required)."],
+    name: [
+      type: :module,
+      default: :ecto,
+      expected: "an atom",
+      doc: "The domain's name, which prefixes its Lua functions; change it to watch two repos."
+    ]
+  ]
+
   @moduledoc """
   The Ecto domain: query rate, latency percentiles, pool pressure, error
   rate and slow queries of one repo, with PostgreSQL diagnostics when
@@ -19,9 +29,11 @@ defmodule Beamlens.Domain.Ecto do
         {Beamlens, watchers: [:beam, [name: :ecto, domain_module: MyApp.EctoDomain]]}
       ]
 
-  `use` options: `:repo` (required) and `:name` (the domain's name, which
-  prefixes its Lua functions; default `:ecto`, change it to watch two
-  repos). Every callback of `Beamlens.Domain` is overridable.
+  `use` options:
+
+  #{Beamlens.Schema.docs(@use_options)}
+
+  Every callback of `Beamlens.Domain` is overridable.
 
   ## What the gate judges
 
@@ -87,33 +99,25 @@ defmodule Beamlens.Domain.Ecto do
   @max_rows 20
 
   defmacro __using__(opts) do
-    unless Keyword.keyword?(opts) do
-      raise ArgumentError,
-            "use Beamlens.Domain.Ecto expects options such as repo: MyApp.Repo, got: #{Macro.to_string(opts)}"
-    end
+    opts =
+      if Keyword.keyword?(opts),
+        do: Keyword.replace_lazy(opts, :repo, &Macro.expand(&1, __CALLER__)),
+        else: opts
 
-    for {key, _} <- opts, key not in [:repo, :name] do
-      raise ArgumentError,
-            "unknown option #{inspect(key)} for use Beamlens.Domain.Ecto; known: :repo, :name"
-    end
+    opts =
+      Beamlens.Schema.validate!(opts, @use_options,
+        context: " for use Beamlens.Domain.Ecto",
+        not_keyword:
+          "use Beamlens.Domain.Ecto expects options such as repo: MyApp.Repo, got: %{value}",
+        invalid:
+          "the %{key} option of use Beamlens.Domain.Ecto must be %{expected}, got: %{value}",
+        missing:
+          "use Beamlens.Domain.Ecto needs the :repo option naming your Ecto repo module, " <>
+            "e.g. use Beamlens.Domain.Ecto, repo: MyApp.Repo"
+      )
 
-    repo =
-      case Macro.expand(opts[:repo], __CALLER__) do
-        repo when is_atom(repo) and repo != nil ->
-          repo
-
-        _ ->
-          raise ArgumentError,
-                "use Beamlens.Domain.Ecto needs the :repo option naming your Ecto repo module, " <>
-                  "e.g. use Beamlens.Domain.Ecto, repo: MyApp.Repo"
-      end
-
-    name = Keyword.get(opts, :name, :ecto)
-
-    unless is_atom(name) and name != nil do
-      raise ArgumentError,
-            "the :name option of use Beamlens.Domain.Ecto must be an atom, got: #{inspect(name)}"
-    end
+    repo = opts[:repo]
+    name = opts[:name]
 
     quote do
       use Beamlens.Domain

@@ -3,53 +3,121 @@ defmodule Beamlens.LLM.Options do
   # from it into Beamlens.LLM.Config's moduledoc.
   @moduledoc false
 
-  alias Beamlens.LLMError
+  alias Beamlens.{LLMError, Schema}
 
   @providers [:anthropic, :openai, :azure_openai, :openai_compatible, :ollama, :bedrock, :gemini]
 
-  # {key, type, default, doc}. Types: :atom_provider, :string, :secret,
-  # :pos_integer, :non_neg_integer, :headers.
+  @secret [
+    type: {:or, [:string, {:tuple, [{:in, [:system]}, :string]}]},
+    expected: "a non-empty string or {:system, \"ENV_VAR\"}",
+    secret: true
+  ]
+
   @common [
-    {:provider, :provider, nil, "The provider: #{Enum.map_join(@providers, ", ", &inspect/1)}."},
-    {:model, :string, nil,
-     "The model name (for `:bedrock` the model or inference-profile id, for `:azure_openai` the default `:deployment`)."},
-    {:api_key, :secret, nil,
-     "The API key, or `{:system, \"ENV_VAR\"}`. Defaults from the provider's environment variable (see below)."},
-    {:base_url, :string, nil,
-     "Where the API lives. Each provider has a default except `:azure_openai` and `:openai_compatible`."},
-    {:timeout, :pos_integer, 60_000,
-     "Milliseconds one HTTP attempt may take, from connecting to the last byte of the reply."},
-    {:connect_timeout, :pos_integer, 10_000, "Milliseconds to establish a connection."},
-    {:max_retries, :retries, 2,
-     "Retries after a timeout, a connection error or HTTP 408/409/429/5xx/529 (at most 10)."},
-    {:base_backoff, :pos_integer, 500,
-     "First wait before a retry, in ms; doubles per retry, with jitter."},
-    {:max_backoff, :pos_integer, 8_000, "Longest wait between retries, in ms."},
-    {:max_retry_after, :non_neg_integer, 30_000,
-     "Longest `Retry-After` (ms) BeamLens waits for; a longer one ends the attempt so the next provider is tried."},
-    {:max_body_bytes, :pos_integer, 8_388_608,
-     "Largest reply accepted, in bytes; a larger one is a `:body_too_large` error."},
-    {:breaker_threshold, :non_neg_integer, 5,
-     "Consecutive failed requests that open the provider's circuit breaker (0 disables it)."},
-    {:breaker_cooldown, :pos_integer, 30_000,
-     "Milliseconds an open circuit stays open before one probe request is let through."},
-    {:headers, :headers, [],
-     "Extra HTTP headers as `{name, value}` string pairs (e.g. OpenRouter's `HTTP-Referer`). Treated as secrets."}
+    provider: [type: :any, doc: "The provider: #{Enum.map_join(@providers, ", ", &inspect/1)}."],
+    model: [
+      type: :string,
+      doc:
+        "The model name (for `:bedrock` the model or inference-profile id, for `:azure_openai` the default `:deployment`)."
+    ],
+    api_key:
+      @secret ++
+        [
+          doc:
+            "The API key, or `{:system, \"ENV_VAR\"}`. Defaults from the provider's environment variable (see below)."
+        ],
+    base_url: [
+      type: :string,
+      doc:
+        "Where the API lives. Each provider has a default except `:azure_openai` and `:openai_compatible`."
+    ],
+    timeout: [
+      type: :pos_integer,
+      default: 60_000,
+      doc:
+        "Milliseconds one HTTP attempt may take, from connecting to the last byte of the reply."
+    ],
+    connect_timeout: [
+      type: :pos_integer,
+      default: 10_000,
+      doc: "Milliseconds to establish a connection."
+    ],
+    max_retries: [
+      type: {:integer, 0, 10},
+      default: 2,
+      expected: "an integer from 0 to 10",
+      doc: "Retries after a timeout, a connection error or HTTP 408/409/429/5xx/529."
+    ],
+    base_backoff: [
+      type: :pos_integer,
+      default: 500,
+      doc: "First wait before a retry, in ms; doubles per retry, with jitter."
+    ],
+    max_backoff: [type: :pos_integer, default: 8_000, doc: "Longest wait between retries, in ms."],
+    max_retry_after: [
+      type: :non_neg_integer,
+      default: 30_000,
+      doc:
+        "Longest `Retry-After` (ms) BeamLens waits for; a longer one ends the attempt so the next provider is tried."
+    ],
+    max_body_bytes: [
+      type: :pos_integer,
+      default: 8_388_608,
+      doc: "Largest reply accepted, in bytes; a larger one is a `:body_too_large` error."
+    ],
+    breaker_threshold: [
+      type: :non_neg_integer,
+      default: 5,
+      doc: "Consecutive failed requests that open the provider's circuit breaker (0 disables it)."
+    ],
+    breaker_cooldown: [
+      type: :pos_integer,
+      default: 30_000,
+      doc: "Milliseconds an open circuit stays open before one probe request is let through."
+    ],
+    headers: [
+      type: {:list, {:tuple, [:binary, :binary]}},
+      default: [],
+      expected: "a list of {name, value} string pairs",
+      secret: true,
+      doc:
+        "Extra HTTP headers as `{name, value}` string pairs (e.g. OpenRouter's `HTTP-Referer`). Treated as secrets."
+    ]
   ]
 
   @specific %{
     azure_openai: [
-      {:deployment, :string, nil, "Azure OpenAI: the deployment name (defaults to `:model`)."},
-      {:api_version, :string, "2024-10-21", "Azure OpenAI: the `api-version` query parameter."}
+      deployment: [
+        type: :string,
+        doc: "Azure OpenAI: the deployment name (defaults to `:model`)."
+      ],
+      api_version: [
+        type: :string,
+        default: "2024-10-21",
+        doc: "Azure OpenAI: the `api-version` query parameter."
+      ]
     ],
     bedrock: [
-      {:region, :string, nil, "Bedrock: the AWS region (`AWS_REGION` or `AWS_DEFAULT_REGION`)."},
-      {:access_key_id, :secret, nil, "Bedrock: the access key id (`AWS_ACCESS_KEY_ID`)."},
-      {:secret_access_key, :secret, nil,
-       "Bedrock: the secret access key (`AWS_SECRET_ACCESS_KEY`)."},
-      {:session_token, :secret, nil,
-       "Bedrock: the session token of temporary credentials (`AWS_SESSION_TOKEN`)."}
+      region: [
+        type: :string,
+        doc: "Bedrock: the AWS region (`AWS_REGION` or `AWS_DEFAULT_REGION`)."
+      ],
+      access_key_id: @secret ++ [doc: "Bedrock: the access key id (`AWS_ACCESS_KEY_ID`)."],
+      secret_access_key:
+        @secret ++ [doc: "Bedrock: the secret access key (`AWS_SECRET_ACCESS_KEY`)."],
+      session_token:
+        @secret ++
+          [doc: "Bedrock: the session token of temporary credentials (`AWS_SESSION_TOKEN`)."]
     ]
+  }
+
+  # Where each provider lives unless `:base_url` says otherwise (Bedrock's
+  # depends on the region; `:azure_openai` and `:openai_compatible` have none).
+  @base_urls %{
+    anthropic: "https://api.anthropic.com",
+    openai: "https://api.openai.com/v1",
+    ollama: "http://127.0.0.1:11434",
+    gemini: "https://generativelanguage.googleapis.com/v1beta"
   }
 
   @key_env %{
@@ -66,19 +134,14 @@ defmodule Beamlens.LLM.Options do
 
   @doc false
   def docs do
-    rows =
-      (@common ++ Enum.flat_map(@specific, fn {_, opts} -> opts end))
-      |> Enum.map(fn {key, _type, default, doc} ->
-        default = if default in [nil, []], do: "", else: " Default: `#{inspect(default)}`."
-        "  * `#{inspect(key)}` - #{doc}#{default}"
-      end)
+    rows = Schema.docs(@common ++ Enum.flat_map(@specific, fn {_, opts} -> opts end))
 
     keys =
       Enum.map(@key_env, fn {provider, vars} ->
         "  * `#{inspect(provider)}`: #{Enum.map_join(vars, " or ", &"`#{&1}`")}"
       end)
 
-    Enum.join(rows, "\n") <>
+    rows <>
       "\n\nKeys are read from the environment when `:api_key` is not given:\n\n" <>
       Enum.join(keys, "\n") <>
       "\n  * `:bedrock`: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`" <>
@@ -96,12 +159,11 @@ defmodule Beamlens.LLM.Options do
     with :ok <- keyword(opts),
          {:ok, provider} <- provider(opts),
          schema = @common ++ Map.get(@specific, provider, []),
-         :ok <- known_keys(opts, provider, schema),
          {:ok, values} <- typed(opts, provider, schema),
          {:ok, values} <- resolve_secrets(values, provider, env),
          {:ok, values} <- defaults_from_env(values, provider, env),
          :ok <- required(values, provider) do
-      values = fill_defaults(values, schema)
+      values = resolve_defaults(values, provider)
       native = values |> Map.put(:provider, Atom.to_string(provider)) |> native_map()
       public = Map.drop(values, @secret_keys)
       {:ok, public, native}
@@ -140,67 +202,24 @@ defmodule Beamlens.LLM.Options do
     end
   end
 
-  defp known_keys(opts, provider, schema) do
-    known = Enum.map(schema, &elem(&1, 0))
+  defp typed(opts, provider, schema) do
+    case Schema.validate(opts, schema, of: "provider options") do
+      {:ok, values} ->
+        {:ok, Map.new(values)}
 
-    case Enum.find(Keyword.keys(opts), &(&1 not in known)) do
-      nil ->
-        :ok
-
-      key ->
+      {:error, %{details: %{"reason" => "unknown_option", "path" => [key]} = details}} ->
         hint =
-          case Enum.max_by(known, &String.jaro_distance(to_string(&1), to_string(key))) do
-            best -> if similar?(best, key), do: ", did you mean #{inspect(best)}?", else: ""
+          case details["suggestion"] do
+            nil -> ""
+            best -> ", did you mean #{inspect(best)}?"
           end
 
         error(provider, "unknown option #{inspect(key)} for provider #{inspect(provider)}#{hint}")
+
+      {:error, %{message: message}} ->
+        error(provider, message)
     end
   end
-
-  defp similar?(a, b), do: String.jaro_distance(to_string(a), to_string(b)) > 0.8
-
-  defp typed(opts, provider, schema) do
-    types = Map.new(schema, fn {key, type, _, _} -> {key, type} end)
-
-    Enum.reduce_while(opts, {:ok, %{}}, fn {key, value}, {:ok, acc} ->
-      case check(types[key], value) do
-        :ok ->
-          {:cont, {:ok, Map.put(acc, key, value)}}
-
-        {:error, expected} ->
-          got = if key in @secret_keys, do: describe(value), else: inspect(value)
-          {:halt, error(provider, "expected #{inspect(key)} to be #{expected}, got: #{got}")}
-      end
-    end)
-  end
-
-  defp check(:provider, _), do: :ok
-  defp check(:string, v) when is_binary(v) and v != "", do: :ok
-  defp check(:string, _), do: {:error, "a non-empty string"}
-  defp check(:secret, v) when is_binary(v) and v != "", do: :ok
-  defp check(:secret, {:system, var}) when is_binary(var), do: :ok
-  defp check(:secret, _), do: {:error, "a non-empty string or {:system, \"ENV_VAR\"}"}
-  defp check(:pos_integer, v) when is_integer(v) and v > 0, do: :ok
-  defp check(:pos_integer, _), do: {:error, "a positive integer"}
-  defp check(:retries, v) when is_integer(v) and v in 0..10, do: :ok
-  defp check(:retries, _), do: {:error, "an integer from 0 to 10"}
-  defp check(:non_neg_integer, v) when is_integer(v) and v >= 0, do: :ok
-  defp check(:non_neg_integer, _), do: {:error, "a non-negative integer"}
-
-  defp check(:headers, headers) when is_list(headers) do
-    if Enum.all?(headers, &match?({name, value} when is_binary(name) and is_binary(value), &1)),
-      do: :ok,
-      else: {:error, "a list of {name, value} string pairs"}
-  end
-
-  defp check(:headers, _), do: {:error, "a list of {name, value} string pairs"}
-
-  # Never show a secret; say what kind of term it was.
-  defp describe(v) when is_binary(v), do: "a string of #{byte_size(v)} bytes"
-  defp describe(v) when is_list(v), do: "a list of #{length(v)} elements"
-  defp describe(v) when is_integer(v), do: "an integer"
-  defp describe(v) when is_atom(v), do: inspect(v)
-  defp describe(_), do: "an unsupported term"
 
   defp resolve_secrets(values, provider, env) do
     Enum.reduce_while(values, {:ok, values}, fn
@@ -336,11 +355,20 @@ defmodule Beamlens.LLM.Options do
 
   defp check_url(_values, _provider), do: :ok
 
-  defp fill_defaults(values, schema) do
-    Enum.reduce(schema, values, fn
-      {_key, _type, nil, _}, acc -> acc
-      {key, _type, default, _}, acc -> Map.put_new(acc, key, default)
-    end)
+  # Rust receives every value resolved: the provider's address, Azure's
+  # deployment.
+  defp resolve_defaults(values, :bedrock) when not is_map_key(values, :base_url),
+    do: Map.put(values, :base_url, "https://bedrock-runtime.#{values.region}.amazonaws.com")
+
+  defp resolve_defaults(values, :azure_openai) do
+    Map.put_new_lazy(values, :deployment, fn -> values.model end)
+  end
+
+  defp resolve_defaults(values, provider) do
+    case @base_urls do
+      %{^provider => url} -> Map.put_new(values, :base_url, url)
+      _ -> values
+    end
   end
 
   defp native_map(values) do

@@ -74,9 +74,10 @@ pub enum Severity {
     Critical,
 }
 
-/// Gate-wide settings.
+/// Gate-wide settings. Every field is required when decoded: the defaults
+/// live in `Beamlens.Gate` ([`Config::default`] repeats them for unit
+/// tests and `Gate::default`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Config {
     /// Samples a `Level`/`Counter`/`Growth` metric needs in its baseline
     /// before the baseline judges it ...

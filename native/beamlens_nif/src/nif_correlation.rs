@@ -47,25 +47,17 @@ impl EngineResource {
 }
 
 /// `correlation_new(%{window_ms: n, order_tolerance_ms: n, max_members: n})`
-/// -> `{:ok, engine}`; missing keys take their defaults.
+/// -> `{:ok, engine}`. Every key is required: the defaults live in
+/// `Beamlens.Coordinator.Options`.
 #[rustler::nif]
 fn correlation_new<'a>(env: Env<'a>, options: Term<'a>) -> Term<'a> {
     reply::guarded(env, || {
         let options = convert::term_to_json(options, "options", Limits::default())?;
-        let defaults = Config::default();
         let config = Config {
-            window_ms: int_option(&options, "window_ms", defaults.window_ms)?,
-            order_tolerance_ms: int_option(
-                &options,
-                "order_tolerance_ms",
-                defaults.order_tolerance_ms,
-            )?,
-            max_members: usize::try_from(int_option(
-                &options,
-                "max_members",
-                defaults.max_members as i64,
-            )?)
-            .map_err(|_| Error::bad_argument("max_members", "must be positive"))?,
+            window_ms: int_option(&options, "window_ms")?,
+            order_tolerance_ms: int_option(&options, "order_tolerance_ms")?,
+            max_members: usize::try_from(int_option(&options, "max_members")?)
+                .map_err(|_| Error::bad_argument("max_members", "must be positive"))?,
         };
         let engine = Engine::new(config)?;
         Ok(ResourceArc::new(EngineResource {
@@ -74,9 +66,9 @@ fn correlation_new<'a>(env: Env<'a>, options: Term<'a>) -> Term<'a> {
     })
 }
 
-fn int_option(options: &Value, key: &str, default: i64) -> Result<i64> {
+fn int_option(options: &Value, key: &str) -> Result<i64> {
     match options.get(key) {
-        None | Some(Value::Null) => Ok(default),
+        None | Some(Value::Null) => Err(Error::bad_argument(key, "is required")),
         Some(value) => value
             .as_i64()
             .ok_or_else(|| Error::bad_argument(key, format!("must be an integer, got {value}"))),

@@ -127,9 +127,9 @@ enum RunnerReply<'a> {
 /// Most elements of an answer converted on a normal scheduler.
 const SMALL_ANSWER_NODES: usize = 1_000;
 
-/// Starts a Lua run. `opts` is a map with optional atom keys `:timeout`,
+/// Starts a Lua run. `opts` is a map with the atom keys `:timeout`,
 /// `:callback_timeout` (ms), `:max_instructions`, `:max_memory`,
-/// `:max_output` (bytes) and `:max_callbacks`.
+/// `:max_output` (bytes) and `:max_callbacks`, all required.
 #[rustler::nif]
 fn lua_eval<'a>(
     env: Env<'a>,
@@ -516,17 +516,17 @@ pub(crate) fn kind_atom(kind: ErrorKind) -> rustler::Atom {
     }
 }
 
-/// Reads the limits from the options map; absent keys keep their default.
+/// Reads the limits from the options map. `Beamlens.Lua` resolves every
+/// limit (the defaults live there), so each key is required.
 fn decode_limits(opts: Term) -> Result<Limits> {
-    let defaults = Limits::default();
     if !opts.is_map() {
         return Err(Error::bad_argument("opts", "must be a map"));
     }
-    let get = |key: rustler::Atom, name: &str, max: u64| -> Result<Option<u64>> {
+    let get = |key: rustler::Atom, name: &str, max: u64| -> Result<u64> {
         match opts.map_get(key) {
-            Err(_) => Ok(None),
+            Err(_) => Err(Error::bad_argument(name, "is required")),
             Ok(value) => match value.decode::<u64>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
                 _ => Err(Error::bad_argument(
                     name,
                     format!("must be an integer from 1 to {max}"),
@@ -534,35 +534,24 @@ fn decode_limits(opts: Term) -> Result<Limits> {
             },
         }
     };
-    let ms = |n: Option<u64>, default: Duration| n.map_or(default, Duration::from_millis);
     Ok(Limits {
-        timeout: ms(
-            get(atoms::timeout(), "timeout", Limits::MAX_TIMEOUT_MS)?,
-            defaults.timeout,
-        ),
-        callback_timeout: ms(
-            get(
-                atoms::callback_timeout(),
-                "callback_timeout",
-                Limits::MAX_TIMEOUT_MS,
-            )?,
-            defaults.callback_timeout,
-        ),
+        timeout: Duration::from_millis(get(atoms::timeout(), "timeout", Limits::MAX_TIMEOUT_MS)?),
+        callback_timeout: Duration::from_millis(get(
+            atoms::callback_timeout(),
+            "callback_timeout",
+            Limits::MAX_TIMEOUT_MS,
+        )?),
         max_instructions: get(
             atoms::max_instructions(),
             "max_instructions",
             Limits::MAX_INSTRUCTIONS,
-        )?
-        .unwrap_or(defaults.max_instructions),
-        max_memory: get(atoms::max_memory(), "max_memory", Limits::MAX_MEMORY as u64)?
-            .map_or(defaults.max_memory, |n| n as usize),
-        max_output: get(atoms::max_output(), "max_output", Limits::MAX_OUTPUT as u64)?
-            .map_or(defaults.max_output, |n| n as usize),
+        )?,
+        max_memory: get(atoms::max_memory(), "max_memory", Limits::MAX_MEMORY as u64)? as usize,
+        max_output: get(atoms::max_output(), "max_output", Limits::MAX_OUTPUT as u64)? as usize,
         max_callbacks: get(
             atoms::max_callbacks(),
             "max_callbacks",
             u64::from(Limits::MAX_CALLBACKS),
-        )?
-        .map_or(defaults.max_callbacks, |n| n as u32),
+        )? as u32,
     })
 }

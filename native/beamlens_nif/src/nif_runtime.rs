@@ -7,21 +7,21 @@ use rustler::{Encoder, Env, Term};
 use crate::atoms;
 use crate::runtime::{self, Config};
 
-/// Called by `:erlang.load_nif/2`. `load_info` is a map with optional
-/// `:worker_threads` and `:job_capacity`; bad values fail the load with a
+/// Called by `:erlang.load_nif/2`. `load_info` is a map with
+/// `:worker_threads` and `:job_capacity`, both required (their defaults
+/// live in `Beamlens.Runtime`); missing or bad values fail the load with a
 /// non-zero return, which `Beamlens.Native` reports.
 pub fn on_load(_env: Env, load_info: Term) -> bool {
-    let defaults = Config::default();
-    let get = |key: &str, default: usize| -> Option<usize> {
-        match load_info.map_get(key_atom(load_info, key)?) {
-            Ok(value) => value.decode::<usize>().ok().filter(|n| *n > 0),
-            Err(_) => Some(default),
-        }
+    let get = |key: &str| -> Option<usize> {
+        load_info
+            .map_get(key_atom(load_info, key)?)
+            .ok()?
+            .decode::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
     };
-    let (Some(worker_threads), Some(job_capacity)) = (
-        get("worker_threads", defaults.worker_threads),
-        get("job_capacity", defaults.job_capacity),
-    ) else {
+    let (Some(worker_threads), Some(job_capacity)) = (get("worker_threads"), get("job_capacity"))
+    else {
         return false;
     };
     // A second load (hot upgrade) keeps the first configuration.

@@ -1,4 +1,23 @@
 defmodule Beamlens.Domain.Ecto.TelemetryStore do
+  @options [
+    repo: [type: :module, required: true, doc: "The Ecto repo module (required)."],
+    window_ms: [type: :pos_integer, default: 60_000, doc: "Length of the rolling window."],
+    slots: [type: :pos_integer, default: 12, doc: "Time slots in the window."],
+    slow_query_ms: [
+      type: :pos_integer,
+      default: 100,
+      doc: "Total time (ms) from which a query is slow."
+    ],
+    max_groups: [type: :pos_integer, default: 100, doc: "SQL groups kept."],
+    max_sources: [type: :pos_integer, default: 200, doc: "Sources counted separately."],
+    max_sql_bytes: [type: :pos_integer, default: 2_000, doc: "Longest normalised SQL kept."],
+    max_pending: [
+      type: :pos_integer,
+      default: 500,
+      doc: "Slow/failed queries waiting for the store before more are only counted."
+    ]
+  ]
+
   @moduledoc """
   Rolling statistics of one Ecto repo's queries, for an Ecto domain (see
   `Beamlens.Domain.Ecto`). Start it, after the registry and before
@@ -46,15 +65,7 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
 
   ## Options
 
-    * `:repo` - the Ecto repo module (required).
-    * `:window_ms` - length of the rolling window (default 60000).
-    * `:slots` - time slots in the window (default 12).
-    * `:slow_query_ms` - total time from which a query is slow (default 100).
-    * `:max_groups` - SQL groups kept (default 100).
-    * `:max_sources` - sources counted separately (default 200).
-    * `:max_sql_bytes` - longest normalised SQL kept (default 2000).
-    * `:max_pending` - slow/failed queries waiting for the store before
-      more are only counted (default 500).
+  #{Beamlens.Schema.docs(@options)}
 
   Starting fails with an `ArgumentError` that says what is wrong when the
   registry is not running, the repo is not loaded or not an Ecto repo, or
@@ -91,16 +102,6 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
   @total_errors 2
   @total_slow 3
   @total_dropped 4
-
-  @defaults [
-    window_ms: 60_000,
-    slots: 12,
-    slow_query_ms: 100,
-    max_groups: 100,
-    max_sources: 200,
-    max_sql_bytes: 2_000,
-    max_pending: 500
-  ]
 
   @doc false
   def child_spec(opts) do
@@ -678,41 +679,16 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
   ## Options
 
   defp validate!(opts) do
-    unless Keyword.keyword?(opts) do
-      raise ArgumentError,
-            "expected #{inspect(__MODULE__)} options to be a keyword list, got: #{inspect(opts)}"
-    end
+    opts =
+      Beamlens.Schema.validate!(opts, @options,
+        label: "#{inspect(__MODULE__)} option",
+        of: "#{inspect(__MODULE__)} options",
+        missing:
+          "#{inspect(__MODULE__)} needs the :repo option, e.g. " <>
+            "{#{inspect(__MODULE__)}, repo: MyApp.Repo}"
+      )
 
-    known = [:repo | Keyword.keys(@defaults)]
-
-    for {key, _} <- opts, key not in known do
-      raise ArgumentError,
-            "unknown #{inspect(__MODULE__)} option #{inspect(key)}; known: " <>
-              Enum.map_join(known, ", ", &inspect/1)
-    end
-
-    opts = Keyword.merge(@defaults, opts)
-
-    for key <- Keyword.keys(@defaults), not (is_integer(opts[key]) and opts[key] > 0) do
-      raise ArgumentError,
-            "expected #{inspect(__MODULE__)} option #{inspect(key)} to be a positive integer, " <>
-              "got: #{inspect(opts[key])}"
-    end
-
-    repo =
-      case Keyword.fetch(opts, :repo) do
-        {:ok, repo} when is_atom(repo) and repo != nil ->
-          repo
-
-        {:ok, other} ->
-          raise ArgumentError,
-                "expected #{inspect(__MODULE__)} option :repo to be a module, got: #{inspect(other)}"
-
-        :error ->
-          raise ArgumentError,
-                "#{inspect(__MODULE__)} needs the :repo option, e.g. " <>
-                  "{#{inspect(__MODULE__)}, repo: MyApp.Repo}"
-      end
+    repo = opts[:repo]
 
     unless Process.whereis(@registry) do
       raise ArgumentError,

@@ -1,4 +1,24 @@
 defmodule Beamlens.Domain.Exception.ExceptionStore do
+  @options [
+    max_groups: [type: :pos_integer, default: 200, doc: "Groups kept."],
+    new_group_grace_ms: [
+      type: :non_neg_integer,
+      default: 60_000,
+      doc: "After start, groups seen within this time are not reported as new."
+    ],
+    capture_logs: [
+      type: {:in, [:auto, true, false]},
+      default: :auto,
+      expected: ":auto, true or false",
+      doc: "`:auto`, `true` or `false`: install the `:logger` handler."
+    ],
+    max_pending: [
+      type: :pos_integer,
+      default: 500,
+      doc: "Events waiting for the store before new ones are dropped."
+    ]
+  ]
+
   @moduledoc """
   A bounded store of the application's exceptions, grouped by similarity,
   read by the `:exception` watcher (`Beamlens.Domain.Exception`).
@@ -52,13 +72,7 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
 
   ## Options
 
-    * `:max_groups` - groups kept (default 200).
-    * `:new_group_grace_ms` - after start, groups seen within this time are
-      not reported as new (default 60000).
-    * `:capture_logs` - `:auto` (default), `true` or `false`: install the
-      `:logger` handler.
-    * `:max_pending` - events waiting for the store before new ones are
-      dropped (default 500).
+  #{Beamlens.Schema.docs(@options)}
   """
 
   use GenServer
@@ -86,8 +100,6 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
   @new_groups 6
   @duplicates 7
   @counter_size 7
-
-  @options [max_groups: 200, new_group_grace_ms: 60_000, capture_logs: :auto, max_pending: 500]
 
   @typedoc "A group of similar exceptions, as the read functions return it."
   @type group :: %{
@@ -788,39 +800,11 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
   defp iso(ms), do: ms |> DateTime.from_unix!(:millisecond) |> DateTime.to_iso8601()
 
   defp validate!(opts) do
-    unless Keyword.keyword?(opts) do
-      raise ArgumentError,
-            "expected #{inspect(__MODULE__)} options to be a keyword list, got: #{inspect(opts)}"
-    end
-
-    for {key, _} <- opts, not Keyword.has_key?(@options, key) do
-      raise ArgumentError,
-            "unknown #{inspect(__MODULE__)} option #{inspect(key)}; known: " <>
-              Enum.map_join(Keyword.keys(@options), ", ", &inspect/1)
-    end
-
-    opts = Keyword.merge(@options, opts)
-
-    for key <- [:max_groups, :max_pending],
-        not (is_integer(opts[key]) and opts[key] > 0) do
-      raise ArgumentError,
-            "expected #{inspect(__MODULE__)} option #{inspect(key)} to be a positive integer, " <>
-              "got: #{inspect(opts[key])}"
-    end
-
-    unless is_integer(opts[:new_group_grace_ms]) and opts[:new_group_grace_ms] >= 0 do
-      raise ArgumentError,
-            "expected #{inspect(__MODULE__)} option :new_group_grace_ms to be a non-negative " <>
-              "integer, got: #{inspect(opts[:new_group_grace_ms])}"
-    end
-
-    unless opts[:capture_logs] in [:auto, true, false] do
-      raise ArgumentError,
-            "expected #{inspect(__MODULE__)} option :capture_logs to be :auto, true or false, " <>
-              "got: #{inspect(opts[:capture_logs])}"
-    end
-
-    opts
+    Beamlens.Schema.validate!(opts, @options,
+      label: "#{inspect(__MODULE__)} option",
+      of: "#{inspect(__MODULE__)} options",
+      unknown: "unknown %{label} %{key}; known: %{known}%{hint}"
+    )
   end
 
   defmodule LoggerHandler do

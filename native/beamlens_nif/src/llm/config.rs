@@ -70,8 +70,10 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
-    /// A configuration with BeamLens's defaults, for tests and as the base
-    /// of [`ProviderConfig::from_json`].
+    /// A configuration for unit tests. The user-facing defaults live in
+    /// Elixir (`Beamlens.LLM.Options`); [`ProviderConfig::from_json`]
+    /// requires every value.
+    #[cfg(test)]
     pub fn new(kind: ProviderKind, model: impl Into<String>) -> Self {
         ProviderConfig {
             kind,
@@ -127,41 +129,47 @@ impl ProviderConfig {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
         };
-        let millis = |key: &str, default: Duration| -> Result<Duration, LlmError> {
+        let integer = |key: &str| -> Result<u64, LlmError> {
             match object.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(v) => v.as_u64().map(Duration::from_millis).ok_or_else(|| {
-                    LlmError::config(format!("{key} must be a non-negative integer"))
-                }),
-            }
-        };
-        let integer = |key: &str, default: u64| -> Result<u64, LlmError> {
-            match object.get(key) {
-                None | Some(Value::Null) => Ok(default),
+                None | Some(Value::Null) => Err(LlmError::config(format!("{key} is required"))),
                 Some(v) => v.as_u64().ok_or_else(|| {
                     LlmError::config(format!("{key} must be a non-negative integer"))
                 }),
             }
         };
+        let millis = |key: &str| integer(key).map(Duration::from_millis);
 
         let kind = string("provider")
             .and_then(|name| ProviderKind::parse(&name))
             .ok_or_else(|| LlmError::config("provider is missing or unknown"))?;
         let model = string("model").unwrap_or_default();
-        let mut config = ProviderConfig::new(kind, model);
-
-        let region = string("region");
-        config.base_url = match string("base_url") {
-            Some(url) => url.trim_end_matches('/').to_string(),
-            None => default_base_url(kind, region.as_deref()).ok_or_else(|| {
-                LlmError::config(format!("base_url is required for provider {kind}"))
-            })?,
-        };
-        if !(config.base_url.starts_with("http://") || config.base_url.starts_with("https://")) {
+        let base_url = string("base_url")
+            .map(|url| url.trim_end_matches('/').to_string())
+            .ok_or_else(|| LlmError::config(format!("base_url is required for provider {kind}")))?;
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(
                 LlmError::config("base_url must start with http:// or https://").provider(kind),
             );
         }
+        let mut config = ProviderConfig {
+            kind,
+            model,
+            base_url,
+            api_key: None,
+            deployment: None,
+            api_version: None,
+            aws: None,
+            headers: Vec::new(),
+            timeout: millis("timeout")?,
+            connect_timeout: millis("connect_timeout")?,
+            max_retries: integer("max_retries")?.min(10) as u32,
+            base_backoff: millis("base_backoff")?,
+            max_backoff: millis("max_backoff")?,
+            max_retry_after: millis("max_retry_after")?,
+            max_body_bytes: integer("max_body_bytes")? as usize,
+            breaker_threshold: integer("breaker_threshold")?.min(u32::MAX.into()) as u32,
+            breaker_cooldown: millis("breaker_cooldown")?,
+        };
         config.api_key = string("api_key").map(Secret::new);
         config.deployment = string("deployment");
         config.api_version = string("api_version");
@@ -200,36 +208,20 @@ impl ProviderConfig {
                 access_key_id: Secret::new(access_key_id),
                 secret_access_key: Secret::new(secret_access_key),
                 session_token: string("session_token").map(Secret::new),
-                region: region.ok_or_else(|| LlmError::config("region is required for bedrock"))?,
+                region: string("region")
+                    .ok_or_else(|| LlmError::config("region is required for bedrock"))?,
             });
         }
         if config.model.is_empty() && kind != ProviderKind::AzureOpenAi {
             return Err(LlmError::config("model is required").provider(kind));
         }
-        if kind == ProviderKind::AzureOpenAi {
-            if config.deployment.is_none() {
-                config.deployment = Some(config.model.clone()).filter(|m| !m.is_empty());
-            }
-            if config.deployment.is_none() {
-                return Err(LlmError::config(
-                    "deployment (or model) is required for azure_openai",
-                ));
-            }
-            if config.api_version.is_none() {
-                config.api_version = Some(super::openai::AZURE_API_VERSION.to_string());
-            }
+        if kind == ProviderKind::AzureOpenAi
+            && (config.deployment.is_none() || config.api_version.is_none())
+        {
+            return Err(LlmError::config(
+                "deployment and api_version are required for azure_openai",
+            ));
         }
-
-        config.timeout = millis("timeout", config.timeout)?;
-        config.connect_timeout = millis("connect_timeout", config.connect_timeout)?;
-        config.max_retries = integer("max_retries", config.max_retries.into())?.min(10) as u32;
-        config.base_backoff = millis("base_backoff", config.base_backoff)?;
-        config.max_backoff = millis("max_backoff", config.max_backoff)?;
-        config.max_retry_after = millis("max_retry_after", config.max_retry_after)?;
-        config.max_body_bytes = integer("max_body_bytes", config.max_body_bytes as u64)? as usize;
-        config.breaker_threshold = integer("breaker_threshold", config.breaker_threshold.into())?
-            .min(u32::MAX.into()) as u32;
-        config.breaker_cooldown = millis("breaker_cooldown", config.breaker_cooldown)?;
         if config.timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(
                 LlmError::config("timeout and connect_timeout must be positive").provider(kind),
@@ -239,7 +231,8 @@ impl ProviderConfig {
     }
 }
 
-/// Where each provider lives unless `base_url` says otherwise.
+/// Where each provider lives, for unit tests (Elixir resolves `base_url`).
+#[cfg(test)]
 pub fn default_base_url(kind: ProviderKind, region: Option<&str>) -> Option<String> {
     match kind {
         ProviderKind::Anthropic => Some("https://api.anthropic.com".into()),
@@ -258,12 +251,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A map as `Beamlens.LLM.Options` resolves it: every value given.
+    fn resolved(extra: Value) -> Value {
+        let mut map = json!({
+            "timeout": 60_000, "connect_timeout": 10_000, "max_retries": 2,
+            "base_backoff": 500, "max_backoff": 8_000, "max_retry_after": 30_000,
+            "max_body_bytes": 8_388_608, "breaker_threshold": 5, "breaker_cooldown": 30_000
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            map[key] = value.clone();
+        }
+        map
+    }
+
     #[test]
     fn secrets_never_show_in_debug_output() {
-        let config = ProviderConfig::from_json(&json!({
+        let config = ProviderConfig::from_json(&resolved(json!({
             "provider": "anthropic", "model": "claude", "api_key": "sk-ant-very-secret",
+            "base_url": "https://api.anthropic.com",
             "headers": [["X-Proxy-Token", "proxy-secret"]]
-        }))
+        })))
         .unwrap();
         let debug = format!("{config:?}");
         assert!(!debug.contains("sk-ant-very-secret"), "{debug}");
@@ -273,34 +280,53 @@ mod tests {
     }
 
     #[test]
-    fn defaults_and_required_fields() {
-        let config =
-            ProviderConfig::from_json(&json!({"provider": "ollama", "model": "llama3.1"})).unwrap();
-        assert_eq!(config.base_url, "http://127.0.0.1:11434");
-        assert_eq!(config.max_retries, 2);
-
-        let bedrock = ProviderConfig::from_json(&json!({
-            "provider": "bedrock", "model": "m", "region": "eu-west-1",
-            "access_key_id": "AKID", "secret_access_key": "SECRET"
-        }))
+    fn every_value_is_read_and_required() {
+        let config = ProviderConfig::from_json(&resolved(json!({
+            "provider": "ollama", "model": "llama3.1", "base_url": "http://127.0.0.1:11434/",
+            "max_retries": 3, "timeout": 1_234
+        })))
         .unwrap();
-        assert_eq!(
-            bedrock.base_url,
-            "https://bedrock-runtime.eu-west-1.amazonaws.com"
-        );
+        assert_eq!(config.base_url, "http://127.0.0.1:11434");
+        assert_eq!(config.max_retries, 3);
+        assert_eq!(config.timeout, Duration::from_millis(1_234));
+        assert_eq!(config.breaker_cooldown, Duration::from_secs(30));
 
-        let azure = ProviderConfig::from_json(&json!({
-            "provider": "azure_openai", "model": "gpt-4o", "base_url": "https://x.openai.azure.com/"
-        }))
+        let bedrock = ProviderConfig::from_json(&resolved(json!({
+            "provider": "bedrock", "model": "m", "region": "eu-west-1",
+            "base_url": "https://bedrock-runtime.eu-west-1.amazonaws.com",
+            "access_key_id": "AKID", "secret_access_key": "SECRET"
+        })))
+        .unwrap();
+        assert_eq!(bedrock.aws.unwrap().region, "eu-west-1");
+
+        let azure = ProviderConfig::from_json(&resolved(json!({
+            "provider": "azure_openai", "model": "gpt-4o", "deployment": "gpt-4o",
+            "api_version": "2024-10-21", "base_url": "https://x.openai.azure.com/"
+        })))
         .unwrap();
         assert_eq!(azure.deployment.as_deref(), Some("gpt-4o"));
         assert_eq!(azure.base_url, "https://x.openai.azure.com");
 
-        let missing =
-            ProviderConfig::from_json(&json!({"provider": "openai_compatible", "model": "m"}));
+        let missing = |extra: Value| {
+            ProviderConfig::from_json(&resolved(extra))
+                .unwrap_err()
+                .message
+        };
         assert_eq!(
-            missing.unwrap_err().message,
+            missing(json!({"provider": "openai_compatible", "model": "m"})),
             "base_url is required for provider openai_compatible"
+        );
+        assert_eq!(
+            missing(json!({"provider": "azure_openai", "model": "m", "base_url": "https://x"})),
+            "deployment and api_version are required for azure_openai"
+        );
+        let mut no_timeout = resolved(json!({
+            "provider": "ollama", "model": "m", "base_url": "http://127.0.0.1:11434"
+        }));
+        no_timeout.as_object_mut().unwrap().remove("timeout");
+        assert_eq!(
+            ProviderConfig::from_json(&no_timeout).unwrap_err().message,
+            "timeout is required"
         );
     }
 }

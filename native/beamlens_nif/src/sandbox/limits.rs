@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use super::ErrorKind;
 
-/// Limits of one run. [`Limits::default`] gives the documented defaults.
+/// Limits of one run, as `Beamlens.Lua` resolved them: the defaults live
+/// there. [`Limits::default`] gives the same values, for unit tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Wall time of the whole run, callbacks included.
@@ -37,14 +38,20 @@ pub struct Limits {
 impl Limits {
     /// Default wall time: long enough for a few callbacks, short enough that
     /// a runaway script cannot hold a CPU core for long.
+    #[cfg(test)]
     pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
     /// About 50-100 ms of a tight Luau loop.
+    #[cfg(test)]
     pub const DEFAULT_MAX_INSTRUCTIONS: u64 = 10_000_000;
     /// 8 MiB, as beamlens 0.4 used.
+    #[cfg(test)]
     pub const DEFAULT_MAX_MEMORY: usize = 8 * 1024 * 1024;
     /// 64 KiB: a result an LLM can still read in one go.
+    #[cfg(test)]
     pub const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
+    #[cfg(test)]
     pub const DEFAULT_MAX_CALLBACKS: u32 = 200;
+    #[cfg(test)]
     pub const DEFAULT_CALLBACK_TIMEOUT_MS: u64 = 1_000;
 
     /// Upper bounds accepted for each limit.
@@ -55,6 +62,7 @@ impl Limits {
     pub const MAX_CALLBACKS: u32 = 100_000;
 }
 
+#[cfg(test)]
 impl Default for Limits {
     fn default() -> Self {
         Limits {
