@@ -65,18 +65,12 @@ defmodule Beamlens.Domain.Sup.Tracker do
   @recent_window_ms 60_000
 
   @doc false
-  def child_spec(opts) do
-    %{id: __MODULE__, start: {__MODULE__, :start_link, [opts]}, type: :worker}
-  end
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts), do: Beamlens.Store.child_spec(__MODULE__, opts)
 
   @doc "Starts the tracker, or returns `:ignore` when it already runs."
   @spec start_link(keyword()) :: GenServer.on_start() | :ignore
-  def start_link(opts \\ []) do
-    case GenServer.start_link(__MODULE__, opts, name: __MODULE__) do
-      {:error, {:already_started, _pid}} -> :ignore
-      other -> other
-    end
-  end
+  def start_link(opts \\ []), do: Beamlens.Store.start_once(__MODULE__, opts)
 
   @doc "Whether the tracker is running."
   @spec running?() :: boolean()
