@@ -180,6 +180,7 @@ defmodule Beamlens.LogStore do
   ## Handler (runs in the logging process)
 
   @doc false
+  @spec handle_event(:logger.log_event(), map()) :: :ok
   def handle_event(%{level: level} = event, config) do
     c = config.counters
     :counters.add(c, level_index(level), 1)
@@ -281,6 +282,7 @@ defmodule Beamlens.LogStore do
   # Messages are redacted when read, so a secret cut in half here would
   # escape the redactor's shapes: the cut drops the partial last word.
   @doc false
+  @spec cut(String.t(), pos_integer()) :: String.t()
   def cut(text, limit), do: Beamlens.Redactor.truncate(text, limit)
 
   defp module(%{meta: %{mfa: {m, _, _}}}), do: Beamlens.Domain.id(m)
@@ -310,6 +312,7 @@ defmodule Beamlens.LogStore do
     @moduledoc false
     # :logger handler callbacks; see Beamlens.LogStore.
 
+    @spec log(:logger.log_event(), :logger.handler_config()) :: :ok
     def log(event, %{config: config}), do: Beamlens.LogStore.handle_event(event, config)
   end
 end

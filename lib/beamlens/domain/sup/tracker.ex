@@ -513,6 +513,7 @@ defmodule Beamlens.Domain.Sup.Tracker do
 
   @doc false
   # {pid, application name} of each running application's top supervisor.
+  @spec app_supervisors() :: [{pid(), String.t()}]
   def app_supervisors do
     for {app, _, _} <- :application.which_applications(),
         pid = top_supervisor(app),
@@ -564,6 +565,7 @@ defmodule Beamlens.Domain.Sup.Tracker do
   end
 
   @doc false
+  @spec which_children(pid()) :: [{term(), pid() | :restarting | :undefined, atom(), term()}]
   def which_children(pid) do
     case GenServer.call(pid, :which_children, @call_timeout) do
       children when is_list(children) ->
@@ -579,9 +581,11 @@ defmodule Beamlens.Domain.Sup.Tracker do
   end
 
   @doc false
+  @spec supervisor_pid?(pid()) :: boolean()
   def supervisor_pid?(pid) when is_pid(pid), do: supervisor?(pid)
 
   @doc false
+  @spec registered_name(pid()) :: String.t() | nil
   def registered_name(pid) do
     case Process.info(pid, :registered_name) do
       {:registered_name, name} when is_atom(name) and name != [] -> Beamlens.Domain.id(name)
