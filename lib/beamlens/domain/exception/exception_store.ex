@@ -39,7 +39,8 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
   references, numbers, UUIDs, hex ids and quoted strings normalised, and
   the top three stack frames. A group that appears after the start-up
   grace period (`:new_group_grace_ms`) and was never seen before is
-  *new* for five minutes.
+  *new* for five minutes. The groups are kept by
+  `Beamlens.Domain.Exception.Groups`.
 
   ## Bounds and privacy
 
@@ -65,17 +66,10 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
 
   use GenServer
 
-  alias Beamlens.Domain.Exception.{Fingerprint, LoggerHandler, TowerReporter}
-  alias Beamlens.{Redactor, Store}
+  alias Beamlens.Domain.Exception.{Groups, LoggerHandler, TowerReporter}
+  alias Beamlens.Store
 
   @key {__MODULE__, :shared}
-  @max_examples 3
-  @max_recent 50
-  @max_known 10_000
-  @new_window_ms 300_000
-  @bucket_ms 10_000
-  @buckets 90
-  @dedupe_ms 5_000
 
   # counter indexes
   @received 1
@@ -210,20 +204,8 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
 
     if capture?, do: :ok = LoggerHandler.install(shared)
 
-    {:ok,
-     %{
-       shared: shared,
-       opts: opts,
-       started_at: now_ms(),
-       capture_logs: capture?,
-       groups: %{},
-       known: MapSet.new(),
-       recent: [],
-       seq: 0,
-       app_modules: %{},
-       buckets: %{},
-       seen_pids: %{}
-     }}
+    groups = Groups.new(now_ms(), opts[:max_groups], opts[:new_group_grace_ms])
+    {:ok, %{shared: shared, capture_logs: capture?, groups: groups}}
   end
 
   @impl true
@@ -235,7 +217,9 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
   @impl true
   def handle_info({:event, entry}, state) do
     Store.taken(state.shared)
-    {:noreply, record(entry, state)}
+    {groups, counted} = Groups.record(state.groups, entry, now_ms())
+    for counter <- counted, do: :counters.add(state.shared.counters, counter_index(counter), 1)
+    {:noreply, %{state | groups: groups}}
   end
 
   def handle_info(_other, state), do: {:noreply, state}
@@ -243,310 +227,45 @@ defmodule Beamlens.Domain.Exception.ExceptionStore do
   @impl true
   def handle_call(:stats, _from, state) do
     c = state.shared.counters
-    now = now_ms()
 
-    stats = %{
-      recorded: :counters.get(c, @recorded),
-      messages: :counters.get(c, @messages),
-      received: :counters.get(c, @received),
-      dropped: :counters.get(c, @dropped),
-      duplicates: :counters.get(c, @duplicates),
-      groups_created: :counters.get(c, @groups_created),
-      new_groups: :counters.get(c, @new_groups),
-      groups: map_size(state.groups),
-      new_groups_recent: Enum.count(state.groups, fn {_, g} -> new?(g, now) end),
-      last_minute: window_count(state, now, 60_000),
-      last_5_minutes: window_count(state, now, 300_000),
-      last_15_minutes: window_count(state, now, 900_000),
-      sources: if(state.capture_logs, do: "tower and logger", else: "tower")
-    }
+    stats =
+      state.groups
+      |> Groups.stats(now_ms())
+      |> Map.merge(%{
+        recorded: :counters.get(c, @recorded),
+        messages: :counters.get(c, @messages),
+        received: :counters.get(c, @received),
+        dropped: :counters.get(c, @dropped),
+        duplicates: :counters.get(c, @duplicates),
+        groups_created: :counters.get(c, @groups_created),
+        new_groups: :counters.get(c, @new_groups),
+        sources: if(state.capture_logs, do: "tower and logger", else: "tower")
+      })
 
     {:reply, stats, state}
   end
 
-  def handle_call({:top_groups, n}, _from, state) do
-    groups =
-      state.groups
-      |> Map.values()
-      |> Enum.sort_by(&{&1.count, &1.seq}, :desc)
-      |> Enum.take(n)
-      |> Enum.map(&present(&1, now_ms()))
+  def handle_call({:top_groups, n}, _from, state),
+    do: {:reply, Groups.top(state.groups, n, now_ms()), state}
 
-    {:reply, groups, state}
-  end
+  def handle_call({:new_groups, n}, _from, state),
+    do: {:reply, Groups.new_groups(state.groups, n, now_ms()), state}
 
-  def handle_call({:new_groups, n}, _from, state) do
-    now = now_ms()
+  def handle_call({:recent, n}, _from, state), do: {:reply, Groups.recent(state.groups, n), state}
 
-    groups =
-      state.groups
-      |> Map.values()
-      |> Enum.filter(&new?(&1, now))
-      |> Enum.sort_by(&{&1.first_seen, &1.seq}, :desc)
-      |> Enum.take(n)
-      |> Enum.map(&present(&1, now))
+  def handle_call({:group, id}, _from, state),
+    do: {:reply, Groups.group(state.groups, id, now_ms()), state}
 
-    {:reply, groups, state}
-  end
+  def handle_call({:search, text, n}, _from, state),
+    do: {:reply, Groups.search(state.groups, text, n, now_ms()), state}
 
-  def handle_call({:recent, n}, _from, state), do: {:reply, Enum.take(state.recent, n), state}
-
-  def handle_call({:group, id}, _from, state) do
-    reply =
-      case Enum.find(state.groups, fn {_, g} -> g.id == id end) do
-        nil ->
-          nil
-
-        {_, group} ->
-          group
-          |> present(now_ms())
-          |> Map.merge(%{
-            frames: group.frames,
-            examples:
-              Enum.map(group.examples, fn ex ->
-                %{
-                  ex
-                  | at: iso(ex.at),
-                    stacktrace: Enum.map(ex.stacktrace, &Fingerprint.format_frame/1)
-                }
-              end)
-          })
-      end
-
-    {:reply, reply, state}
-  end
-
-  def handle_call({:search, text, n}, _from, state) do
-    needle = String.downcase(text)
-
-    groups =
-      state.groups
-      |> Map.values()
-      |> Enum.filter(fn g ->
-        String.contains?(String.downcase(g.message), needle) or
-          String.contains?(String.downcase(g.exception || ""), needle)
-      end)
-      |> Enum.sort_by(& &1.seq, :desc)
-      |> Enum.take(n)
-      |> Enum.map(&present(&1, now_ms()))
-
-    {:reply, groups, state}
-  end
-
-  ## Recording (in the store process)
-
-  defp record(entry, state) do
-    now = now_ms()
-    c = state.shared.counters
-
-    if duplicate?(entry, state, now) do
-      :counters.add(c, @duplicates, 1)
-      state
-    else
-      counter = if entry.kind == :message, do: @messages, else: @recorded
-      :counters.add(c, counter, 1)
-
-      {module, state} = app_module(entry.modules, state)
-      entry = Map.put(entry, :module, module)
-      message = entry.message |> Redactor.redact() |> String.slice(0, 500)
-      hash = Fingerprint.key(entry.kind, entry.exception, message, entry.frames)
-
-      example = %{
-        at: entry.at,
-        message: message,
-        pid: entry.pid && inspect(entry.pid),
-        stacktrace: Enum.map(entry.frames, &Fingerprint.redact_frame/1)
-      }
-
-      state
-      |> remember_pid(entry, now)
-      |> put_group(hash, entry, message, example, now)
-      |> put_recent(hash, entry, message)
-      |> bump_bucket(entry, now)
-    end
-  end
-
-  # One crash can be reported twice: a GenServer's terminate report and its
-  # proc_lib crash report, or Tower and the logger handler. A process dies
-  # once, so two reports of its termination are one crash. Events that are
-  # not termination reports (a process that rescues and reports, again and
-  # again) are all counted.
-  defp duplicate?(%{pid: pid, terminal: true} = entry, state, now) when is_pid(pid) do
-    case state.seen_pids[{pid, entry.exception}] do
-      at when is_integer(at) and now - at < @dedupe_ms -> true
-      _ -> false
-    end
-  end
-
-  defp duplicate?(_entry, _state, _now), do: false
-
-  defp remember_pid(%{seen_pids: seen} = state, %{pid: pid, terminal: true} = entry, now)
-       when is_pid(pid) do
-    seen =
-      if map_size(seen) >= 256,
-        do: seen |> Enum.filter(fn {_, at} -> now - at < @dedupe_ms end) |> Map.new(),
-        else: seen
-
-    # Still full of recent crashes: forget the oldest.
-    seen =
-      if map_size(seen) >= 256,
-        do: seen |> Enum.sort_by(&elem(&1, 1)) |> Enum.drop(64) |> Map.new(),
-        else: seen
-
-    %{state | seen_pids: Map.put(seen, {pid, entry.exception}, now)}
-  end
-
-  defp remember_pid(state, _entry, _now), do: state
-
-  defp put_group(state, hash, entry, message, example, now) do
-    case state.groups do
-      %{^hash => group} ->
-        group = %{
-          group
-          | count: group.count + 1,
-            last_seen: now,
-            seq: state.seq + 1,
-            examples: Enum.take([example | group.examples], @max_examples)
-        }
-
-        %{state | groups: Map.put(state.groups, hash, group), seq: state.seq + 1}
-
-      groups ->
-        c = state.shared.counters
-        :counters.add(c, @groups_created, 1)
-        known? = MapSet.member?(state.known, hash)
-        new? = not known? and now - state.started_at >= state.opts[:new_group_grace_ms]
-        if new?, do: :counters.add(c, @new_groups, 1)
-
-        group = %{
-          id: Fingerprint.id(hash),
-          kind: entry.kind,
-          exception: entry.exception,
-          module: entry.module,
-          message: message,
-          count: 1,
-          first_seen: now,
-          last_seen: now,
-          seq: state.seq + 1,
-          new: new?,
-          frames:
-            entry.frames
-            |> Enum.take(5)
-            |> Enum.map(&Fingerprint.format_frame(Fingerprint.redact_frame(&1))),
-          examples: [example]
-        }
-
-        groups = Store.make_room(groups, hash, state.opts[:max_groups], & &1.seq)
-
-        known =
-          if MapSet.size(state.known) < @max_known,
-            do: MapSet.put(state.known, hash),
-            else: state.known
-
-        %{state | groups: Map.put(groups, hash, group), known: known, seq: state.seq + 1}
-    end
-  end
-
-  @system_apps [
-    :elixir,
-    :stdlib,
-    :kernel,
-    :erts,
-    :logger,
-    :compiler,
-    :crypto,
-    :ssl,
-    :inets,
-    :eex,
-    :mix
-  ]
-
-  # The first module of the stack trace that belongs to the application
-  # rather than to Erlang/OTP or Elixir: where the failure is likely rooted.
-  # Looking a module's application up takes microseconds, so answers are
-  # remembered (up to 2,000 modules).
-  defp app_module(modules, state) do
-    Enum.reduce_while(modules, {nil, state}, fn module, {nil, state} ->
-      {app?, state} =
-        case state.app_modules do
-          %{^module => app?} ->
-            {app?, state}
-
-          known ->
-            app? = app_module?(module)
-            known = if map_size(known) >= 2_000, do: %{}, else: known
-            {app?, %{state | app_modules: Map.put(known, module, app?)}}
-        end
-
-      if app?, do: {:halt, {Beamlens.Domain.id(module), state}}, else: {:cont, {nil, state}}
-    end)
-  end
-
-  defp app_module?(module) do
-    case :application.get_application(module) do
-      {:ok, app} -> app not in @system_apps
-      # :erlang and other preloaded modules belong to no application.
-      :undefined -> :code.is_loaded(module) != {:file, :preloaded}
-    end
-  rescue
-    _ -> false
-  end
-
-  defp put_recent(state, hash, entry, message) do
-    event = %{
-      at: iso(entry.at),
-      group: state.groups[hash].id,
-      kind: Atom.to_string(entry.kind),
-      exception: entry.exception,
-      message: Redactor.truncate(message, 200),
-      source: Atom.to_string(entry.source)
-    }
-
-    %{state | recent: Enum.take([event | state.recent], @max_recent)}
-  end
-
-  defp bump_bucket(state, %{kind: :message}, _now), do: state
-
-  defp bump_bucket(state, _entry, now) do
-    bucket = div(now, @bucket_ms)
-
-    buckets =
-      state.buckets
-      |> Map.update(bucket, 1, &(&1 + 1))
-      |> Map.reject(fn {b, _} -> b <= bucket - @buckets end)
-
-    %{state | buckets: buckets}
-  end
-
-  defp window_count(state, now, ms) do
-    from = div(now - ms, @bucket_ms)
-
-    state.buckets
-    |> Enum.filter(fn {b, _} -> b > from end)
-    |> Enum.map(&elem(&1, 1))
-    |> Enum.sum()
-  end
-
-  defp new?(group, now), do: group.new and now - group.first_seen < @new_window_ms
-
-  defp present(group, now) do
-    %{
-      id: group.id,
-      kind: Atom.to_string(group.kind),
-      exception: group.exception,
-      module: group.module,
-      message: group.message,
-      count: group.count,
-      first_seen: iso(group.first_seen),
-      last_seen: iso(group.last_seen),
-      new: new?(group, now),
-      top_frame: List.first(group.frames)
-    }
-  end
+  defp counter_index(:duplicates), do: @duplicates
+  defp counter_index(:recorded), do: @recorded
+  defp counter_index(:messages), do: @messages
+  defp counter_index(:groups_created), do: @groups_created
+  defp counter_index(:new_groups), do: @new_groups
 
   defp now_ms, do: System.system_time(:millisecond)
-
-  defp iso(ms), do: ms |> DateTime.from_unix!(:millisecond) |> DateTime.to_iso8601()
 
   defp validate!(opts) do
     unless Keyword.keyword?(opts) do
