@@ -11,17 +11,10 @@
 alias Beamlens.{Alert, Coordinator}
 alias Beamlens.Coordinator.Engine
 
-defmodule Bench do
-  def median(runs, fun) do
-    times =
-      for _ <- 1..runs do
-        :erlang.garbage_collect()
-        {us, _} = :timer.tc(fun)
-        us
-      end
+Code.require_file("support/bench.exs", __DIR__)
 
-    times |> Enum.sort() |> Enum.at(div(runs, 2))
-  end
+defmodule Bench do
+  defdelegate median(runs, fun), to: Bench.Support
 
   def ms(us), do: :erlang.float_to_binary(us / 1000, decimals: 1) <> " ms"
   def per_alert(us, n), do: :erlang.float_to_binary(us / n, decimals: 2) <> " us/alert"

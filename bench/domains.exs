@@ -19,28 +19,12 @@ alias Beamlens.Domain.Ecto.TelemetryStore
 alias Beamlens.Domain.Exception.ExceptionStore
 alias Beamlens.Watcher.Agent
 
+Code.require_file("support/bench.exs", __DIR__)
+
 defmodule Bench do
-  def median(rounds, fun) do
-    times =
-      for _ <- 1..rounds do
-        :erlang.garbage_collect()
-        {us, _} = :timer.tc(fun)
-        us
-      end
-
-    times |> Enum.sort() |> Enum.at(div(rounds, 2))
-  end
-
-  # As median/2 for a function that measures (and returns) its own time.
-  def median_measured(rounds, fun) do
-    times = for _ <- 1..rounds, do: fun.()
-    times |> Enum.sort() |> Enum.at(div(rounds, 2))
-  end
-
-  def timed(fun) do
-    {us, _} = :timer.tc(fun)
-    us
-  end
+  defdelegate median(rounds, fun), to: Bench.Support
+  defdelegate median_measured(rounds, fun), to: Bench.Support
+  defdelegate timed(fun), to: Bench.Support
 
   def per(us, n), do: :erlang.float_to_binary(us / n, decimals: 2) <> " us"
   def ratio(a, b), do: :erlang.float_to_binary(a / max(b, 1), decimals: 1) <> "x"

@@ -15,17 +15,10 @@
 
 alias Beamlens.Redactor
 
-defmodule Bench do
-  def median(runs, fun) do
-    times =
-      for _ <- 1..runs do
-        :erlang.garbage_collect()
-        {us, _} = :timer.tc(fun)
-        us
-      end
+Code.require_file("support/bench.exs", __DIR__)
 
-    times |> Enum.sort() |> Enum.at(div(runs, 2))
-  end
+defmodule Bench do
+  defdelegate median(runs, fun), to: Bench.Support
 
   # Microseconds per call, median of 5, each timing at least ~64 KB of work
   # so that small sizes are not lost in the timer's resolution.

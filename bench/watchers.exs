@@ -18,8 +18,10 @@ alias Beamlens.{LLMFixtures, LoopbackServer}
 
 Logger.configure(level: :error)
 
+Code.require_file("support/bench.exs", __DIR__)
+
 defmodule Bench do
-  def median(list), do: list |> Enum.sort() |> Enum.at(div(length(list), 2))
+  defdelegate median(list), to: Bench.Support
   def f(x, d \\ 1), do: :erlang.float_to_binary(x * 1.0, decimals: d)
 
   # `n` ping-pongs with term building, spread over 4 processes.

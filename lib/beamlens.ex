@@ -366,21 +366,6 @@ defmodule Beamlens do
          )}
       end)
 
-    log_store =
-      if Enum.any?(opts[:watchers], &(&1[:domain_module] in log_domains())),
-        do: [Beamlens.LogStore],
-        else: []
-
-    exception_store =
-      if Enum.any?(opts[:watchers], &(&1[:domain_module] == Beamlens.Domain.Exception)),
-        do: [Beamlens.Domain.Exception.ExceptionStore],
-        else: []
-
-    sup_tracker =
-      if Enum.any?(opts[:watchers], &(&1[:domain_module] == Beamlens.Domain.Sup)),
-        do: [Beamlens.Domain.Sup.Tracker],
-        else: []
-
     children =
       [
         {Registry,
@@ -391,9 +376,7 @@ defmodule Beamlens do
         {Beamlens.History, instance: instance, size: opts[:history_size]},
         Beamlens.Usage
       ] ++
-        log_store ++
-        exception_store ++
-        sup_tracker ++
+        domain_stores(opts[:watchers]) ++
         coordinator_children ++
         [
           %{
@@ -482,5 +465,18 @@ defmodule Beamlens do
       else: opts
   end
 
-  defp log_domains, do: [Beamlens.Domain.Logger, Beamlens.Domain.Exception]
+  # The stores the watchers' domains declare (Beamlens.Domain.stores/1),
+  # each once.
+  defp domain_stores(watchers) do
+    watchers
+    |> Enum.flat_map(fn watcher ->
+      domain = watcher[:domain_module]
+
+      if Code.ensure_loaded?(domain) and function_exported?(domain, :stores, 1),
+        do: domain.stores(watcher),
+        else: []
+    end)
+    |> Enum.map(&Supervisor.child_spec(&1, []))
+    |> Enum.uniq_by(& &1.id)
+  end
 end

@@ -16,6 +16,9 @@ defmodule Beamlens.Domain do
       as `domain.function(args)`, each with its documentation and cost.
     * optionally `c:summarize/2` and `c:hypothesis/1` - the deterministic
       wording of alerts in rules-only mode.
+    * optionally `c:stores/1` - the stores the domain reads (child specs),
+      which BeamLens starts before its watchers, once however many watchers
+      need them.
 
   `use Beamlens.Domain` declares the behaviour and provides default
   implementations of the optional callbacks.
@@ -130,7 +133,19 @@ defmodule Beamlens.Domain do
   @callback summarize(finding(), metric()) :: String.t()
   @callback hypothesis(anomaly_type :: String.t()) :: String.t() | nil
 
-  @optional_callbacks summarize: 2, hypothesis: 1
+  @doc """
+  The stores the domain reads, as child specs (`Beamlens.LogStore`,
+  `{MyApp.Store, opts}`, a map), given the options of the watcher that uses
+  it. BeamLens starts them under its supervisor before its watchers; stores
+  with the same child id start once. A store that is a named singleton
+  (see `Beamlens.Store.start_once/2`) returns `:ignore` when the host, or
+  another BeamLens instance, already runs it.
+  """
+  @callback stores(watcher_opts :: keyword()) :: [
+              Supervisor.child_spec() | module() | {module(), term()}
+            ]
+
+  @optional_callbacks summarize: 2, hypothesis: 1, stores: 1
 
   defmacro __using__(_opts) do
     quote do

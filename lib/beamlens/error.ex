@@ -40,12 +40,34 @@ defmodule Beamlens.Error do
     %__MODULE__{kind: kind, message: message, details: details}
   end
 
-  def from_native(:busy) do
-    %__MODULE__{kind: :busy, message: "the native job queue is full", details: %{}}
-  end
+  def from_native(:busy), do: from_native(busy())
 
   def from_native(other) do
     %__MODULE__{kind: :unknown, message: "unexpected native error: #{inspect(other)}"}
+  end
+
+  @doc """
+  The one shape of "busy". The native core refuses a job in two wire
+  shapes: `:busy` when no job slot is free (the reply of an async NIF) and
+  `{:busy, message, %{"capacity" => n}}` from its error type. Every
+  `from_native/1` (this module's, `Beamlens.LuaError`'s,
+  `Beamlens.LLMError`'s) turns the first into the second with this, so a
+  caller gets the same exception whichever way the core refused.
+
+      iex> {:busy, message, %{"capacity" => capacity}} = Beamlens.Error.busy()
+      iex> message == "the native job queue is full (\#{capacity} jobs in flight)"
+      true
+  """
+  @spec busy() :: {:busy, String.t(), map()}
+  def busy do
+    case Beamlens.Runtime.status() do
+      {:ok, %{job_capacity: capacity}} ->
+        {:busy, "the native job queue is full (#{capacity} jobs in flight)",
+         %{"capacity" => capacity}}
+
+      {:error, _} ->
+        {:busy, "the native job queue is full", %{}}
+    end
   end
 
   @doc """

@@ -133,13 +133,7 @@ defmodule Beamlens.LLMError do
     }
   end
 
-  def from_native(:busy) do
-    %__MODULE__{
-      reason: :busy,
-      message: "too many native jobs are in flight",
-      retryable?: true
-    }
-  end
+  def from_native(:busy), do: from_native(Beamlens.Error.busy())
 
   def from_native({:busy, message, _details}) when is_binary(message) do
     %__MODULE__{reason: :busy, message: message, retryable?: true}

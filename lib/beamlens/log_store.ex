@@ -17,6 +17,8 @@ defmodule Beamlens.LogStore do
 
   @options [capacity: [type: :pos_integer, default: 500, doc: "Slots of the event ring."]]
 
+  alias Beamlens.Store
+
   @levels [:emergency, :alert, :critical, :error, :warning, :notice, :info, :debug]
   @max_keys 500
   @message_limit 1024
@@ -35,24 +37,22 @@ defmodule Beamlens.LogStore do
 
   @connection_pattern ~r/econnrefused|econnreset|ehostunreach|enetunreach|nxdomain|connection refused|connection reset|connection closed|:closed\b|timed? ?out|:timeout\b/i
 
-  def child_spec(opts) do
-    %{id: __MODULE__, start: {__MODULE__, :start_link, [opts]}, type: :worker}
-  end
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts), do: Store.child_spec(__MODULE__, opts)
 
   @doc "Starts the store, or does nothing when it already runs."
+  @spec start_link(keyword()) :: GenServer.on_start() | :ignore
   def start_link(opts \\ []) do
     opts = Beamlens.Schema.validate!(opts, @options, label: "#{inspect(__MODULE__)} option")
-
-    case GenServer.start_link(__MODULE__, opts, name: __MODULE__) do
-      {:error, {:already_started, _pid}} -> :ignore
-      other -> other
-    end
+    Store.start_once(__MODULE__, opts)
   end
 
   @doc "Whether the store is running."
+  @spec running?() :: boolean()
   def running?, do: state() != nil
 
   @doc "Totals since the store started: per level, restarts, crash reports, connection errors."
+  @spec totals() :: map()
   def totals do
     case state() do
       nil ->
@@ -78,6 +78,7 @@ defmodule Beamlens.LogStore do
   `Beamlens.Redactor`). `level` is `:error` (errors and worse), `:warning`
   (warnings and worse) or `:all`.
   """
+  @spec recent(pos_integer() | :infinity, :error | :warning | :all) :: [map()]
   def recent(n, level \\ :warning) do
     case state() do
       nil ->
@@ -100,6 +101,7 @@ defmodule Beamlens.LogStore do
   defp take(list, n), do: Enum.take(list, n)
 
   @doc "Stored events whose message contains `text` (case-insensitive), newest first."
+  @spec search(String.t(), pos_integer()) :: [map()]
   def search(text, n) when is_binary(text) do
     needle = String.downcase(text)
 
@@ -109,6 +111,7 @@ defmodule Beamlens.LogStore do
   end
 
   @doc "Modules with the most errors and warnings."
+  @spec top_modules(pos_integer()) :: [map()]
   def top_modules(n) do
     case state() do
       nil ->
@@ -126,6 +129,7 @@ defmodule Beamlens.LogStore do
   end
 
   @doc "Supervisors whose children terminated abnormally the most."
+  @spec top_supervisors(pos_integer()) :: [map()]
   def top_supervisors(n) do
     case state() do
       nil ->
@@ -146,7 +150,7 @@ defmodule Beamlens.LogStore do
   defp allowed(:warning), do: [:emergency, :alert, :critical, :error, :warning]
   defp allowed(_), do: @levels
 
-  defp state, do: :persistent_term.get(__MODULE__, nil)
+  defp state, do: Store.shared(__MODULE__)
 
   ## GenServer
 
@@ -159,21 +163,14 @@ defmodule Beamlens.LogStore do
       capacity: capacity,
       counters: :counters.new(@counter_size, [:write_concurrency]),
       sequence: :atomics.new(1, signed: false),
-      events:
-        :ets.new(:beamlens_log_events, [
-          :set,
-          :public,
-          write_concurrency: true,
-          read_concurrency: true
-        ]),
-      modules: :ets.new(:beamlens_log_modules, [:set, :public, write_concurrency: true]),
-      supervisors: :ets.new(:beamlens_log_supervisors, [:set, :public, write_concurrency: true])
+      events: Store.table(:beamlens_log_events, read_concurrency: true),
+      modules: Store.table(:beamlens_log_modules),
+      supervisors: Store.table(:beamlens_log_supervisors)
     }
 
-    :persistent_term.put(__MODULE__, state)
-    _ = :logger.remove_handler(@handler_id)
+    Store.publish(__MODULE__, state)
 
-    case :logger.add_handler(@handler_id, __MODULE__.Handler, %{level: :all, config: state}) do
+    case Store.attach_logger(@handler_id, __MODULE__.Handler, :all, state) do
       :ok -> {:ok, state}
       {:error, reason} -> {:stop, {:logger_handler, reason}}
     end
@@ -181,14 +178,14 @@ defmodule Beamlens.LogStore do
 
   @impl true
   def terminate(_reason, _state) do
-    _ = :logger.remove_handler(@handler_id)
-    :persistent_term.erase(__MODULE__)
-    :ok
+    Store.detach_logger(@handler_id)
+    Store.unpublish(__MODULE__)
   end
 
   ## Handler (runs in the logging process)
 
   @doc false
+  @spec handle_event(:logger.log_event(), map()) :: :ok
   def handle_event(%{level: level} = event, config) do
     c = config.counters
     :counters.add(c, level_index(level), 1)
@@ -227,11 +224,12 @@ defmodule Beamlens.LogStore do
 
     {errors, warnings} = if event.level == :warning, do: {0, 1}, else: {1, 0}
 
-    bump(
+    Store.bump(
       config.modules,
       module || "unknown",
       [{2, errors}, {3, warnings}],
-      {module || "unknown", 0, 0}
+      {module || "unknown", 0, 0},
+      @max_keys
     )
 
     seq = :atomics.add_get(config.sequence, 1, 1)
@@ -254,23 +252,17 @@ defmodule Beamlens.LogStore do
     child = report |> Keyword.get(:offender, []) |> Keyword.get(:id) |> short()
     reason = report |> Keyword.get(:reason) |> short()
 
-    bump(config.supervisors, supervisor, [{2, 1}], {supervisor, 0, child, reason})
+    # Once the table is full, "other" takes the count.
+    key =
+      Store.bump(
+        config.supervisors,
+        supervisor,
+        [{2, 1}],
+        {supervisor, 0, child, reason},
+        @max_keys
+      )
 
-    :ets.update_element(config.supervisors, key(config.supervisors, supervisor), [
-      {3, child},
-      {4, reason}
-    ])
-  end
-
-  # Increments counters of `key`, creating it unless the table is full, in
-  # which case "other" takes the count.
-  defp bump(table, key, ops, default) do
-    key = key(table, key)
-    :ets.update_counter(table, key, ops, put_elem(default, 0, key))
-  end
-
-  defp key(table, key) do
-    if :ets.member(table, key) or :ets.info(table, :size) < @max_keys, do: key, else: "other"
+    :ets.update_element(config.supervisors, key, [{3, child}, {4, reason}])
   end
 
   # Formatting runs in the process that logs, so it is bounded before it
@@ -295,6 +287,7 @@ defmodule Beamlens.LogStore do
   # Messages are redacted when read, so a secret cut in half here would
   # escape the redactor's shapes: the cut drops the partial last word.
   @doc false
+  @spec cut(String.t(), pos_integer()) :: String.t()
   def cut(text, limit), do: Beamlens.Redactor.truncate(text, limit)
 
   defp module(%{meta: %{mfa: {m, _, _}}}), do: Beamlens.Domain.id(m)
@@ -324,6 +317,7 @@ defmodule Beamlens.LogStore do
     @moduledoc false
     # :logger handler callbacks; see Beamlens.LogStore.
 
+    @spec log(:logger.log_event(), :logger.handler_config()) :: :ok
     def log(event, %{config: config}), do: Beamlens.LogStore.handle_event(event, config)
   end
 end

@@ -108,7 +108,7 @@ defmodule Beamlens.LuaError do
     }
   end
 
-  def from_native(:busy), do: from_native({:busy, "", %{}})
+  def from_native(:busy), do: from_native(Beamlens.Error.busy())
 
   def from_native(other) do
     %__MODULE__{kind: :internal, message: "unexpected native error: #{inspect(other, limit: 20)}"}

@@ -38,6 +38,9 @@ defmodule Beamlens.Domain.Exception do
   end
 
   @impl true
+  def stores(_watcher_opts), do: [Beamlens.LogStore, Beamlens.Domain.Exception.ExceptionStore]
+
+  @impl true
   def snapshot do
     unless ExceptionStore.running?() do
       raise "the exception store is not running (BeamLens starts it with the :exception watcher)"

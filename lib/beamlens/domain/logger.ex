@@ -23,6 +23,9 @@ defmodule Beamlens.Domain.Logger do
   end
 
   @impl true
+  def stores(_watcher_opts), do: [Beamlens.LogStore]
+
+  @impl true
   def snapshot do
     totals = LogStore.totals()
 

@@ -28,6 +28,9 @@ defmodule Beamlens.Domain.Sup do
   end
 
   @impl true
+  def stores(_watcher_opts), do: [Beamlens.Domain.Sup.Tracker]
+
+  @impl true
   def snapshot do
     view =
       Tracker.refresh() ||

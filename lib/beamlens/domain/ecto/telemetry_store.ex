@@ -41,8 +41,10 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
     * Over the last `:window_ms` (in `:slots` time slots): query count,
       errors, slow queries (`:total_time` at or above `:slow_query_ms`),
       and latency histograms of query, queue and total time (4 buckets per
-      power of two, so percentiles are within 12%). Queue time is the time
-      a query waited for a pool connection: the pool-pressure signal.
+      power of two, so percentiles are within 12%; see
+      `Beamlens.Domain.Ecto.SlotRing` and `Beamlens.Domain.Ecto.Histogram`).
+      Queue time is the time a query waited for a pool connection: the
+      pool-pressure signal.
     * Since start: query, error and slow-query counts; per source (table):
       queries, total time and errors, for at most `:max_sources` sources
       (later ones are counted under `"other"`).
@@ -50,7 +52,7 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
       literals replaced by `?`, `IN (?, ?, ?)` collapsed, capped at
       `:max_sql_bytes`, then redacted by `Beamlens.Redactor`): count, time,
       last error. At most `:max_groups` groups; the least recently seen
-      goes first.
+      goes first (`Beamlens.Domain.Ecto.QueryGroups`).
 
   ## Cost in the querying process
 
@@ -76,26 +78,10 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
 
   @compile {:no_warn_undefined, :telemetry}
 
-  alias Beamlens.Redactor
+  alias Beamlens.Domain.Ecto.{Histogram, QueryGroups, SlotRing}
+  alias Beamlens.{Redactor, Store}
 
   @registry Beamlens.Domain.Ecto.Registry
-
-  # Fields of a time slot in the atomics array.
-  @epoch 0
-  @count 1
-  @errors 2
-  @slow 3
-  @sum_query 4
-  @sum_queue 5
-  @sum_total 6
-  @sum_decode 7
-  @queued 8
-  @hist 9
-  # Histogram buckets: bucket 0 holds values under 1 us, then 4 buckets per
-  # power of two from 1 us up to 2^27 us (134 s).
-  @octaves 27
-  @buckets 1 + @octaves * 4
-  @slot_size @hist + 3 * @buckets
 
   # Totals since start (a :counters array).
   @total_count 1
@@ -104,13 +90,9 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
   @total_dropped 4
 
   @doc false
-  def child_spec(opts) do
-    %{
-      id: {__MODULE__, Keyword.get(opts, :repo)},
-      start: {__MODULE__, :start_link, [opts]},
-      type: :worker
-    }
-  end
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts),
+    do: Store.child_spec(__MODULE__, opts, {__MODULE__, Keyword.get(opts, :repo)})
 
   @doc """
   Starts the store for `opts[:repo]` (see the module docs). Raises
@@ -146,6 +128,7 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
   ## Handler (runs in the querying process)
 
   @doc false
+  @spec handle_event([atom()], map(), map(), map()) :: :ok
   def handle_event(_event, measurements, metadata, store) do
     unless own_query?(metadata) do
       query_us = us(measurements[:query_time])
@@ -161,26 +144,8 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
       error? = match?({:error, _}, metadata[:result])
       slow? = total_us >= store.slow_us
 
-      a = store.atomics
-      base = slot(store) * @slot_size + 1
-      :atomics.add(a, base + @count, 1)
-      :atomics.add(a, base + @sum_total, total_us)
-      :atomics.add(a, base + @hist + 2 * @buckets + bucket(total_us), 1)
-
-      if query_us do
-        :atomics.add(a, base + @sum_query, query_us)
-        :atomics.add(a, base + @hist + bucket(query_us), 1)
-      end
-
-      if queue_us do
-        :atomics.add(a, base + @queued, 1)
-        :atomics.add(a, base + @sum_queue, queue_us)
-        :atomics.add(a, base + @hist + @buckets + bucket(queue_us), 1)
-      end
-
-      if decode_us, do: :atomics.add(a, base + @sum_decode, decode_us)
-      if error?, do: :atomics.add(a, base + @errors, 1)
-      if slow?, do: :atomics.add(a, base + @slow, 1)
+      now = System.monotonic_time(:millisecond) - store.origin
+      SlotRing.record(store, now, {total_us, query_us, queue_us, decode_us}, error?, slow?)
 
       c = store.counters
       :counters.add(c, @total_count, 1)
@@ -222,53 +187,15 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
 
   defp us(_), do: nil
 
-  defp slot(store) do
-    rem(div(System.monotonic_time(:millisecond) - store.origin, store.slot_ms), store.slots)
-  end
-
-  @doc false
-  # The histogram bucket of a duration in microseconds.
-  def bucket(us) when us < 1, do: 0
-
-  def bucket(us) do
-    octave = min(bit_length(us) - 1, @octaves - 1)
-    base = Bitwise.bsl(1, octave)
-    sub = min(div((us - base) * 4, base), 3)
-    1 + octave * 4 + sub
-  end
-
-  # The middle of a bucket, in microseconds.
-  defp bucket_value(0), do: 0.5
-
-  defp bucket_value(bucket) do
-    octave = div(bucket - 1, 4)
-    sub = rem(bucket - 1, 4)
-    base = Bitwise.bsl(1, octave)
-    base * (1 + (sub + 0.5) / 4)
-  end
-
-  defp bit_length(n), do: bit_length(n, 0)
-  defp bit_length(0, acc), do: acc
-  defp bit_length(n, acc), do: bit_length(Bitwise.bsr(n, 1), acc + 1)
-
+  # Once max_sources sources are counted, "other" takes the count.
   defp count_source(store, source, total_us, error) do
-    table = store.sources
-
-    key =
-      if :ets.member(table, source) or :ets.info(table, :size) < store.max_sources,
-        do: source,
-        else: "other"
-
-    :ets.update_counter(table, key, [{2, 1}, {3, total_us}, {4, error}], {key, 0, 0, 0})
+    ops = [{2, 1}, {3, total_us}, {4, error}]
+    Store.bump(store.sources, source, ops, {source, 0, 0, 0}, store.max_sources)
   end
 
   defp submit(store, record) do
-    if :atomics.add_get(store.pending, 1, 1) > store.max_pending do
-      :atomics.sub(store.pending, 1, 1)
-      :counters.add(store.counters, @total_dropped, 1)
-    else
-      send(store.pid, {:record, record})
-    end
+    if Store.offer(store, {:record, record}) == :full,
+      do: :counters.add(store.counters, @total_dropped, 1)
   end
 
   defp sql_text(sql, max) when is_binary(sql) and byte_size(sql) <= max * 2, do: sql
@@ -302,42 +229,20 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
   """
   @spec window(map()) :: map()
   def window(store) do
-    a = store.atomics
-    now = System.monotonic_time(:millisecond) - store.origin
-    tick = div(now, store.slot_ms)
-
-    bases =
-      for back <- 0..(store.slots - 1),
-          t = tick - back,
-          t >= 0,
-          base = rem(t, store.slots) * @slot_size + 1,
-          :atomics.get(a, base + @epoch) == t + 1,
-          do: base
-
-    sum = fn field -> Enum.reduce(bases, 0, &(:atomics.get(a, &1 + field) + &2)) end
-
-    hist = fn offset ->
-      for bucket <- 0..(@buckets - 1) do
-        Enum.reduce(bases, 0, &(:atomics.get(a, &1 + @hist + offset + bucket) + &2))
-      end
-    end
-
-    count = sum.(@count)
-    queued = sum.(@queued)
-    queue_hist = hist.(@buckets)
+    w = SlotRing.read(store, System.monotonic_time(:millisecond) - store.origin)
 
     %{
-      queries: count,
-      errors: sum.(@errors),
-      slow: sum.(@slow),
-      queued: queued,
-      window_ms: max(min(now, (store.slots - 1) * store.slot_ms + rem(now, store.slot_ms)), 1),
-      query_ms: latency(hist.(0), sum.(@sum_query)),
-      queue_ms: latency(queue_hist, sum.(@sum_queue)),
-      total_ms: latency(hist.(2 * @buckets), sum.(@sum_total)),
-      decode_avg_ms: if(count > 0, do: ms(sum.(@sum_decode) / count)),
-      waited_10ms_share: share_over(queue_hist, 10_000, queued),
-      waited_100ms_share: share_over(queue_hist, 100_000, queued)
+      queries: w.queries,
+      errors: w.errors,
+      slow: w.slow,
+      queued: w.queued,
+      window_ms: w.window_ms,
+      query_ms: Histogram.summary(w.query_hist, w.sum_query_us),
+      queue_ms: Histogram.summary(w.queue_hist, w.sum_queue_us),
+      total_ms: Histogram.summary(w.total_hist, w.sum_total_us),
+      decode_avg_ms: if(w.queries > 0, do: ms(w.sum_decode_us / w.queries)),
+      waited_10ms_share: Histogram.share_at_least(w.queue_hist, 10_000, w.queued),
+      waited_100ms_share: Histogram.share_at_least(w.queue_hist, 100_000, w.queued)
     }
   end
 
@@ -387,51 +292,7 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
   @spec errors(map(), pos_integer()) :: [map()]
   def errors(store, n), do: GenServer.call(store.pid, {:groups, :errors, n})
 
-  defp latency(hist, sum_us) do
-    count = Enum.sum(hist)
-
-    if count == 0 do
-      %{p50: nil, p95: nil, p99: nil, max: nil, avg: nil}
-    else
-      %{
-        p50: ms(percentile(hist, count, 0.50)),
-        p95: ms(percentile(hist, count, 0.95)),
-        p99: ms(percentile(hist, count, 0.99)),
-        max: ms(hist |> highest_bucket() |> bucket_value()),
-        avg: ms(sum_us / count)
-      }
-    end
-  end
-
-  defp percentile(hist, count, p) do
-    rank = max(ceil(p * count), 1)
-
-    hist
-    |> Enum.with_index()
-    |> Enum.reduce_while(0, fn {n, bucket}, seen ->
-      if seen + n >= rank, do: {:halt, {:bucket, bucket}}, else: {:cont, seen + n}
-    end)
-    |> case do
-      {:bucket, bucket} -> bucket_value(bucket)
-      _ -> 0.0
-    end
-  end
-
-  defp highest_bucket(hist) do
-    hist
-    |> Enum.with_index()
-    |> Enum.reduce(0, fn {n, bucket}, acc -> if n > 0, do: bucket, else: acc end)
-  end
-
-  defp share_over(_hist, _us, 0), do: nil
-
-  defp share_over(hist, us, queued) do
-    from = bucket(us)
-    over = hist |> Enum.drop(from) |> Enum.sum()
-    Float.round(over / queued, 3)
-  end
-
-  defp ms(us), do: Float.round(us / 1_000, 2)
+  defp ms(us), do: Histogram.ms(us)
 
   ## GenServer
 
@@ -440,24 +301,22 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
     repo = opts[:repo]
     slots = opts[:slots]
 
-    store = %{
-      pid: self(),
-      repo: repo,
-      atomics: :atomics.new(slots * @slot_size, signed: false),
-      counters: :counters.new(4, [:write_concurrency]),
-      pending: :atomics.new(1, signed: true),
-      sources: :ets.new(:beamlens_ecto_sources, [:set, :public, write_concurrency: true]),
-      origin: System.monotonic_time(:millisecond),
-      slots: slots,
-      slot_ms: max(div(opts[:window_ms], slots), 1),
-      slow_us: opts[:slow_query_ms] * 1_000,
-      max_sql_bytes: opts[:max_sql_bytes],
-      max_sources: opts[:max_sources],
-      max_pending: opts[:max_pending],
-      slow_query_ms: opts[:slow_query_ms],
-      pool_size: opts[:pool_size],
-      event: opts[:prefix] ++ [:query]
-    }
+    store =
+      slots
+      |> SlotRing.new(opts[:window_ms])
+      |> Map.merge(Store.inbox(opts[:max_pending]))
+      |> Map.merge(%{
+        repo: repo,
+        counters: :counters.new(4, [:write_concurrency]),
+        sources: Store.table(:beamlens_ecto_sources),
+        origin: System.monotonic_time(:millisecond),
+        slow_us: opts[:slow_query_ms] * 1_000,
+        max_sql_bytes: opts[:max_sql_bytes],
+        max_sources: opts[:max_sources],
+        slow_query_ms: opts[:slow_query_ms],
+        pool_size: opts[:pool_size],
+        event: opts[:prefix] ++ [:query]
+      })
 
     handler_id = {__MODULE__, repo}
     Process.flag(:trap_exit, true)
@@ -467,10 +326,7 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
       state = %{
         store: store,
         handler_id: handler_id,
-        groups: %{},
-        normalized: %{},
-        seq: 0,
-        max_groups: opts[:max_groups],
+        groups: QueryGroups.new(opts[:max_groups], opts[:max_sql_bytes]),
         prepared: -1
       }
 
@@ -512,27 +368,15 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
   def handle_info(:tick, state), do: {:noreply, prepare_slots(state)}
 
   def handle_info({:record, record}, state) do
-    :atomics.sub(state.store.pending, 1, 1)
-    {:noreply, add_record(state, record)}
+    Store.taken(state.store)
+    {:noreply, %{state | groups: QueryGroups.add(state.groups, record)}}
   end
 
   def handle_info(_other, state), do: {:noreply, state}
 
   @impl true
-  def handle_call({:groups, kind, n}, _from, state) do
-    field = if kind == :slow, do: :slow, else: :errors
-    order = if kind == :slow, do: :slow_total_us, else: :errors
-
-    groups =
-      state.groups
-      |> Map.values()
-      |> Enum.filter(&(Map.fetch!(&1, field) > 0))
-      |> Enum.sort_by(&{Map.fetch!(&1, order), &1.seq}, :desc)
-      |> Enum.take(n)
-      |> Enum.map(&present_group/1)
-
-    {:reply, groups, state}
-  end
+  def handle_call({:groups, kind, n}, _from, state),
+    do: {:reply, QueryGroups.top(state.groups, kind, n), state}
 
   # Clears the slot of the next tick ahead of time, so that the handler
   # never has to, then waits for the next tick. After a delay, the slots of
@@ -541,140 +385,22 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
   defp prepare_slots(state) do
     store = state.store
     now = System.monotonic_time(:millisecond) - store.origin
-    tick = div(now, store.slot_ms)
-    from = max(state.prepared + 1, tick + 2 - store.slots)
-
-    for t <- from..(tick + 1)//1 do
-      base = rem(t, store.slots) * @slot_size + 1
-      for field <- 1..(@slot_size - 1), do: :atomics.put(store.atomics, base + field, 0)
-      :atomics.put(store.atomics, base + @epoch, t + 1)
-    end
-
-    Process.send_after(self(), :tick, max(store.slot_ms - rem(now, store.slot_ms), 1))
-    %{state | prepared: tick + 1}
+    {prepared, wait_ms} = SlotRing.prepare(store, state.prepared, now)
+    Process.send_after(self(), :tick, wait_ms)
+    %{state | prepared: prepared}
   end
-
-  defp add_record(state, record) do
-    {sql, state} = normalized(state, record.sql)
-    key = :erlang.phash2({sql, record.source})
-
-    group =
-      Map.get(state.groups, key, %{
-        sql: sql,
-        source: record.source,
-        slow: 0,
-        errors: 0,
-        slow_total_us: 0,
-        max_total_us: 0,
-        last_error: nil,
-        first_seen: record.at,
-        last_seen: record.at,
-        seq: 0
-      })
-
-    seq = state.seq + 1
-
-    group = %{
-      group
-      | last_seen: record.at,
-        seq: seq,
-        max_total_us: max(group.max_total_us, record.total_us)
-    }
-
-    group =
-      if record.slow,
-        do: %{group | slow: group.slow + 1, slow_total_us: group.slow_total_us + record.total_us},
-        else: group
-
-    group =
-      if record.error,
-        do: %{
-          group
-          | errors: group.errors + 1,
-            last_error: %{record.error | message: Redactor.redact(record.error.message)}
-        },
-        else: group
-
-    groups =
-      if Map.has_key?(state.groups, key) or map_size(state.groups) < state.max_groups do
-        state.groups
-      else
-        {oldest, _} = Enum.min_by(state.groups, fn {_, g} -> g.seq end)
-        Map.delete(state.groups, oldest)
-      end
-
-    %{state | groups: Map.put(groups, key, group), seq: seq}
-  end
-
-  # Applications run the same few SQL texts again and again: normalising
-  # and redacting each text once keeps the store fast in a burst of slow
-  # queries. At most 500 texts are remembered.
-  defp normalized(state, sql) do
-    key = :erlang.phash2(sql)
-
-    case state.normalized do
-      %{^key => {^sql, normal}} ->
-        {normal, state}
-
-      cache ->
-        normal = normalize_sql(sql, state.store.max_sql_bytes)
-        cache = if map_size(cache) >= 500, do: %{}, else: cache
-        {normal, %{state | normalized: Map.put(cache, key, {sql, normal})}}
-    end
-  end
-
-  defp present_group(group) do
-    %{
-      sql: group.sql,
-      source: group.source,
-      slow_count: group.slow,
-      slow_avg_ms: if(group.slow > 0, do: ms(group.slow_total_us / group.slow)),
-      max_ms: ms(group.max_total_us),
-      errors: group.errors,
-      last_error: group.last_error,
-      first_seen: iso(group.first_seen),
-      last_seen: iso(group.last_seen)
-    }
-  end
-
-  defp iso(ms), do: ms |> DateTime.from_unix!(:millisecond) |> DateTime.to_iso8601()
 
   @doc """
-  Normalises SQL for grouping and for the model: comments dropped, string,
-  dollar-quoted and numeric literals replaced by `?`, lists of `?` collapsed,
-  whitespace squeezed, capped at `max_bytes`, then redacted. Parameters
-  (`$1`, `?`) and identifiers (`u0`, `"t1"`) are kept.
+  Normalises SQL for grouping and for the model (see
+  `Beamlens.Domain.Ecto.QueryGroups.normalize_sql/2`): comments dropped,
+  string, dollar-quoted and numeric literals replaced by `?`, lists of `?`
+  collapsed, whitespace squeezed, capped at `max_bytes`, then redacted.
 
-      iex> Beamlens.Domain.Ecto.TelemetryStore.normalize_sql(
-      ...>   "SELECT u0.\\"id\\" FROM \\"users\\" AS u0 -- lookup\\n" <>
-      ...>     "WHERE u0.\\"email\\" = 'bob@example.com' AND u0.\\"age\\" > 21 AND u0.\\"id\\" IN (1, 2, 3) LIMIT $1"
-      ...> )
-      ~S|SELECT u0."id" FROM "users" AS u0 WHERE u0."email" = ? AND u0."age" > ? AND u0."id" IN (?...) LIMIT $1|
+      iex> Beamlens.Domain.Ecto.TelemetryStore.normalize_sql("SELECT * FROM t WHERE id IN (1, 2) -- x")
+      "SELECT * FROM t WHERE id IN (?...)"
   """
   @spec normalize_sql(String.t() | nil, pos_integer()) :: String.t() | nil
-  def normalize_sql(sql, max_bytes \\ 2_000)
-  def normalize_sql(nil, _max_bytes), do: nil
-
-  def normalize_sql(sql, max_bytes) do
-    sql
-    |> String.replace(
-      ~r/(?:\b[EeBbXxNn])?'(?:[^']|'')*'|--[^\n]*|\/\*[\s\S]*?\*\/|\$([A-Za-z_]*)\$[\s\S]*?\$\1\$/,
-      fn
-        "--" <> _ -> " "
-        "/*" <> _ -> " "
-        _literal -> "?"
-      end
-    )
-    |> String.replace(~r/(?<![\w$."])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b/, "?")
-    |> String.replace(~r/\(\s*\?(?:\s*,\s*\?)+\s*\)/, "(?...)")
-    |> String.replace(~r/\s+/, " ")
-    |> String.trim()
-    |> Redactor.redact()
-    |> truncate(max_bytes)
-  end
-
-  defp truncate(text, max) when byte_size(text) <= max, do: text
-  defp truncate(text, max), do: String.slice(text, 0, max) <> "..."
+  defdelegate normalize_sql(sql, max_bytes \\ 2_000), to: QueryGroups
 
   ## Options
 

@@ -65,18 +65,12 @@ defmodule Beamlens.Domain.Sup.Tracker do
   @recent_window_ms 60_000
 
   @doc false
-  def child_spec(opts) do
-    %{id: __MODULE__, start: {__MODULE__, :start_link, [opts]}, type: :worker}
-  end
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts), do: Beamlens.Store.child_spec(__MODULE__, opts)
 
   @doc "Starts the tracker, or returns `:ignore` when it already runs."
   @spec start_link(keyword()) :: GenServer.on_start() | :ignore
-  def start_link(opts \\ []) do
-    case GenServer.start_link(__MODULE__, opts, name: __MODULE__) do
-      {:error, {:already_started, _pid}} -> :ignore
-      other -> other
-    end
-  end
+  def start_link(opts \\ []), do: Beamlens.Store.start_once(__MODULE__, opts)
 
   @doc "Whether the tracker is running."
   @spec running?() :: boolean()
@@ -519,6 +513,7 @@ defmodule Beamlens.Domain.Sup.Tracker do
 
   @doc false
   # {pid, application name} of each running application's top supervisor.
+  @spec app_supervisors() :: [{pid(), String.t()}]
   def app_supervisors do
     for {app, _, _} <- :application.which_applications(),
         pid = top_supervisor(app),
@@ -570,6 +565,7 @@ defmodule Beamlens.Domain.Sup.Tracker do
   end
 
   @doc false
+  @spec which_children(pid()) :: [{term(), pid() | :restarting | :undefined, atom(), term()}]
   def which_children(pid) do
     case GenServer.call(pid, :which_children, @call_timeout) do
       children when is_list(children) ->
@@ -585,9 +581,11 @@ defmodule Beamlens.Domain.Sup.Tracker do
   end
 
   @doc false
+  @spec supervisor_pid?(pid()) :: boolean()
   def supervisor_pid?(pid) when is_pid(pid), do: supervisor?(pid)
 
   @doc false
+  @spec registered_name(pid()) :: String.t() | nil
   def registered_name(pid) do
     case Process.info(pid, :registered_name) do
       {:registered_name, name} when is_atom(name) and name != [] -> Beamlens.Domain.id(name)
