@@ -44,8 +44,8 @@ defmodule Beamlens.Domain.BeamTest do
     end
 
     assert_raise ArgumentError, ~r/not a pid/, fn -> Beam.process_info("hello") end
-    dead = spawn(fn -> :ok end)
-    Process.sleep(10)
+    {dead, ref} = spawn_monitor(fn -> :ok end)
+    assert_receive {:DOWN, ^ref, :process, ^dead, :normal}, 5_000
     assert Beam.process_info(inspect(dead)) == %{pid: inspect(dead), alive: false}
     assert_raise ArgumentError, ~r/not a pid/, fn -> Beam.process_info("<0.99999999.0>") end
   end
