@@ -16,6 +16,9 @@ defmodule Beamlens.OperatingTest do
     do: Enum.find(Beamlens.status(instance: instance).watchers, &(&1.name == name))
 
   test "status: each watcher's state, mode, ticks, checks and tokens", %{instance: instance} do
+    # Tokens are counted node-wide per watcher name: an earlier test's :ets
+    # watcher may have used a model. This one, rules-only, adds nothing.
+    tokens_before = Beamlens.Usage.get({:watcher, :ets})
     start_beamlens(instance, watchers: [:beam, :ets])
     await_ticks(instance, :ets, 2)
 
@@ -34,15 +37,19 @@ defmodule Beamlens.OperatingTest do
     assert DateTime.diff(ets.next_tick_at, ets.last_tick_at, :millisecond) == 50
     assert ets.firing == []
     assert ets.last_check == nil
-    # Node-wide per caller name: other tests' :ets watchers may have used a model.
+
     assert %{last_hour: %{input: _, output: _}, total: %{input: _, output: _}, estimated: _} =
              ets.tokens
+
+    assert ets.tokens == tokens_before
   end
 
   test "alerts are kept without any handler, with filters", %{instance: instance} do
     start_beamlens(instance, watchers: [[name: :ets, warmup: 5], :beam])
     await_ticks(instance, :ets, 8)
-    grow_ets(:op_history_sessions, 300_000)
+    # All at once between two snapshots: grown over many ticks of a loaded
+    # machine, the gate's baseline would follow it.
+    between_snapshots(instance, [:ets], fn -> grow_ets(:op_history_sessions, 300_000) end)
 
     fired = assert_alert(:ets, "ets_memory_growth")
     assert Beamlens.Eventually.eventually(fn -> Beamlens.alerts(instance: instance) != [] end)
@@ -74,7 +81,7 @@ defmodule Beamlens.OperatingTest do
     assert :ok = Beamlens.pause(:ets, instance: instance)
     assert %{paused: true, paused_until: nil} = watcher_status(instance, :ets)
 
-    grow_ets(:op_paused_sessions, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:op_paused_sessions, 300_000) end)
 
     # The gate still sees it: the state changes...
     assert_receive {:telemetry, [:beamlens, :watcher, :state_changed], _,
