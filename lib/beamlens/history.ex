@@ -105,6 +105,7 @@ defmodule Beamlens.History do
   @doc false
   # Validates filters; shared with `Beamlens.insights/1`, which merges in
   # the coordinator's live insights.
+  @spec validate!(keyword(), [atom()]) :: keyword()
   def validate!(filters, known) do
     unless Keyword.keyword?(filters) do
       raise ArgumentError, "expected the filters to be a keyword list, got: #{inspect(filters)}"
@@ -144,6 +145,7 @@ defmodule Beamlens.History do
 
   @doc false
   # Keeps the entries of `list` (newest first) that pass the filters.
+  @spec filter([map()], keyword(), (map() -> DateTime.t())) :: [map()]
   def filter(list, filters, time_of) do
     list
     |> Enum.filter(fn entry ->

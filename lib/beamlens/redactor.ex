@@ -424,6 +424,7 @@ defmodule Beamlens.Redactor do
   @doc false
   # 13 to 19 digits (separators dropped), a card network's first digit and
   # a valid Luhn checksum. The native rules use the same test.
+  @spec card?(binary()) :: boolean()
   def card?(text) do
     digits = for <<c <- text>>, c in ?0..?9, do: c - ?0
 

@@ -38,6 +38,7 @@ defmodule Beamlens.Usage do
   # One table per node, kept for the life of the VM like the native usage
   # ledger: its owner is started once, unlinked, by the first Beamlens
   # supervisor, and outlives it (figures survive a restart of BeamLens).
+  @spec start() :: :ignore | {:error, term()}
   def start do
     case GenServer.start(__MODULE__, [], name: __MODULE__) do
       {:ok, _pid} -> :ignore
@@ -48,6 +49,11 @@ defmodule Beamlens.Usage do
 
   @doc false
   # Called by Beamlens.LLM.handle_reply/2 in the process that made the request.
+  @spec record_reply(
+          Beamlens.LLM.Pending.t(),
+          {:ok, Beamlens.LLM.Response.t()} | {:error, Beamlens.LLMError.t()},
+          integer()
+        ) :: :ok
   def record_reply(pending, result, now_ms \\ System.system_time(:millisecond))
 
   def record_reply(pending, {:ok, response}, now_ms) do
@@ -71,6 +77,7 @@ defmodule Beamlens.Usage do
 
   @doc false
   # The estimated tokens of a request: about one per 4 bytes.
+  @spec estimate(term()) :: non_neg_integer()
   def estimate(term), do: div(:erlang.external_size(term), 4)
 
   defp reply_estimate(response) do
@@ -235,6 +242,7 @@ defmodule Beamlens.Usage do
 
   @doc false
   # Drops the minute rows older than an hour before `now_ms`.
+  @spec prune(integer()) :: non_neg_integer()
   def prune(now_ms) do
     cutoff = div(now_ms, 60_000) - @hour_minutes
 

@@ -35,11 +35,19 @@ defmodule Beamlens.CoordinatorClusterTest do
 
   defp stats_on(node, name), do: :erpc.call(node, Coordinator, :stats, [name])
 
-  defp wait_until(fun, tries \\ 100) do
+  # Polls the peers' state until `fun` holds; peers are OS processes that a
+  # loaded machine may start slowly, so the bound is generous: only a broken
+  # build reaches it.
+  defp wait_until(fun, timeout_ms \\ 30_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout_ms
+    do_wait_until(fun, deadline)
+  end
+
+  defp do_wait_until(fun, deadline) do
     cond do
       fun.() -> :ok
-      tries == 0 -> flunk("condition not reached")
-      true -> Process.sleep(20) && wait_until(fun, tries - 1)
+      System.monotonic_time(:millisecond) > deadline -> flunk("condition not reached")
+      true -> Process.sleep(20) && do_wait_until(fun, deadline)
     end
   end
 
@@ -122,13 +130,20 @@ defmodule Beamlens.CoordinatorClusterTest do
     %{a: a, b: b, name: name} = ctx
     # Its name sorts before a's.
     {_peer, zero} = start_peer(:"coord_0_#{ctx.suffix}")
+    started = System.monotonic_time(:millisecond)
     start_remote_coordinator(zero, Keyword.put(ctx.opts, :leader_warmup_ms, 2_000), self())
 
-    wait_until(fn -> match?({:ok, %{members: 3, leader: ^a}}, stats_on(zero, name)) end)
-    assert {:ok, %{leader: ^a, leader?: true}} = stats_on(a, name)
+    # a and b hand the lead over to it only when its 2 s warm-up is over:
+    # a lower bound on the time, which a slow machine cannot break (watching
+    # that a still leads during the warm-up would race with it).
+    for node <- [a, b] do
+      assert_receive {:coordinator_event, :leader_changed, _,
+                      %{leader: ^zero, previous: ^a, from: ^node}},
+                     30_000
 
-    for node <- [zero, a, b] do
-      wait_until(fn -> match?({:ok, %{leader: ^zero}}, stats_on(node, name)) end, 250)
+      assert System.monotonic_time(:millisecond) - started >= 2_000
     end
+
+    wait_until(fn -> match?({:ok, %{members: 3, leader: ^zero}}, stats_on(zero, name)) end)
   end
 end

@@ -84,12 +84,13 @@ defmodule Beamlens.CoordinatorE2ETest do
   test "symptomatic: one process leaks sockets and piles up messages", %{instance: instance} do
     start(instance, [:ports, :beam], 30_000)
 
+    # All at once between two snapshots, as in the causal test.
     culprit =
-      spawn_owner(fn ->
-        for _ <- 1..300, do: :gen_udp.open(0)
+      between_snapshots(instance, [:ports, :beam], fn ->
+        culprit = spawn_owner(fn -> for _ <- 1..300, do: :gen_udp.open(0) end)
+        for i <- 1..20_000, do: send(culprit, {:request, i})
+        culprit
       end)
-
-    for i <- 1..20_000, do: send(culprit, {:request, i})
 
     insight = await_insight(["port_leak", "mailbox_buildup"], 15_000)
     assert insight.correlation_type == :symptomatic
@@ -100,11 +101,13 @@ defmodule Beamlens.CoordinatorE2ETest do
   test "temporal: unrelated faults at the same moment", %{instance: instance} do
     start(instance, [:beam, :logger], 30_000)
 
-    base = System.unique_integer([:positive])
-    for i <- 1..15_000, do: _ = String.to_atom("e2e_atom_#{base}_#{i}")
-
     require Logger
-    for i <- 1..80, do: Logger.error("invoice #{i} rejected by the tax rules")
+
+    between_snapshots(instance, [:beam, :logger], fn ->
+      base = System.unique_integer([:positive])
+      for i <- 1..15_000, do: _ = String.to_atom("e2e_atom_#{base}_#{i}")
+      for i <- 1..80, do: Logger.error("invoice #{i} rejected by the tax rules")
+    end)
 
     insight = await_insight(["atom_growth", "error_log_burst"], 15_000)
     assert insight.correlation_type == :temporal

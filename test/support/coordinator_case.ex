@@ -44,8 +44,9 @@ defmodule Beamlens.CoordinatorCase do
 
   @doc """
   An alert of `anomaly_type` as its watcher would fire it. Options:
-  `:ago_ms` (detected that long ago), `:node`, `:entities`, `:severity`,
-  `:watcher`.
+  `:ago_ms` (detected that long before `:now`), `:now` (a `DateTime`,
+  default the current time: pass one clock to several alerts whose spacing
+  a test asserts), `:node`, `:entities`, `:severity`, `:watcher`.
   """
   def alert(anomaly_type, opts \\ []) do
     watcher = Keyword.get_lazy(opts, :watcher, fn -> Map.fetch!(@watcher_of, anomaly_type) end)
@@ -59,7 +60,8 @@ defmodule Beamlens.CoordinatorCase do
       observation: "test fault",
       entities: Keyword.get(opts, :entities, []),
       node: Keyword.get(opts, :node, node()),
-      detected_at: DateTime.add(DateTime.utc_now(), -ago, :millisecond)
+      detected_at:
+        DateTime.add(Keyword.get_lazy(opts, :now, &DateTime.utc_now/0), -ago, :millisecond)
     )
   end
 

@@ -79,6 +79,7 @@ defmodule Beamlens.Coordinator.LLMSummarizer do
   end
 
   @doc false
+  @spec prompt(Beamlens.Insight.t(), [Beamlens.Alert.t()], keyword()) :: String.t()
   def prompt(insight, alerts, opts) do
     max_tokens = Keyword.get(opts, :compaction_max_tokens, 50_000)
     keep_last = Keyword.get(opts, :compaction_keep_last, 5)

@@ -354,6 +354,7 @@ defmodule Beamlens.Domain.Beam do
   end
 
   @doc false
+  @spec top_processes(number(), String.t()) :: [map()]
   def top_processes(n, by) when is_number(n) and is_binary(by),
     do: Processes.top(trunc(n), by) |> unwrap()
 
@@ -362,6 +363,7 @@ defmodule Beamlens.Domain.Beam do
       raise(ArgumentError, "expected top_processes(n, by), got: (#{inspect(n)}, #{inspect(by)})")
 
   @doc false
+  @spec process_info(String.t()) :: map()
   def process_info(pid_string) when is_binary(pid_string) do
     case parse_pid(pid_string) do
       {:ok, pid} ->
@@ -373,12 +375,14 @@ defmodule Beamlens.Domain.Beam do
   end
 
   @doc false
+  @spec scheduler_utilization(number()) :: map() | nil
   def scheduler_utilization(ms) when is_number(ms) do
     ms = ms |> trunc() |> max(10) |> min(1_000)
     start_utilization_sample(ms) |> await_utilization()
   end
 
   @doc false
+  @spec limits() :: %{atom() => non_neg_integer()}
   def limits do
     %{
       process_count: :erlang.system_info(:process_count),
@@ -393,6 +397,7 @@ defmodule Beamlens.Domain.Beam do
   end
 
   @doc false
+  @spec parse_pid(String.t()) :: {:ok, pid()} | :error
   def parse_pid(string) do
     case Regex.run(~r/^(?:#PID)?<(\d+)\.(\d+)\.(\d+)>$/, String.trim(string)) do
       [_, a, b, c] -> {:ok, :erlang.list_to_pid(~c"<#{a}.#{b}.#{c}>")}

@@ -178,6 +178,7 @@ defmodule Beamlens.Domain.Ets do
   end
 
   @doc false
+  @spec tables(number(), String.t()) :: [map()]
   def tables(n, by) when is_number(n) and by in ["memory", "size"] do
     word = :erlang.system_info(:wordsize)
     key = if by == "memory", do: :memory, else: :size
@@ -196,6 +197,7 @@ defmodule Beamlens.Domain.Ets do
       )
 
   @doc false
+  @spec table_info_by_name(String.t()) :: map()
   def table_info_by_name(name) when is_binary(name) do
     word = :erlang.system_info(:wordsize)
 

@@ -220,10 +220,12 @@ defmodule Beamlens.Domain.Exception do
   end
 
   @doc false
+  @spec group(String.t()) :: map() | nil
   def group(id) when is_binary(id), do: ExceptionStore.group(id)
   def group(id), do: raise(ArgumentError, "id must be a string, got: #{inspect(id)}")
 
   @doc false
+  @spec search(String.t(), number()) :: [map()]
   def search(text, n) when is_binary(text), do: ExceptionStore.search(text, cap(n, 50))
   def search(text, _n), do: raise(ArgumentError, "text must be a string, got: #{inspect(text)}")
 

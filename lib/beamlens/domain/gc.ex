@@ -148,6 +148,7 @@ defmodule Beamlens.Domain.Gc do
   end
 
   @doc false
+  @spec process_gc(String.t()) :: map()
   def process_gc(pid_string) when is_binary(pid_string) do
     with {:ok, pid} <- Beamlens.Domain.Beam.parse_pid(pid_string),
          {:garbage_collection, gc} <- :erlang.process_info(pid, :garbage_collection) do

@@ -185,6 +185,7 @@ defmodule Beamlens.Domain.Logger do
   end
 
   @doc false
+  @spec recent(number(), String.t()) :: [map()]
   def recent(n, level) when level in ["error", "warning", "all"] do
     level = %{"error" => :error, "warning" => :warning, "all" => :all}[level]
     n |> cap(100) |> LogStore.recent(level) |> Enum.map(&present/1)
@@ -198,6 +199,7 @@ defmodule Beamlens.Domain.Logger do
       )
 
   @doc false
+  @spec search(String.t(), number()) :: [map()]
   def search(text, n) when is_binary(text) do
     text |> LogStore.search(cap(n, 100)) |> Enum.map(&present/1)
   end

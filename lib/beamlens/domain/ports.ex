@@ -184,6 +184,7 @@ defmodule Beamlens.Domain.Ports do
   end
 
   @doc false
+  @spec list(number(), String.t()) :: [map()]
   def list(n, by) when is_number(n) and by in ["input", "output", "queue_size"] do
     key = String.to_existing_atom(by)
 
@@ -274,6 +275,7 @@ defmodule Beamlens.Domain.Ports do
   end
 
   @doc false
+  @spec file_descriptors() :: {non_neg_integer() | nil, non_neg_integer() | nil}
   def file_descriptors do
     open =
       case File.ls("/proc/self/fd") do

@@ -176,6 +176,7 @@ defmodule Beamlens.Domain.Sup do
   end
 
   @doc false
+  @spec tree(String.t()) :: %{application: String.t(), supervisor: map() | nil}
   def tree(app) when is_binary(app) do
     case Enum.find(:application.which_applications(), fn {name, _, _} ->
            Atom.to_string(name) == app

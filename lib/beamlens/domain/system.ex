@@ -180,6 +180,7 @@ defmodule Beamlens.Domain.System do
 
   @doc false
   # What the host must do, for each way starting :os_mon fails.
+  @spec os_mon_error(term()) :: String.t()
   def os_mon_error({:os_mon, {~c"no such file or directory", ~c"os_mon.app"}}) do
     "the :system watcher needs OTP's :os_mon application, which is not on the code path: " <>
       "add it to your application's mix.exs, `extra_applications: [:logger, :os_mon]` " <>

@@ -4,6 +4,10 @@ defmodule Beamlens.Domain.BeamTest do
 
   alias Beamlens.Domain.Beam
 
+  # Polls every 20 ms, up to 30 s: state that settles asynchronously takes
+  # longer on a loaded machine, and only a broken build reaches the bound.
+  @attempts 1_500
+
   test "snapshot has memory, counts against limits and top processes" do
     s = Beam.snapshot()
     assert s.memory.total > 0
@@ -22,10 +26,10 @@ defmodule Beamlens.Domain.BeamTest do
 
   test "sampling utilisation leaves scheduler_wall_time as it was" do
     # A sampler of an earlier test's watcher may still be finishing.
-    assert eventually(fn -> :erlang.statistics(:scheduler_wall_time) == :undefined end)
+    assert eventually(fn -> :erlang.statistics(:scheduler_wall_time) == :undefined end, @attempts)
     _ = Beam.snapshot()
     assert %{total: _} = Beam.scheduler_utilization(20)
-    assert eventually(fn -> :erlang.statistics(:scheduler_wall_time) == :undefined end)
+    assert eventually(fn -> :erlang.statistics(:scheduler_wall_time) == :undefined end, @attempts)
   end
 
   test "top processes never expose messages, and rank by the requested key" do
@@ -44,8 +48,8 @@ defmodule Beamlens.Domain.BeamTest do
     end
 
     assert_raise ArgumentError, ~r/not a pid/, fn -> Beam.process_info("hello") end
-    dead = spawn(fn -> :ok end)
-    Process.sleep(10)
+    {dead, ref} = spawn_monitor(fn -> :ok end)
+    assert_receive {:DOWN, ^ref, :process, ^dead, :normal}, 5_000
     assert Beam.process_info(inspect(dead)) == %{pid: inspect(dead), alive: false}
     assert_raise ArgumentError, ~r/not a pid/, fn -> Beam.process_info("<0.99999999.0>") end
   end

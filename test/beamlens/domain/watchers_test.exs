@@ -131,7 +131,9 @@ defmodule Beamlens.Domain.WatchersTest do
         end)
 
       alert = assert_alert(:exception, "exception_burst")
-      Task.await(burst)
+      # The rest of the burst is not needed; on a loaded machine it may take
+      # longer than any fixed wait.
+      Task.shutdown(burst, :brutal_kill)
       assert alert.summary =~ "exception rate at"
       assert alert.summary =~ "mostly Beamlens.EctoCase.DBError"
       assert {"exception", "Beamlens.EctoCase.DBError"} in alert.entities
@@ -145,7 +147,7 @@ defmodule Beamlens.Domain.WatchersTest do
       crashes = Task.async(fn -> crash_workers(40, 10) end)
 
       alert = assert_alert(:exception, "exception_burst")
-      Task.await(crashes, 10_000)
+      Task.shutdown(crashes, :brutal_kill)
       assert {"exception", "Beamlens.EctoCase.DBError"} in alert.entities
       assert {"module", "Beamlens.Domain.WatchersTest.OrderWorker"} in alert.entities
       assert alert.evidence.values["exception.count"].value > 1
@@ -195,7 +197,7 @@ defmodule Beamlens.Domain.WatchersTest do
       crashes = Task.async(fn -> crash_workers(40, 10) end)
       burst = assert_alert(:exception, "exception_burst")
       :ok = Coordinator.report_alert(coordinator, burst)
-      Task.await(crashes, 10_000)
+      Task.shutdown(crashes, :brutal_kill)
 
       assert_receive {:coordinator_event, :insight_produced, _, %{insight: insight}}, 5_000
       assert insight.correlation_type == :causal

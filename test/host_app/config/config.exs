@@ -9,21 +9,11 @@ config :host_app, HostApp.Repo, pool_size: 5
 config :tower, reporters: [Beamlens.Domain.Exception.ExceptionStore]
 
 # What HostApp.Application starts: the telemetry store's options, and
-# BeamLens's (false: not started by the application).
+# BeamLens's (false: not started by the application). BeamLens's watchers
+# default to the app's one list, HostApp.Application.watchers/0.
 config :host_app, :telemetry_store, []
 
-config :host_app, :beamlens,
-  watchers: [
-    :beam,
-    :ets,
-    :gc,
-    :logger,
-    :ports,
-    :sup,
-    :system,
-    :exception,
-    [name: :ecto, domain_module: HostApp.EctoDomain]
-  ]
+config :host_app, :beamlens, []
 
 # The web endpoint: LiveDashboard with BeamLens's page at /dashboard/beamlens,
 # on 127.0.0.1 only. The origin of LiveView's websocket is checked against

@@ -2,8 +2,9 @@ defmodule HostApp.Application do
   @moduledoc """
   The host app's supervision tree, in the order BeamLens's README asks for:
   the repo, the Ecto domain's registry and telemetry store, the app's own
-  processes and its web endpoint (LiveDashboard), then BeamLens (when `config :host_app, :beamlens` is a list of
-  options; tests start their own instances).
+  processes and its web endpoint (LiveDashboard), then BeamLens (when
+  `config :host_app, :beamlens` is a list of options, its watchers
+  defaulting to `watchers/0`; tests start their own instances).
   """
   use Application
 
@@ -23,9 +24,29 @@ defmodule HostApp.Application do
     Supervisor.start_link(children, strategy: :one_for_one, name: HostApp.Supervisor)
   end
 
+  @doc """
+  The watchers BeamLens runs in this app: every built-in domain and the
+  app's own Ecto domain. BeamLens's options (`config :host_app, :beamlens`)
+  default their `:watchers` to this list; the tests read it too.
+  """
+  @spec watchers() :: [atom() | keyword()]
+  def watchers do
+    [
+      :beam,
+      :ets,
+      :gc,
+      :logger,
+      :ports,
+      :sup,
+      :system,
+      :exception,
+      [name: :ecto, domain_module: HostApp.EctoDomain]
+    ]
+  end
+
   defp beamlens do
     case Application.get_env(:host_app, :beamlens) do
-      opts when is_list(opts) -> [{Beamlens, opts}]
+      opts when is_list(opts) -> [{Beamlens, Keyword.put_new(opts, :watchers, watchers())}]
       _ -> []
     end
   end

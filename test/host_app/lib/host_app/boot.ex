@@ -7,7 +7,7 @@ defmodule HostApp.Boot do
 
   @doc """
   Boots the app with `beamlens` as BeamLens's options (`false`: not
-  started). Returns the database URL, or `{:error, reason}` when there is
+  started; `:watchers` defaults to `HostApp.Application.watchers/0`). Returns the database URL, or `{:error, reason}` when there is
   no PostgreSQL.
   """
   @spec start(keyword() | false, keyword()) :: {:ok, String.t()} | {:error, String.t()}

@@ -12,18 +12,6 @@ defmodule HostApp.DashboardTest do
 
   @moduletag timeout: 240_000
 
-  # What config/config.exs gives BeamLens in the app.
-  @watchers [
-    :beam,
-    :ets,
-    :gc,
-    :logger,
-    :ports,
-    :sup,
-    :system,
-    :exception,
-    [name: :ecto, domain_module: HostApp.EctoDomain]
-  ]
   @api_key "sk-ant-api03-Dashb0ardSecretKey-7Qx2"
 
   # The scripted model: watchers' checks end at once; an investigation
@@ -50,7 +38,8 @@ defmodule HostApp.DashboardTest do
 
     # The page's default instance: `Beamlens`.
     start_beamlens(Beamlens,
-      watchers: @watchers,
+      # The watchers the app runs BeamLens with.
+      watchers: HostApp.Application.watchers(),
       interval: 250,
       provider: LLMFixtures.config(:anthropic, server, api_key: @api_key)
     )
@@ -60,7 +49,8 @@ defmodule HostApp.DashboardTest do
     %{url: "http://127.0.0.1:#{port}/dashboard/beamlens"}
   end
 
-  defp names, do: Enum.map(@watchers, fn w -> if is_list(w), do: w[:name], else: w end)
+  defp names,
+    do: Enum.map(HostApp.Application.watchers(), fn w -> if is_list(w), do: w[:name], else: w end)
 
   # A worker crashes with the repo's configuration, password included, in
   # its MatchError; the log gets the database URL.
