@@ -109,6 +109,15 @@ defmodule Beamlens.Domain.ExceptionTest do
                ExceptionStore.recent(10)
     end
 
+    test "Exception.TowerReporter is the same reporter under its own name" do
+      start_store()
+      event = tower_event(:error, %ArgumentError{message: "bad"}, stacktrace())
+      assert Beamlens.Domain.Exception.TowerReporter.report_event(event) == :ok
+      assert ExceptionStore.report_event(event) == :ok
+      assert %{recorded: 2, groups: 1} = settle()
+      assert [%{exception: "ArgumentError", count: 2}] = ExceptionStore.top_groups(5)
+    end
+
     test "does nothing when the store is not running" do
       refute ExceptionStore.running?()
       assert ExceptionStore.report_event(tower_event(:error, %RuntimeError{}, [])) == :ok
