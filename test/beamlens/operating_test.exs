@@ -42,7 +42,7 @@ defmodule Beamlens.OperatingTest do
   test "alerts are kept without any handler, with filters", %{instance: instance} do
     start_beamlens(instance, watchers: [[name: :ets, warmup: 5], :beam])
     await_ticks(instance, :ets, 8)
-    grow_ets(:op_history_sessions, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:op_history_sessions, 300_000) end)
 
     fired = assert_alert(:ets, "ets_memory_growth")
     assert Beamlens.Eventually.eventually(fn -> Beamlens.alerts(instance: instance) != [] end)
@@ -74,7 +74,7 @@ defmodule Beamlens.OperatingTest do
     assert :ok = Beamlens.pause(:ets, instance: instance)
     assert %{paused: true, paused_until: nil} = watcher_status(instance, :ets)
 
-    grow_ets(:op_paused_sessions, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:op_paused_sessions, 300_000) end)
 
     # The gate still sees it: the state changes...
     assert_receive {:telemetry, [:beamlens, :watcher, :state_changed], _,
