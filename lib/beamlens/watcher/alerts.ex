@@ -185,7 +185,7 @@ defmodule Beamlens.Watcher.Alerts do
   end
 
   @doc false
-  # At most the #{@max_open_alerts} most recently fired open alerts.
+  # At most the 64 most recently fired open alerts.
   @spec prune(%{optional(String.t()) => open()}) :: %{optional(String.t()) => open()}
   def prune(alerts) when map_size(alerts) <= @max_open_alerts, do: alerts
 
