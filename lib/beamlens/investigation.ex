@@ -35,14 +35,13 @@ defmodule Beamlens.Investigation do
   """
 
   alias Beamlens.{Alert, Domain, Error, Gate, LLM, Lua, Report, Telemetry, Usage}
-  alias Beamlens.Watcher.{Agent, Alerts, Check, Status}
+  alias Beamlens.Watcher.{Agent, Alerts, Status, Turn}
 
   @lock __MODULE__
   @max_snapshot_ms 10_000
   @max_snapshot_bytes 1_500
   @max_figures 6
   @max_tokens_per_turn 1_024
-  @max_corrections 3
   @caller :investigation
 
   @doc false
@@ -540,7 +539,7 @@ defmodule Beamlens.Investigation do
          {:ok, response} <- await(pending, remaining(loop)) do
       loop = %{loop | requests: loop.requests + 1} |> count_tokens(pending, response)
 
-      loop = %{loop | messages: loop.messages ++ [Check.assistant_message(response)]}
+      loop = %{loop | messages: loop.messages ++ [Turn.assistant(response)]}
 
       case response.tool_calls do
         [] ->
@@ -603,7 +602,7 @@ defmodule Beamlens.Investigation do
 
   # A reply without a tool call gets a short correction as a user turn.
   defp correction(loop, text),
-    do: correction_count(%{loop | messages: loop.messages ++ [%{role: :user, content: text}]})
+    do: correction_count(%{loop | messages: loop.messages ++ [Turn.correction(text)]})
 
   defp tools_run(loop, calls, report) do
     Enum.reduce(calls, loop, fn call, loop ->
@@ -656,12 +655,12 @@ defmodule Beamlens.Investigation do
     loop |> tool_result(call, text, true) |> correction_count()
   end
 
-  # A refused call counts as a correction: past @max_corrections the
+  # A refused call counts as a correction: past the limit the
   # investigation ends without an answer.
   defp correction_count(loop) do
     loop = %{loop | corrections: loop.corrections + 1}
 
-    if loop.corrections > @max_corrections,
+    if Turn.too_many_corrections?(loop.corrections),
       do: %{loop | answer: loop.answer || {nil, nil}},
       else: loop
   end
@@ -744,7 +743,7 @@ defmodule Beamlens.Investigation do
   end
 
   defp tool_result(loop, call, text, error?),
-    do: %{loop | messages: loop.messages ++ [Check.tool_message(call, text, error?)]}
+    do: %{loop | messages: loop.messages ++ [Turn.tool_result(call, text, error?)]}
 
   defp text(value) when is_binary(value) do
     case String.trim(value) do

@@ -718,14 +718,16 @@ defmodule Beamlens.Watcher do
   end
 
   defp raise_alert(state, type, findings, snapshot_id) do
-    build = &Alerts.gate_alert(state, type, findings, snapshot_id, &1)
+    at = DateTime.utc_now()
+    build = &Alerts.gate_alert(state, type, findings, snapshot_id, &1, at)
     {state, _event} = deliver(state, type, Alerts.gate_candidate(findings), build)
     state
   end
 
   defp model_alert(state, attrs) do
     related = Alerts.related_findings(state, attrs.anomaly_type, found(state))
-    build = &Alerts.model_alert(state, attrs, related, &1)
+    at = DateTime.utc_now()
+    build = &Alerts.model_alert(state, attrs, related, &1, at)
     candidate = Alerts.model_candidate(attrs, related)
 
     case deliver(state, attrs.anomaly_type, candidate, build) do

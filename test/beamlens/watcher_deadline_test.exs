@@ -38,7 +38,7 @@ defmodule Beamlens.WatcherDeadlineTest do
     )
 
     await_ticks(instance, :ets, 8)
-    grow_ets(:deadline_hung, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:deadline_hung, 300_000) end)
 
     # The check is stuck on the provider; the gate's alert goes out anyway.
     alert = assert_alert(:ets, "ets_memory_growth", 10_000)
@@ -60,7 +60,7 @@ defmodule Beamlens.WatcherDeadlineTest do
 
     await_ticks(instance, :ets, 8)
     pid = Beamlens.Watcher.whereis(instance, :ets)
-    grow_ets(:deadline_lost_llm, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:deadline_lost_llm, 300_000) end)
 
     assert_receive {:telemetry, [:beamlens, :watcher, :reply_timeout], %{timeout: 300},
                     %{watcher: :ets, awaiting: :llm}},
@@ -121,7 +121,7 @@ defmodule Beamlens.WatcherDeadlineTest do
     )
 
     await_ticks(instance, :ets, 8)
-    grow_ets(:deadline_lost_lua, 300_000)
+    between_snapshots(instance, [:ets], fn -> grow_ets(:deadline_lost_lua, 300_000) end)
 
     assert_receive {:telemetry, [:beamlens, :watcher, :tool_call], _,
                     %{tool: "execute_lua", error?: true, result: result}},

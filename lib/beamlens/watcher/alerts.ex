@@ -185,7 +185,7 @@ defmodule Beamlens.Watcher.Alerts do
   end
 
   @doc false
-  # At most the #{@max_open_alerts} most recently fired open alerts.
+  # At most the 64 most recently fired open alerts.
   @spec prune(%{optional(String.t()) => open()}) :: %{optional(String.t()) => open()}
   def prune(alerts) when map_size(alerts) <= @max_open_alerts, do: alerts
 
@@ -223,9 +223,11 @@ defmodule Beamlens.Watcher.Alerts do
     do: if(Enum.any?(findings, &(&1.severity == :critical)), do: :critical, else: :warning)
 
   @doc false
-  # The gate's alert of `type` from its findings in snapshot `snapshot_id`.
-  @spec gate_alert(watcher(), String.t(), [map()], String.t(), pos_integer()) :: Alert.t()
-  def gate_alert(w, type, findings, snapshot_id, occurrences) do
+  # The gate's alert of `type` from its findings in snapshot `snapshot_id`,
+  # detected at `at` (the wall clock, passed in).
+  @spec gate_alert(watcher(), String.t(), [map()], String.t(), pos_integer(), DateTime.t()) ::
+          Alert.t()
+  def gate_alert(w, type, findings, snapshot_id, occurrences, at) do
     findings = Enum.sort_by(findings, &{&1.severity == :critical, &1.value}, :desc)
     lead = hd(findings)
     severity = severity(findings)
@@ -241,15 +243,16 @@ defmodule Beamlens.Watcher.Alerts do
       evidence: %{snapshot_ids: [snapshot_id], values: evidence_values(findings)},
       entities: entities(w, findings),
       source: :gate,
-      occurrences: occurrences
+      occurrences: occurrences,
+      detected_at: at
     )
   end
 
   @doc false
   # The model's alert (the validated fire_alert arguments) about the
-  # findings `related` to it, and what it says for `decide/5`.
-  @spec model_alert(watcher(), map(), [map()], pos_integer()) :: Alert.t()
-  def model_alert(w, attrs, related, occurrences) do
+  # findings `related` to it, detected at `at`.
+  @spec model_alert(watcher(), map(), [map()], pos_integer(), DateTime.t()) :: Alert.t()
+  def model_alert(w, attrs, related, occurrences, at) do
     Alert.new(
       watcher: w.name,
       severity: attrs.severity,
@@ -261,11 +264,13 @@ defmodule Beamlens.Watcher.Alerts do
       evidence: %{snapshot_ids: attrs.snapshot_ids, values: evidence_values(related)},
       entities: entities(w, related),
       source: :llm,
-      occurrences: occurrences
+      occurrences: occurrences,
+      detected_at: at
     )
   end
 
   @doc false
+  # What the model's alert says, for `decide/5`.
   @spec model_candidate(map(), [map()]) :: candidate()
   def model_candidate(attrs, related),
     do: %{severity: attrs.severity, values: evidence_values(related), escalated?: false}

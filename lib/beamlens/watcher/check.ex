@@ -38,9 +38,8 @@ defmodule Beamlens.Watcher.Check do
 
   alias Beamlens.{Compaction, Redactor}
   alias Beamlens.LLM.{Response, ToolCall}
-  alias Beamlens.Watcher.{Agent, Alerts, Status}
+  alias Beamlens.Watcher.{Agent, Alerts, Status, Turn}
 
-  @max_corrections 3
   @max_guarded 256
   @max_tokens_per_turn 1_024
   @continue "(Earlier turns are summarised in the system prompt. Continue this check.)"
@@ -348,7 +347,7 @@ defmodule Beamlens.Watcher.Check do
       check
       | reported_tokens: usage[:input_tokens] || check.reported_tokens,
         tokens: check.tokens + (usage[:input_tokens] || 0) + (usage[:output_tokens] || 0),
-        conversation: check.conversation ++ [assistant_message(response)]
+        conversation: check.conversation ++ [Turn.assistant(response)]
     }
 
     case response.tool_calls do
@@ -356,18 +355,6 @@ defmodule Beamlens.Watcher.Check do
       calls -> next_tool(%{check | queue: calls}, env)
     end
   end
-
-  @doc false
-  # The assistant turn of a model response, as kept in a conversation.
-  @spec assistant_message(Response.t()) :: map()
-  def assistant_message(response),
-    do: %{role: :assistant, content: response.content || "", tool_calls: response.tool_calls}
-
-  @doc false
-  # A tool result turn, as kept in a conversation.
-  @spec tool_message(ToolCall.t(), String.t(), boolean()) :: map()
-  def tool_message(call, text, error?),
-    do: %{role: :tool, tool_call_id: call.id, name: call.name, content: text, is_error: error?}
 
   defp llm_failed(check, error, env),
     do: check |> emit({:llm_failed, error}) |> finish({:llm_error, error.reason}, env)
@@ -402,14 +389,14 @@ defmodule Beamlens.Watcher.Check do
       do: finish(check, :too_many_corrections, env),
       else:
         next_turn(
-          %{check | conversation: check.conversation ++ [%{role: :user, content: text}]},
+          %{check | conversation: check.conversation ++ [Turn.correction(text)]},
           env
         )
   end
 
-  # Counts a correction: past @max_corrections the check stops.
+  # Counts a correction: past the limit (`Beamlens.Watcher.Turn`) the check stops.
   defp corrected(check), do: emit(%{check | corrections: check.corrections + 1}, :correction)
-  defp stop?(check), do: check.corrections > @max_corrections
+  defp stop?(check), do: Turn.too_many_corrections?(check.corrections)
 
   defp next_tool(%{queue: []} = check, env) do
     if check.ended, do: finish(check, check.ended, env), else: next_turn(check, env)
@@ -611,7 +598,7 @@ defmodule Beamlens.Watcher.Check do
   end
 
   defp tool_result(check, call, text, error?) do
-    %{check | conversation: check.conversation ++ [tool_message(call, text, error?)]}
+    %{check | conversation: check.conversation ++ [Turn.tool_result(call, text, error?)]}
     |> emit({:tool_result, call, text, error?})
   end
 

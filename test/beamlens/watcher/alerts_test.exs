@@ -122,9 +122,12 @@ defmodule Beamlens.Watcher.AlertsTest do
     end
 
     test "the gate's alert names the culprit and describes how the gate measured" do
-      alert = Alerts.gate_alert(watcher(), "restart_storm", [@finding], "sup-7", 1)
+      at = ~U[2026-12-01 12:00:00Z]
+      alert = Alerts.gate_alert(watcher(), "restart_storm", [@finding], "sup-7", 1, at)
 
-      assert %Alert{source: :gate, severity: :critical, state: :critical} = alert
+      assert %Alert{source: :gate, severity: :critical, state: :critical, detected_at: ^at} =
+               alert
+
       assert alert.summary == "child restarts at 20.0 (culprit: supervisor MyApp.Sup)"
 
       assert alert.observation ==
@@ -153,7 +156,7 @@ defmodule Beamlens.Watcher.AlertsTest do
         snapshot_ids: ["sup-7"]
       }
 
-      alert = Alerts.model_alert(w, attrs, [@finding], 2)
+      alert = Alerts.model_alert(w, attrs, [@finding], 2, ~U[2026-12-01 12:00:00Z])
       assert %Alert{source: :llm, state: :critical, occurrences: 2} = alert
       assert alert.summary == "MyApp.Sup restarts its worker in a loop"
       assert Alerts.model_candidate(attrs, [@finding]).values["sup.restarts"].value == 20.0
@@ -162,7 +165,8 @@ defmodule Beamlens.Watcher.AlertsTest do
     test "deliver/4 fires, folds a repeat, and escalates what is clearly worse" do
       w = watcher()
       calm = %{@finding | value: 2.0, severity: :warning}
-      build = fn findings -> &Alerts.gate_alert(w, "restart_storm", findings, "sup-1", &1) end
+      at = ~U[2026-12-01 12:00:00Z]
+      build = fn findings -> &Alerts.gate_alert(w, "restart_storm", findings, "sup-1", &1, at) end
 
       item = fn findings ->
         {:sup, "restart_storm", Alerts.gate_candidate(findings), build.(findings)}
