@@ -7,6 +7,15 @@ defmodule Beamlens.LLM.Options do
 
   @providers [:anthropic, :openai, :azure_openai, :openai_compatible, :ollama, :bedrock, :gemini]
 
+  # Where each provider lives unless `:base_url` says otherwise (Bedrock's
+  # depends on the region; `:azure_openai` and `:openai_compatible` have none).
+  @base_urls %{
+    anthropic: "https://api.anthropic.com",
+    openai: "https://api.openai.com/v1",
+    ollama: "http://127.0.0.1:11434",
+    gemini: "https://generativelanguage.googleapis.com/v1beta"
+  }
+
   @secret [
     type: {:or, [:string, {:tuple, [{:in, [:system]}, :string]}]},
     expected: "a non-empty string or {:system, \"ENV_VAR\"}",
@@ -29,7 +38,12 @@ defmodule Beamlens.LLM.Options do
     base_url: [
       type: :string,
       doc:
-        "Where the API lives. Each provider has a default except `:azure_openai` and `:openai_compatible`."
+        "Where the API lives. Defaults: " <>
+          Enum.map_join(@base_urls, ", ", fn {provider, url} ->
+            "`#{inspect(provider)}` #{url}"
+          end) <>
+          ", `:bedrock` https://bedrock-runtime.REGION.amazonaws.com; " <>
+          "`:azure_openai` and `:openai_compatible` have none."
     ],
     timeout: [
       type: :pos_integer,
@@ -109,15 +123,6 @@ defmodule Beamlens.LLM.Options do
         @secret ++
           [doc: "Bedrock: the session token of temporary credentials (`AWS_SESSION_TOKEN`)."]
     ]
-  }
-
-  # Where each provider lives unless `:base_url` says otherwise (Bedrock's
-  # depends on the region; `:azure_openai` and `:openai_compatible` have none).
-  @base_urls %{
-    anthropic: "https://api.anthropic.com",
-    openai: "https://api.openai.com/v1",
-    ollama: "http://127.0.0.1:11434",
-    gemini: "https://generativelanguage.googleapis.com/v1beta"
   }
 
   @key_env %{
