@@ -112,8 +112,12 @@ defmodule Beamlens.WatcherCase do
     end
   end
 
-  @doc "Receives the next alert of `type` fired by `watcher`, or flunks."
-  defmacro assert_alert(watcher, type, timeout \\ 5_000) do
+  @doc """
+  Receives the next alert of `type` fired by `watcher`, or flunks. The
+  default bound is one only a broken gate reaches: under load a snapshot
+  alone can take a second.
+  """
+  defmacro assert_alert(watcher, type, timeout \\ 30_000) do
     quote do
       assert_receive {:telemetry, [:beamlens, :watcher, :alert_fired], _,
                       %{
