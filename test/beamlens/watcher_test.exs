@@ -64,9 +64,16 @@ defmodule Beamlens.WatcherTest do
       await_ticks(instance, :beam, 8)
 
       # A leak is growth relative to what runs already (at least 50%): what
-      # earlier tests left running must not hide it.
+      # earlier tests left running must not hide it. Spawned all at once
+      # between two snapshots: spawned over several ticks on a loaded
+      # machine, it would be reported half-way.
       n = max(6_000, :erlang.system_info(:process_count))
-      leaked = for _ <- 1..n, do: spawn(fn -> Process.sleep(:infinity) end)
+
+      leaked =
+        between_snapshots(instance, [:beam], fn ->
+          for _ <- 1..n, do: spawn(fn -> Process.sleep(:infinity) end)
+        end)
+
       on_exit(fn -> Enum.each(leaked, &Process.exit(&1, :kill)) end)
 
       alert = assert_alert(:beam, "process_leak")
@@ -171,13 +178,17 @@ defmodule Beamlens.WatcherTest do
       start_beamlens(instance, watchers: [:gc])
       await_ticks(instance, :gc, 8)
 
+      # One churning process per scheduler: what the rest of the VM collects
+      # (other tests' leftovers on a loaded machine) must not hide it.
       churn =
-        spawn(fn ->
-          Stream.repeatedly(fn -> Enum.to_list(1..2_000) |> Enum.map(&{&1, &1}) end)
-          |> Stream.run()
-        end)
+        for _ <- 1..System.schedulers_online() do
+          spawn(fn ->
+            Stream.repeatedly(fn -> Enum.to_list(1..2_000) |> Enum.map(&{&1, &1}) end)
+            |> Stream.run()
+          end)
+        end
 
-      on_exit(fn -> Process.exit(churn, :kill) end)
+      on_exit(fn -> Enum.each(churn, &Process.exit(&1, :kill)) end)
 
       alert = assert_alert(:gc, "gc_pressure", 8_000)
       assert alert.summary =~ ~r/garbage collections|words reclaimed/
