@@ -10,10 +10,9 @@ use super::config::ProviderConfig;
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, reason_phrase, status_error, HttpRequest, Sensitive};
 use super::types::{
-    group_by_side, ChatRequest, RawArguments, RawToolCall, Role, Side, StopReason, ToolChoice,
-    Turn, Usage,
+    ChatRequest, RawArguments, RawToolCall, Role, StopReason, ToolChoice, Turn, Usage,
 };
-use super::wire;
+use super::wire::{self, group_by_side, Side};
 
 pub const API_VERSION: &str = "2023-06-01";
 
@@ -237,7 +236,7 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
 mod tests {
     use super::*;
     use crate::llm::config::Secret;
-    use crate::llm::types::tests::{sample_request, simple_request};
+    use crate::llm::fixtures::{sample_request, simple_request};
     use crate::llm::types::ProviderKind;
 
     fn config() -> ProviderConfig {

@@ -17,10 +17,9 @@ use super::config::{AwsCredentials, ProviderConfig};
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, status_error, HttpRequest, Sensitive};
 use super::types::{
-    group_by_side, ChatRequest, RawArguments, RawToolCall, Role, Side, StopReason, ToolChoice,
-    Turn, Usage,
+    ChatRequest, RawArguments, RawToolCall, Role, StopReason, ToolChoice, Turn, Usage,
 };
-use super::wire;
+use super::wire::{self, group_by_side, Side};
 
 pub const SERVICE: &str = "bedrock";
 
@@ -305,7 +304,7 @@ pub fn error(status: u16, headers: &HeaderMap, body: &[u8], secrets: &[&str]) ->
 mod tests {
     use super::*;
     use crate::llm::config::Secret;
-    use crate::llm::types::tests::sample_request;
+    use crate::llm::fixtures::sample_request;
     use crate::llm::types::ProviderKind;
     use std::time::{Duration, UNIX_EPOCH};
 

@@ -15,10 +15,9 @@ use super::config::ProviderConfig;
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, protobuf_duration, status_error, HttpRequest, Sensitive};
 use super::types::{
-    group_by_side, ChatRequest, RawArguments, RawToolCall, Role, Side, StopReason, ToolChoice,
-    Turn, Usage,
+    ChatRequest, RawArguments, RawToolCall, Role, StopReason, ToolChoice, Turn, Usage,
 };
-use super::wire;
+use super::wire::{self, group_by_side, Side};
 
 /// Google's documented stand-in for a missing thought signature.
 pub const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
@@ -360,7 +359,7 @@ pub const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
 mod tests {
     use super::*;
     use crate::llm::config::Secret;
-    use crate::llm::types::tests::sample_request;
+    use crate::llm::fixtures::sample_request;
     use crate::llm::types::ProviderKind;
     use std::time::Duration;
 

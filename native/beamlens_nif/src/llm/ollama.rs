@@ -154,7 +154,7 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
 mod tests {
     use super::*;
     use crate::llm::error::Reason;
-    use crate::llm::types::tests::sample_request;
+    use crate::llm::fixtures::sample_request;
     use crate::llm::types::ProviderKind;
 
     #[test]

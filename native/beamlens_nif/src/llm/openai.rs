@@ -277,7 +277,7 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
 mod tests {
     use super::*;
     use crate::llm::config::Secret;
-    use crate::llm::types::tests::{sample_request, simple_request};
+    use crate::llm::fixtures::{sample_request, simple_request};
 
     fn config(kind: ProviderKind) -> ProviderConfig {
         let mut config = ProviderConfig::new(kind, "gpt-4o-mini");

@@ -5,6 +5,7 @@ use serde_json::Value;
 use super::config::ProviderConfig;
 use super::error::{clip, redact, LlmError};
 use super::http::{HttpRequest, Sensitive};
+use super::types::{Message, Role};
 
 /// Longest provider message quoted in an error.
 const MAX_DETAIL: usize = 300;
@@ -66,9 +67,40 @@ pub fn path_segment(segment: &str) -> String {
     out
 }
 
+/// Messages grouped into alternating turns, the way Anthropic, Bedrock and
+/// Gemini want them: consecutive messages of the same side are merged, and
+/// tool results travel on the user side.
+#[derive(Debug)]
+pub enum Side {
+    User,
+    Assistant,
+}
+
+/// Groups `messages` into runs of the same side (tool results count as user).
+pub fn group_by_side(messages: &[Message]) -> Vec<(Side, Vec<&Message>)> {
+    let mut groups: Vec<(Side, Vec<&Message>)> = Vec::new();
+    for message in messages {
+        let assistant = message.role == Role::Assistant;
+        match groups.last_mut() {
+            Some((Side::Assistant, group)) if assistant => group.push(message),
+            Some((Side::User, group)) if !assistant => group.push(message),
+            _ => groups.push((
+                if assistant {
+                    Side::Assistant
+                } else {
+                    Side::User
+                },
+                vec![message],
+            )),
+        }
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::fixtures::sample_request;
 
     #[test]
     fn truncated_and_garbled_bodies_are_told_apart() {
@@ -102,5 +134,15 @@ mod tests {
             "anthropic.claude-3-5-sonnet-20240620-v1%3A0"
         );
         assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+    }
+    #[test]
+    fn groups_messages_into_alternating_sides() {
+        let request = sample_request();
+        let groups = group_by_side(&request.messages);
+        let shape: Vec<(bool, usize)> = groups
+            .iter()
+            .map(|(side, group)| (matches!(side, Side::User), group.len()))
+            .collect();
+        assert_eq!(shape, vec![(true, 1), (false, 1), (true, 2)]);
     }
 }
