@@ -235,14 +235,11 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::config::Secret;
-    use crate::llm::fixtures::{sample_request, simple_request};
+    use crate::llm::fixtures::{keyed, sample_request, simple_request};
     use crate::llm::types::ProviderKind;
 
     fn config() -> ProviderConfig {
-        let mut config = ProviderConfig::new(ProviderKind::Anthropic, "claude-sonnet-4-5");
-        config.api_key = Some(Secret::new("sk-ant-test"));
-        config
+        keyed(ProviderKind::Anthropic, "claude-sonnet-4-5", "sk-ant-test")
     }
 
     #[test]
@@ -392,15 +389,14 @@ mod tests {
 
     #[test]
     fn malformed_replies_are_errors() {
-        assert_eq!(
-            parse(b"{\"type\": \"message\"").unwrap_err().reason,
-            Reason::MalformedResponse
-        );
-        assert_eq!(
-            parse(b"{\"type\": \"message\"}").unwrap_err().reason,
-            Reason::MalformedResponse
-        );
-        assert_eq!(parse(b"[]").unwrap_err().reason, Reason::MalformedResponse);
+        for body in [
+            &br#"{"type": "message""#[..],
+            br#"{"type": "message"}"#,
+            b"[]",
+        ] {
+            let reason = parse(body).unwrap_err().reason;
+            assert_eq!(reason, Reason::MalformedResponse, "{body:?}");
+        }
     }
 
     #[test]

@@ -521,21 +521,21 @@ mod tests {
         }
     }
 
+    /// The error for an HTTP `status` reply whose `x-amzn-errortype` header
+    /// names `kind`.
+    fn typed_error(kind: &str, status: u16, body: &[u8]) -> LlmError {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-amzn-errortype", kind.parse().unwrap());
+        error(status, &headers, body, &[])
+    }
+
     #[test]
     fn messages_match_the_error_kind() {
-        let with_type = |kind: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert("x-amzn-errortype", kind.parse().unwrap());
-            headers
-        };
         // Bedrock's documented 429 while a model is being loaded.
-        let error = super::error(
+        let error = typed_error(
+            "ModelNotReadyException:http://internal.amazon.com/coral/com.amazon.bedrock/",
             429,
-            &with_type(
-                "ModelNotReadyException:http://internal.amazon.com/coral/com.amazon.bedrock/",
-            ),
             br#"{"message":"Model is not ready for inference. Wait and try your request again."}"#,
-            &[],
         );
         assert_eq!((error.reason, error.retryable), (Reason::Overloaded, true));
         assert_eq!(
@@ -545,12 +545,8 @@ mod tests {
         );
         assert!(!error.message.contains("rate limited"));
 
-        let expired = super::error(
-            403,
-            &with_type("ExpiredTokenException"),
-            br#"{"message":"The security token included in the request is expired"}"#,
-            &[],
-        );
+        let expired = br#"{"message":"The security token included in the request is expired"}"#;
+        let expired = typed_error("ExpiredTokenException", 403, expired);
         assert_eq!(expired.reason, Reason::Unauthorized);
         assert!(expired
             .message
@@ -591,40 +587,32 @@ mod tests {
 
     #[test]
     fn error_types_come_from_the_header() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-amzn-errortype",
-            "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"
-                .parse()
-                .unwrap(),
-        );
-        let error = error(
+        let error = typed_error(
+            "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
             429,
-            &headers,
             br#"{"message":"Too many requests, please wait before trying again."}"#,
-            &[],
         );
         assert_eq!((error.reason, error.retryable), (Reason::RateLimited, true));
         assert!(error
             .message
             .ends_with("Too many requests, please wait before trying again."));
 
-        headers.insert(
-            "x-amzn-errortype",
-            "UnrecognizedClientException".parse().unwrap(),
-        );
-        let error = super::error(
-            403,
-            &headers,
-            br#"{"message":"The security token included in the request is invalid."}"#,
-            &[],
-        );
-        assert_eq!(error.reason, Reason::Unauthorized);
-
-        headers.insert("x-amzn-errortype", "ValidationException".parse().unwrap());
-        assert_eq!(
-            super::error(400, &headers, br#"{"message":"bad"}"#, &[]).reason,
-            Reason::BadRequest
-        );
+        let invalid = br#"{"message":"The security token included in the request is invalid."}"#;
+        for (kind, status, body, reason) in [
+            (
+                "UnrecognizedClientException",
+                403,
+                &invalid[..],
+                Reason::Unauthorized,
+            ),
+            (
+                "ValidationException",
+                400,
+                br#"{"message":"bad"}"#,
+                Reason::BadRequest,
+            ),
+        ] {
+            assert_eq!(typed_error(kind, status, body).reason, reason, "{kind}");
+        }
     }
 }

@@ -1,8 +1,9 @@
-//! Requests shared by the provider tests.
+//! Requests and configs shared by the provider tests.
 
 use serde_json::json;
 
-use super::types::ChatRequest;
+use super::config::{ProviderConfig, Secret};
+use super::types::{ChatRequest, ProviderKind};
 
 /// A request with every kind of message and two tools, shared by the
 /// provider tests.
@@ -40,4 +41,11 @@ pub fn simple_request() -> ChatRequest {
         "max_tokens": 64
     }))
     .unwrap()
+}
+
+/// `kind` and `model` with the API key `key`.
+pub fn keyed(kind: ProviderKind, model: &str, key: &str) -> ProviderConfig {
+    let mut config = ProviderConfig::new(kind, model);
+    config.api_key = Some(Secret::new(key));
+    config
 }

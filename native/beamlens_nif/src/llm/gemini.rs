@@ -358,15 +358,12 @@ pub const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::config::Secret;
-    use crate::llm::fixtures::sample_request;
+    use crate::llm::fixtures::{keyed, sample_request};
     use crate::llm::types::ProviderKind;
     use std::time::Duration;
 
     fn config() -> ProviderConfig {
-        let mut config = ProviderConfig::new(ProviderKind::Gemini, "gemini-2.5-flash");
-        config.api_key = Some(Secret::new("AIza-test-key"));
-        config
+        keyed(ProviderKind::Gemini, "gemini-2.5-flash", "AIza-test-key")
     }
 
     #[test]

@@ -276,13 +276,10 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::config::Secret;
-    use crate::llm::fixtures::{sample_request, simple_request};
+    use crate::llm::fixtures::{keyed, sample_request, simple_request};
 
     fn config(kind: ProviderKind) -> ProviderConfig {
-        let mut config = ProviderConfig::new(kind, "gpt-4o-mini");
-        config.api_key = Some(Secret::new("sk-test-openai"));
-        config
+        keyed(kind, "gpt-4o-mini", "sk-test-openai")
     }
 
     fn expected_messages() -> Value {
