@@ -10,52 +10,39 @@ use super::config::ProviderConfig;
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, reason_phrase, status_error, HttpRequest, Sensitive};
 use super::types::{
-    ChatRequest, RawArguments, RawToolCall, Role, StopReason, ToolChoice, Turn, Usage,
+    ChatRequest, Message, RawArguments, RawToolCall, StopReason, ToolCall, ToolChoice, Turn, Usage,
 };
-use super::wire::{self, group_by_side, Side};
+use super::wire::{self, Side, TurnShape};
 
 pub const API_VERSION: &str = "2023-06-01";
 
 pub fn build(config: &ProviderConfig, request: &ChatRequest) -> Result<HttpRequest, LlmError> {
-    let mut messages = Vec::new();
-    for (side, group) in group_by_side(&request.messages) {
-        let mut blocks = Vec::new();
-        for message in group {
-            match message.role {
-                Role::User | Role::Assistant => {
-                    if !message.content.is_empty() {
-                        blocks.push(json!({"type": "text", "text": message.content}));
-                    }
-                    for call in &message.tool_calls {
-                        blocks.push(json!({
-                            "type": "tool_use",
-                            "id": call.id,
-                            "name": call.name,
-                            "input": call.arguments.clone().unwrap_or_else(|| json!({})),
-                        }));
-                    }
+    let messages = wire::side_turns(
+        &request.messages,
+        TurnShape {
+            text: |text: &str| json!({"type": "text", "text": text}),
+            call: |_, call: &ToolCall| {
+                json!({
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.name,
+                    "input": call.arguments.clone().unwrap_or_else(|| json!({})),
+                })
+            },
+            result: |message: &Message| {
+                let mut block = json!({
+                    "type": "tool_result",
+                    "tool_use_id": message.tool_call_id,
+                    "content": message.content,
+                });
+                if message.is_error {
+                    block["is_error"] = json!(true);
                 }
-                Role::Tool => {
-                    let mut block = json!({
-                        "type": "tool_result",
-                        "tool_use_id": message.tool_call_id,
-                        "content": message.content,
-                    });
-                    if message.is_error {
-                        block["is_error"] = json!(true);
-                    }
-                    blocks.push(block);
-                }
-            }
-        }
-        let role = match side {
-            Side::User => "user",
-            Side::Assistant => "assistant",
-        };
-        if !blocks.is_empty() {
-            messages.push(json!({"role": role, "content": blocks}));
-        }
-    }
+                block
+            },
+            turn: |side: Side, blocks: Vec<Value>| json!({"role": side.role(), "content": blocks}),
+        },
+    );
 
     let mut body = Map::new();
     body.insert("model".into(), json!(config.model));

@@ -17,9 +17,9 @@ use super::config::{AwsCredentials, ProviderConfig};
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, status_error, HttpRequest, Sensitive};
 use super::types::{
-    ChatRequest, RawArguments, RawToolCall, Role, StopReason, ToolChoice, Turn, Usage,
+    ChatRequest, Message, RawArguments, RawToolCall, StopReason, ToolCall, ToolChoice, Turn, Usage,
 };
-use super::wire::{self, group_by_side, Side};
+use super::wire::{self, Side, TurnShape};
 
 pub const SERVICE: &str = "bedrock";
 
@@ -28,38 +28,27 @@ pub fn build(
     request: &ChatRequest,
     now: SystemTime,
 ) -> Result<HttpRequest, LlmError> {
-    let mut messages = Vec::new();
-    for (side, group) in group_by_side(&request.messages) {
-        let mut content = Vec::new();
-        for message in group {
-            match message.role {
-                Role::User | Role::Assistant => {
-                    if !message.content.is_empty() {
-                        content.push(json!({"text": message.content}));
-                    }
-                    for call in &message.tool_calls {
-                        content.push(json!({"toolUse": {
-                            "toolUseId": call.id,
-                            "name": call.name,
-                            "input": call.arguments.clone().unwrap_or_else(|| json!({})),
-                        }}));
-                    }
-                }
-                Role::Tool => content.push(json!({"toolResult": {
+    let messages = wire::side_turns(
+        &request.messages,
+        TurnShape {
+            text: |text: &str| json!({"text": text}),
+            call: |_, call: &ToolCall| {
+                json!({"toolUse": {
+                    "toolUseId": call.id,
+                    "name": call.name,
+                    "input": call.arguments.clone().unwrap_or_else(|| json!({})),
+                }})
+            },
+            result: |message: &Message| {
+                json!({"toolResult": {
                     "toolUseId": message.tool_call_id,
                     "content": [{"text": message.content}],
                     "status": if message.is_error { "error" } else { "success" },
-                }})),
-            }
-        }
-        let role = match side {
-            Side::User => "user",
-            Side::Assistant => "assistant",
-        };
-        if !content.is_empty() {
-            messages.push(json!({"role": role, "content": content}));
-        }
-    }
+                }})
+            },
+            turn: |side: Side, content: Vec<Value>| json!({"role": side.role(), "content": content}),
+        },
+    );
 
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));

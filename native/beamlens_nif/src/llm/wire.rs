@@ -1,11 +1,11 @@
 //! Small helpers shared by the provider modules.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::config::ProviderConfig;
 use super::error::{clip, redact, LlmError};
 use super::http::{HttpRequest, Sensitive};
-use super::types::{Message, Role};
+use super::types::{ChatRequest, Message, Role, ToolCall};
 
 /// Longest provider message quoted in an error.
 const MAX_DETAIL: usize = 300;
@@ -76,6 +76,16 @@ pub enum Side {
     Assistant,
 }
 
+impl Side {
+    /// The role of a turn on this side, as Anthropic and Bedrock name it.
+    pub fn role(&self) -> &'static str {
+        match self {
+            Side::User => "user",
+            Side::Assistant => "assistant",
+        }
+    }
+}
+
 /// Groups `messages` into runs of the same side (tool results count as user).
 pub fn group_by_side(messages: &[Message]) -> Vec<(Side, Vec<&Message>)> {
     let mut groups: Vec<(Side, Vec<&Message>)> = Vec::new();
@@ -95,6 +105,79 @@ pub fn group_by_side(messages: &[Message]) -> Vec<(Side, Vec<&Message>)> {
         }
     }
     groups
+}
+
+/// The conversation in Chat Completions form (OpenAI and Ollama): the system
+/// prompt first, user and plain assistant messages as they are, and an
+/// assistant message with tool calls (`calls`) and a tool result (`result`)
+/// in the provider's own shape.
+pub fn chat_messages(
+    request: &ChatRequest,
+    calls: impl Fn(&Message) -> Value,
+    result: impl Fn(&Message) -> Value,
+) -> Vec<Value> {
+    let mut out = Vec::with_capacity(request.messages.len() + 1);
+    if let Some(system) = &request.system {
+        out.push(json!({"role": "system", "content": system}));
+    }
+    for message in &request.messages {
+        out.push(match message.role {
+            Role::User => json!({"role": "user", "content": message.content}),
+            Role::Assistant if message.tool_calls.is_empty() => {
+                json!({"role": "assistant", "content": message.content})
+            }
+            Role::Assistant => calls(message),
+            Role::Tool => result(message),
+        });
+    }
+    out
+}
+
+/// How a provider that wants alternating turns (Anthropic, Bedrock, Gemini)
+/// writes each piece of a turn.
+pub struct TurnShape<T, C, R, W> {
+    /// A message's text, when it has any.
+    pub text: T,
+    /// The `index`th tool call of an assistant message.
+    pub call: C,
+    /// A tool result.
+    pub result: R,
+    /// A whole turn from its side and its blocks.
+    pub turn: W,
+}
+
+/// The conversation as alternating turns ([`group_by_side`]): each turn
+/// holds its messages' blocks in order (the text when there is any, then
+/// one block per tool call; a tool result is one block); empty turns are
+/// left out.
+pub fn side_turns<T, C, R, W>(messages: &[Message], shape: TurnShape<T, C, R, W>) -> Vec<Value>
+where
+    T: Fn(&str) -> Value,
+    C: Fn(usize, &ToolCall) -> Value,
+    R: Fn(&Message) -> Value,
+    W: Fn(Side, Vec<Value>) -> Value,
+{
+    let mut turns = Vec::new();
+    for (side, group) in group_by_side(messages) {
+        let mut blocks = Vec::new();
+        for message in group {
+            match message.role {
+                Role::User | Role::Assistant => {
+                    if !message.content.is_empty() {
+                        blocks.push((shape.text)(&message.content));
+                    }
+                    for (index, call) in message.tool_calls.iter().enumerate() {
+                        blocks.push((shape.call)(index, call));
+                    }
+                }
+                Role::Tool => blocks.push((shape.result)(message)),
+            }
+        }
+        if !blocks.is_empty() {
+            turns.push((shape.turn)(side, blocks));
+        }
+    }
+    turns
 }
 
 #[cfg(test)]
