@@ -10,7 +10,7 @@ use super::config::ProviderConfig;
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, reason_phrase, status_error, HttpRequest, Sensitive};
 use super::types::{
-    ChatRequest, Message, RawArguments, RawToolCall, StopReason, ToolCall, ToolChoice, Turn, Usage,
+    ChatRequest, Message, RawArguments, RawToolCall, ToolCall, ToolChoice, Turn, Usage,
 };
 use super::wire::{self, Side, TurnShape};
 
@@ -163,20 +163,8 @@ pub fn parse(body: &[u8]) -> Result<Turn, LlmError> {
         }
     }
 
-    let stop_reason = match value.get("stop_reason").and_then(Value::as_str) {
-        Some("end_turn") => StopReason::EndTurn,
-        Some("tool_use") => StopReason::ToolUse,
-        Some("max_tokens") => StopReason::MaxTokens,
-        Some("stop_sequence") => StopReason::StopSequence,
-        _ => StopReason::Other,
-    };
-    let usage = value.get("usage");
-    let count = |key: &str| {
-        usage
-            .and_then(|u| u.get(key))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
+    let stop_reason = wire::stop_reason(value.get("stop_reason").and_then(Value::as_str));
+    let count = |key: &str| wire::count(value.get("usage"), key);
     Ok(Turn {
         text,
         tool_calls,
@@ -223,7 +211,7 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
 mod tests {
     use super::*;
     use crate::llm::fixtures::{keyed, sample_request, simple_request};
-    use crate::llm::types::ProviderKind;
+    use crate::llm::types::{ProviderKind, StopReason};
 
     fn config() -> ProviderConfig {
         keyed(ProviderKind::Anthropic, "claude-sonnet-4-5", "sk-ant-test")

@@ -17,7 +17,7 @@ use super::config::{AwsCredentials, ProviderConfig};
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, status_error, HttpRequest, Sensitive};
 use super::types::{
-    ChatRequest, Message, RawArguments, RawToolCall, StopReason, ToolCall, ToolChoice, Turn, Usage,
+    ChatRequest, Message, RawArguments, RawToolCall, ToolCall, ToolChoice, Turn, Usage,
 };
 use super::wire::{self, Side, TurnShape};
 
@@ -199,20 +199,8 @@ pub fn parse(body: &[u8]) -> Result<Turn, LlmError> {
         }
         // reasoningContent and other blocks are not for us.
     }
-    let stop_reason = match value.get("stopReason").and_then(Value::as_str) {
-        Some("end_turn") => StopReason::EndTurn,
-        Some("tool_use") => StopReason::ToolUse,
-        Some("max_tokens") => StopReason::MaxTokens,
-        Some("stop_sequence") => StopReason::StopSequence,
-        _ => StopReason::Other,
-    };
-    let count = |key: &str| {
-        value
-            .get("usage")
-            .and_then(|u| u.get(key))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
+    let stop_reason = wire::stop_reason(value.get("stopReason").and_then(Value::as_str));
+    let count = |key: &str| wire::count(value.get("usage"), key);
     Ok(Turn {
         text,
         tool_calls,
@@ -294,7 +282,7 @@ mod tests {
     use super::*;
     use crate::llm::config::Secret;
     use crate::llm::fixtures::sample_request;
-    use crate::llm::types::ProviderKind;
+    use crate::llm::types::{ProviderKind, StopReason};
     use std::time::{Duration, UNIX_EPOCH};
 
     /// 2015-08-30T12:36:00Z, the time of AWS's published examples.

@@ -213,13 +213,7 @@ fn schema(value: &Value) -> Value {
 
 pub fn parse(body: &[u8]) -> Result<Turn, LlmError> {
     let value = wire::json_body(body)?;
-    let usage = value.get("usageMetadata");
-    let count = |key: &str| {
-        usage
-            .and_then(|u| u.get(key))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
+    let count = |key: &str| wire::count(value.get("usageMetadata"), key);
     // promptTokenCount includes the cached part; thinking is output.
     let cached = count("cachedContentTokenCount");
     let usage = Usage {

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::config::ProviderConfig;
 use super::error::{clip, redact, LlmError};
 use super::http::{HttpRequest, Sensitive};
-use super::types::{ChatRequest, Message, Role, ToolCall};
+use super::types::{ChatRequest, Message, Role, StopReason, ToolCall};
 
 /// Longest provider message quoted in an error.
 const MAX_DETAIL: usize = 300;
@@ -105,6 +105,26 @@ pub fn group_by_side(messages: &[Message]) -> Vec<(Side, Vec<&Message>)> {
         }
     }
     groups
+}
+
+/// A stop reason as Anthropic names it (Bedrock's Converse uses the same
+/// names).
+pub fn stop_reason(name: Option<&str>) -> StopReason {
+    match name {
+        Some("end_turn") => StopReason::EndTurn,
+        Some("tool_use") => StopReason::ToolUse,
+        Some("max_tokens") => StopReason::MaxTokens,
+        Some("stop_sequence") => StopReason::StopSequence,
+        _ => StopReason::Other,
+    }
+}
+
+/// The token count under `key` of a usage object; 0 when it is missing.
+pub fn count(usage: Option<&Value>, key: &str) -> u64 {
+    usage
+        .and_then(|u| u.get(key))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
 }
 
 /// The conversation in Chat Completions form (OpenAI and Ollama): the system
