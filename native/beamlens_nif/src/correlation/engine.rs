@@ -1,7 +1,7 @@
 //! The engine: its state, and how one alert comes in (deduplicated by id,
 //! folded into its fingerprint, then linked). See the module docs of
-//! `correlation`; the other steps live next to this file: [`super::link`],
-//! [`super::group`], [`super::expiry`] and [`super::report`].
+//! `correlation`; the other steps live next to this file: `link`, `group`,
+//! `expiry` and `report`.
 
 use std::cell::Cell;
 use std::cmp::Reverse;

@@ -139,7 +139,7 @@ pub(super) struct Member {
     pub alert_ids: Vec<Arc<str>>,
     pub group: GroupId,
     pub live: bool,
-    /// Scratch space of [`Index::candidates`](super::index::Index::candidates): the generation in which the
+    /// Scratch space of `Index::candidates`: the generation in which the
     /// member was last visited, and its slot in that visit's output.
     pub mark: Cell<u64>,
     pub slot: Cell<usize>,
