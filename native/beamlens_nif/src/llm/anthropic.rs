@@ -264,7 +264,7 @@ mod tests {
             request.temperature = temperature;
             build(&config, &request).unwrap().json()
         };
-        for model in [
+        let accepting = [
             "claude-3-5-sonnet-20241022",
             "claude-3-7-sonnet-latest",
             "claude-3-haiku-20240307",
@@ -274,16 +274,8 @@ mod tests {
             "claude-haiku-4-5-20251001",
             "claude-opus-4-6",
             "claude-sonnet-4-5@20250929",
-        ] {
-            assert_eq!(
-                body_for(model, Some(0.2)),
-                json!({"model": model, "max_tokens": 64,
-                       "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-                       "temperature": 0.2}),
-                "{model}"
-            );
-        }
-        for model in [
+        ];
+        let refusing = [
             "claude-opus-4-7",
             "claude-opus-4-8-20260701",
             "claude-sonnet-5",
@@ -291,13 +283,16 @@ mod tests {
             "claude-haiku-5-5",
             "claude-test",
             "my-proxy-alias",
-        ] {
-            assert_eq!(
-                body_for(model, Some(0.2)),
-                json!({"model": model, "max_tokens": 64,
-                       "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
-                "{model}"
-            );
+        ];
+        for (models, sent) in [(&accepting[..], true), (&refusing[..], false)] {
+            for model in models {
+                let mut expected = json!({"model": model, "max_tokens": 64,
+                       "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
+                if sent {
+                    expected["temperature"] = json!(0.2);
+                }
+                assert_eq!(body_for(model, Some(0.2)), expected, "{model}");
+            }
         }
         // Not set: never sent. Above Claude's range: clamped to 1.
         assert!(body_for("claude-sonnet-4-5", None)
@@ -311,17 +306,20 @@ mod tests {
 
     #[test]
     fn tool_choice_and_no_tools() {
-        let mut request = sample_request();
-        request.tool_choice = ToolChoice::Required;
-        assert_eq!(
-            build(&config(), &request).unwrap().json()["tool_choice"],
-            json!({"type": "any"})
-        );
-        request.tool_choice = ToolChoice::Tool("execute_lua".into());
-        assert_eq!(
-            build(&config(), &request).unwrap().json()["tool_choice"],
-            json!({"type": "tool", "name": "execute_lua"})
-        );
+        for (choice, expected) in [
+            (ToolChoice::Required, json!({"type": "any"})),
+            (
+                ToolChoice::Tool("execute_lua".into()),
+                json!({"type": "tool", "name": "execute_lua"}),
+            ),
+        ] {
+            let mut request = sample_request();
+            request.tool_choice = choice;
+            assert_eq!(
+                build(&config(), &request).unwrap().json()["tool_choice"],
+                expected
+            );
+        }
         let body = build(&config(), &simple_request()).unwrap().json();
         assert!(body.get("tools").is_none() && body.get("tool_choice").is_none());
         assert!(body.get("system").is_none());

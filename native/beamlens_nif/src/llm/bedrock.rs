@@ -454,18 +454,20 @@ mod tests {
         let auto = body_for(ToolChoice::Auto);
         assert_eq!(auto["toolConfig"].as_object().unwrap().len(), 1);
         assert!(auto["toolConfig"].get("toolChoice").is_none());
-        // :none with tool history: the tools must be there, auto is implied.
-        assert!(body_for(ToolChoice::None)["toolConfig"]
-            .get("toolChoice")
-            .is_none());
-        assert_eq!(
-            body_for(ToolChoice::Required)["toolConfig"]["toolChoice"],
-            json!({"any": {}})
-        );
-        assert_eq!(
-            body_for(ToolChoice::Tool("execute_lua".into()))["toolConfig"]["toolChoice"],
-            json!({"tool": {"name": "execute_lua"}})
-        );
+        for (choice, expected) in [
+            // :none with tool history: the tools must be there, auto is implied.
+            (ToolChoice::None, None),
+            (ToolChoice::Required, Some(json!({"any": {}}))),
+            (
+                ToolChoice::Tool("execute_lua".into()),
+                Some(json!({"tool": {"name": "execute_lua"}})),
+            ),
+        ] {
+            let sent = body_for(choice.clone())["toolConfig"]
+                .get("toolChoice")
+                .cloned();
+            assert_eq!(sent, expected, "{choice:?}");
+        }
     }
 
     #[test]
@@ -478,23 +480,17 @@ mod tests {
                 .json()["inferenceConfig"]
                 .clone()
         };
-        for model in [
-            "anthropic.claude-opus-4-7",
-            "global.anthropic.claude-opus-4-8-v1:0",
-            "us.anthropic.claude-sonnet-5-v1:0",
+        let dropped = json!({"maxTokens": 512});
+        let kept = json!({"maxTokens": 512, "temperature": 0.2});
+        for (model, expected) in [
+            ("anthropic.claude-opus-4-7", &dropped),
+            ("global.anthropic.claude-opus-4-8-v1:0", &dropped),
+            ("us.anthropic.claude-sonnet-5-v1:0", &dropped),
+            ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", &kept),
+            ("meta.llama3-1-70b-instruct-v1:0", &kept),
+            ("amazon.nova-pro-v1:0", &kept),
         ] {
-            assert_eq!(inference(model), json!({"maxTokens": 512}), "{model}");
-        }
-        for model in [
-            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
-            "meta.llama3-1-70b-instruct-v1:0",
-            "amazon.nova-pro-v1:0",
-        ] {
-            assert_eq!(
-                inference(model),
-                json!({"maxTokens": 512, "temperature": 0.2}),
-                "{model}"
-            );
+            assert_eq!(inference(model), *expected, "{model}");
         }
     }
 
