@@ -1,7 +1,7 @@
 //! The settings of an engine and the retention horizon they imply.
 
+use super::error::{Error, Result};
 use super::rules;
-use crate::error::{Error, Result};
 
 /// Settings of an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

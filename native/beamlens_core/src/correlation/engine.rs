@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::config::Config;
+use super::error::Result;
 use super::index::Index;
 use super::model::{
     add_tags, bounded, EntityKey, Group, GroupId, IdMap, Member, MemberId, Tag, MAX_IDS_PER_MEMBER,
@@ -19,7 +20,6 @@ use super::report::{PendingRetired, Report};
 use super::rules::{self, Scope};
 use super::summary::{self, InsightSnapshot};
 use super::AlertInput;
-use crate::error::Result;
 
 /// Most alerts accepted in one batch.
 pub const MAX_BATCH: usize = 10_000;

@@ -3,8 +3,8 @@
 //! insight out) are rows of a table for [`run`]; the rest are tests of their own.
 
 use super::summary::duration;
+use super::Error;
 use super::*;
-use crate::error::Error;
 
 const T0: i64 = 1_700_000_000_000;
 const S: i64 = 1_000;

@@ -1,6 +1,7 @@
 //! The correlation engine: groups related alerts into insights.
 //!
-//! Plain Rust, no rustler types; `nif_correlation.rs` adapts it to the VM.
+//! Plain Rust, no rustler types; `beamlens_nif`'s `nif_correlation.rs`
+//! adapts it to the VM.
 //!
 //! Alerts go in one at a time or in batches ([`Engine::ingest`]); what comes
 //! out is a [`Report`]: the insights that were created or changed by the
@@ -40,6 +41,7 @@
 
 mod config;
 pub mod engine;
+mod error;
 mod expiry;
 mod group;
 mod index;
@@ -51,6 +53,7 @@ mod summary;
 
 pub use config::Config;
 pub use engine::{Engine, Stats};
+pub use error::{Error, Result};
 pub use model::Kind;
 pub use report::{Report, Retired};
 pub use summary::InsightSnapshot;
