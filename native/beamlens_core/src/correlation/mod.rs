@@ -30,14 +30,33 @@
 //! leaves the engine once nothing fired for its fingerprint for the retention
 //! horizon (the longer of the window and the longest causal lag), and the
 //! number of live alerts is capped, the oldest evicted first.
+//!
+//! Where each part lives: `config` (settings and the horizon), `model`
+//! (members, entities, links, groups and their limits), `index` (live
+//! members by node, type and entity), [`engine`] (state and ingest), `link`
+//! (which members are related and how), `group` (merging groups and adding
+//! links), `expiry` (the horizon and the capacity bound), `report` (what a
+//! batch changed) and `summary` (the insight text), with [`rules`] the
+//! tables they read.
 
+mod config;
 pub mod engine;
 mod error;
+mod expiry;
+mod group;
+mod index;
+mod link;
+mod model;
+mod report;
 pub mod rules;
 mod summary;
 
-pub use engine::{Config, Engine, InsightSnapshot, Kind, Report, Retired, Stats};
+pub use config::Config;
+pub use engine::{Engine, Stats};
 pub use error::{Error, Result};
+pub use model::Kind;
+pub use report::{Report, Retired};
+pub use summary::InsightSnapshot;
 
 use serde::Serialize;
 

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::engine::{
-    Config, Engine, EntityKey, Group, IdMap, InsightSnapshot, Kind, Member, MemberId, Reason,
-};
+use super::config::Config;
+use super::model::{EntityKey, Group, IdMap, Kind, Member, MemberId, Reason};
 use super::rules::{CausalRule, CAUSAL_RULES};
 use super::Severity;
 
@@ -16,6 +15,30 @@ use super::Severity;
 const MAX_ALERT_IDS: usize = 200;
 /// Findings spelled out in the summary; all of them are in `rules`.
 const MAX_FINDINGS_IN_TEXT: usize = 5;
+
+/// An insight as reported: the state of a group after a batch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InsightSnapshot {
+    pub id: String,
+    pub version: u64,
+    pub correlation_type: Kind,
+    pub summary: String,
+    pub root_cause_hypothesis: String,
+    pub confidence: f64,
+    pub root_cause: Option<RootCause>,
+    pub rules: Vec<Finding>,
+    pub alert_ids: Vec<String>,
+    pub alert_count: u64,
+    pub fingerprints: Vec<String>,
+    pub nodes: Vec<String>,
+    pub watchers: Vec<String>,
+    pub anomaly_types: Vec<String>,
+    pub severity: Severity,
+    pub members: Vec<MemberView>,
+    pub merged_ids: Vec<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
 
 /// The alert the causal table points to as the origin of the others.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -81,8 +104,12 @@ struct Acc {
     lag_max: i64,
 }
 
-pub(super) fn snapshot(engine: &Engine, group: &Group, config: Config) -> InsightSnapshot {
-    let members = &engine.members;
+/// The insight a group makes, as reported.
+pub(super) fn snapshot(
+    members: &IdMap<MemberId, Member>,
+    group: &Group,
+    config: Config,
+) -> InsightSnapshot {
     let mut ordered: Vec<(MemberId, &Member)> = group
         .members
         .iter()

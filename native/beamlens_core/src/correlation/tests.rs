@@ -1,5 +1,6 @@
 //! Unit tests of the correlation engine, with alerts shaped like the ones
-//! the watchers fire.
+//! the watchers fire. Scenarios of the same shape (alerts in, at most one
+//! insight out) are rows of a table for [`run`]; the rest are tests of their own.
 
 use super::summary::duration;
 use super::Error;
@@ -22,9 +23,12 @@ fn alert(id: &str, watcher: &str, anomaly_type: &str, node: &str, at: i64) -> Al
     }
 }
 
-fn with(mut alert: AlertInput, kind: &str, id: &str) -> AlertInput {
-    alert.entities.push((kind.to_string(), id.to_string()));
-    alert
+impl AlertInput {
+    /// The alert, also naming the entity `kind` `id`.
+    fn on(mut self, kind: &str, id: &str) -> AlertInput {
+        self.entities.push((kind.to_string(), id.to_string()));
+        self
+    }
 }
 
 fn engine() -> Engine {
@@ -42,24 +46,91 @@ fn feed(engine: &mut Engine, alerts: Vec<AlertInput>) -> Vec<InsightSnapshot> {
     out
 }
 
+/// A fresh engine fed `alerts` as [`feed`] does, and what it reported.
+fn fed(alerts: Vec<AlertInput>) -> (Engine, Vec<InsightSnapshot>) {
+    let mut e = engine();
+    let reported = feed(&mut e, alerts);
+    (e, reported)
+}
+
 fn only(insights: &[InsightSnapshot]) -> &InsightSnapshot {
     assert_eq!(insights.len(), 1, "expected one insight, got {insights:#?}");
     &insights[0]
 }
 
+/// One expectation of a [`run`] case.
+enum Check {
+    /// No insight at all (every other check expects exactly one).
+    Nothing,
+    /// Groups the engine holds afterwards.
+    Groups(usize),
+    Is(Kind),
+    /// The first finding's rule, lag and shared entity.
+    Rule(&'static str),
+    Lag(i64),
+    Shared(&'static str),
+    /// The root cause's alert id; `None`: no root cause.
+    Root(Option<&'static str>),
+    Nodes(&'static [&'static str]),
+    SummaryHas(&'static str),
+    HypothesisHas(&'static str),
+    HypothesisStarts(&'static str),
+    Confidence(f64),
+}
+
+/// Feeds each case's alerts one by one into a fresh engine and checks what
+/// came of them.
+fn run(cases: Vec<(&str, Vec<AlertInput>, Vec<Check>)>) {
+    for (name, alerts, checks) in cases {
+        let (e, reported) = fed(alerts);
+        for check in checks {
+            let insight = || only(&reported);
+            let finding = || &insight().rules[0];
+            match check {
+                Check::Nothing => assert!(reported.is_empty(), "{name}: {reported:#?}"),
+                Check::Groups(n) => assert_eq!(e.stats().groups, n, "{name}"),
+                Check::Is(kind) => assert_eq!(insight().correlation_type, kind, "{name}"),
+                Check::Rule(rule) => assert_eq!(finding().rule, rule, "{name}"),
+                Check::Lag(ms) => assert_eq!(finding().lag_ms, Some(ms), "{name}"),
+                Check::Shared(what) => {
+                    assert_eq!(finding().shared.as_deref(), Some(what), "{name}")
+                }
+                Check::Root(id) => {
+                    let root = insight().root_cause.as_ref().map(|r| r.alert_id.as_str());
+                    assert_eq!(root, id, "{name}");
+                }
+                Check::Nodes(nodes) => assert_eq!(insight().nodes, nodes, "{name}"),
+                Check::SummaryHas(part) => {
+                    assert!(
+                        insight().summary.contains(part),
+                        "{name}: {}",
+                        insight().summary
+                    )
+                }
+                Check::HypothesisHas(part) => {
+                    let text = &insight().root_cause_hypothesis;
+                    assert!(text.contains(part), "{name}: {text}");
+                }
+                Check::HypothesisStarts(start) => {
+                    let text = &insight().root_cause_hypothesis;
+                    assert!(text.starts_with(start), "{name}: {text}");
+                }
+                Check::Confidence(c) => assert_eq!(insight().confidence, c, "{name}"),
+            }
+        }
+    }
+}
+
 mod temporal {
+    use super::Check::*;
     use super::*;
 
     #[test]
     fn different_watchers_on_one_node_inside_the_window() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("a1", "beam", "run_queue_high", "a@h", T0),
-                alert("a2", "system", "disk_usage_high", "a@h", T0 + 20 * S),
-            ],
-        );
+        let (_, reported) = fed(vec![
+            alert("a1", "beam", "run_queue_high", "a@h", T0),
+            alert("a2", "system", "disk_usage_high", "a@h", T0 + 20 * S),
+        ]);
         let insight = only(&reported);
         assert_eq!(insight.correlation_type, Kind::Temporal);
         // One more alert than the first, plus warning (1) and temporal (0).
@@ -90,20 +161,6 @@ mod temporal {
     }
 
     #[test]
-    fn alerts_outside_the_window_stay_apart() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("a1", "beam", "run_queue_high", "a@h", T0),
-                alert("a2", "system", "disk_usage_high", "a@h", T0 + 61 * S),
-            ],
-        );
-        assert!(reported.is_empty(), "{reported:#?}");
-        assert_eq!(e.stats().groups, 2);
-    }
-
-    #[test]
     fn the_window_is_configurable() {
         let mut e = Engine::new(Config {
             window_ms: 120 * S,
@@ -121,52 +178,46 @@ mod temporal {
     }
 
     #[test]
-    fn unrelated_alerts_stay_apart() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                // Same watcher, unrelated resources: not temporal.
-                alert("a1", "beam", "atom_growth", "a@h", T0),
-                alert("a2", "beam", "run_queue_high", "a@h", T0 + S),
-                // Another node, other types, nothing shared.
-                alert("b1", "ets", "ets_table_count_high", "b@h", T0 + 2 * S),
-                alert("b2", "system", "disk_usage_high", "c@h", T0 + 3 * S),
-                // The same ETS table name on two nodes is two tables.
-                with(
-                    alert("c1", "ets", "ets_table_growth", "d@h", T0),
-                    "ets_table",
-                    "cache",
-                ),
-                with(
-                    alert("c2", "ets", "ets_table_growth", "e@h", T0 + 90 * S),
-                    "ets_table",
-                    "cache",
-                ),
-            ],
-        );
-        assert!(reported.is_empty(), "{reported:#?}");
-        assert_eq!(e.stats().groups, 6);
+    fn who_stays_apart() {
+        run(vec![
+            (
+                "alerts outside the window stay apart",
+                vec![
+                    alert("a1", "beam", "run_queue_high", "a@h", T0),
+                    alert("a2", "system", "disk_usage_high", "a@h", T0 + 61 * S),
+                ],
+                vec![Nothing, Groups(2)],
+            ),
+            (
+                "unrelated alerts stay apart",
+                vec![
+                    // Same watcher, unrelated resources: not temporal.
+                    alert("a1", "beam", "atom_growth", "a@h", T0),
+                    alert("a2", "beam", "run_queue_high", "a@h", T0 + S),
+                    // Another node, other types, nothing shared.
+                    alert("b1", "ets", "ets_table_count_high", "b@h", T0 + 2 * S),
+                    alert("b2", "system", "disk_usage_high", "c@h", T0 + 3 * S),
+                    // The same ETS table name on two nodes is two tables.
+                    alert("c1", "ets", "ets_table_growth", "d@h", T0).on("ets_table", "cache"),
+                    alert("c2", "ets", "ets_table_growth", "e@h", T0 + 90 * S)
+                        .on("ets_table", "cache"),
+                ],
+                vec![Nothing, Groups(6)],
+            ),
+        ]);
     }
 }
 
 mod causal {
+    use super::Check::*;
     use super::*;
 
     #[test]
     fn ets_growth_before_memory_growth() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                with(
-                    alert("e1", "ets", "ets_memory_growth", "a@h", T0),
-                    "ets_table",
-                    "sessions",
-                ),
-                alert("m1", "beam", "memory_growth", "a@h", T0 + 40 * S),
-            ],
-        );
+        let (_, reported) = fed(vec![
+            alert("e1", "ets", "ets_memory_growth", "a@h", T0).on("ets_table", "sessions"),
+            alert("m1", "beam", "memory_growth", "a@h", T0 + 40 * S),
+        ]);
         let insight = only(&reported);
         assert_eq!(insight.correlation_type, Kind::Causal);
         assert_eq!(insight.rules[0].rule, "ets_growth_drives_memory");
@@ -197,35 +248,6 @@ mod causal {
     }
 
     #[test]
-    fn only_when_the_order_fits() {
-        // error_log_burst 30 s before restart_storm: the restart storm cannot
-        // have caused it. Different watchers in the window: temporal.
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("l1", "logger", "error_log_burst", "a@h", T0),
-                alert("s1", "sup", "restart_storm", "a@h", T0 + 30 * S),
-            ],
-        );
-        assert_eq!(only(&reported).correlation_type, Kind::Temporal);
-
-        // The other way round it fits.
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("s1", "sup", "restart_storm", "a@h", T0),
-                alert("l1", "logger", "error_log_burst", "a@h", T0 + 30 * S),
-            ],
-        );
-        let insight = only(&reported);
-        assert_eq!(insight.correlation_type, Kind::Causal);
-        assert_eq!(insight.rules[0].rule, "restart_storm_logs_errors");
-        assert_eq!(insight.root_cause.as_ref().unwrap().alert_id, "s1");
-    }
-
-    #[test]
     fn arrival_order_does_not_matter_only_detection_time() {
         let mut e = engine();
         let report = e.ingest(
@@ -241,70 +263,12 @@ mod causal {
     }
 
     #[test]
-    fn a_lag_longer_than_the_rule_allows_is_not_causal() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("s1", "sup", "restart_storm", "a@h", T0),
-                alert("l1", "logger", "error_log_burst", "a@h", T0 + 3 * MIN),
-            ],
-        );
-        assert!(reported.is_empty(), "{reported:#?}");
-    }
-
-    #[test]
-    fn near_simultaneous_detection_within_the_tolerance() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("m1", "beam", "memory_growth", "a@h", T0),
-                alert("e1", "ets", "ets_memory_growth", "a@h", T0 + 3 * S),
-            ],
-        );
-        let insight = only(&reported);
-        assert_eq!(insight.correlation_type, Kind::Causal);
-        assert_eq!(insight.rules[0].lag_ms, Some(-3 * S));
-        assert!(insight
-            .summary
-            .contains("were detected together on a@h, memory_growth only 3 s earlier"));
-        assert_eq!(insight.root_cause.as_ref().unwrap().alert_id, "e1");
-    }
-
-    #[test]
-    fn reversed_memory_alerts_share_a_resource_instead() {
-        // memory_growth 30 s before ets_memory_growth: no causal order, but
-        // both are about the node's memory.
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("m1", "beam", "memory_growth", "a@h", T0),
-                alert("e1", "ets", "ets_memory_growth", "a@h", T0 + 30 * S),
-            ],
-        );
-        let insight = only(&reported);
-        assert_eq!(insight.correlation_type, Kind::Symptomatic);
-        assert_eq!(insight.rules[0].rule, "shared_resource");
-        assert_eq!(
-            insight.rules[0].shared.as_deref(),
-            Some("the memory of a@h")
-        );
-        assert_eq!(insight.root_cause, None);
-    }
-
-    #[test]
     fn a_chain_names_its_first_link_as_the_root() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("p1", "beam", "process_leak", "a@h", T0),
-                alert("p2", "beam", "process_memory_growth", "a@h", T0 + 30 * S),
-                alert("m1", "beam", "memory_growth", "a@h", T0 + 60 * S),
-            ],
-        );
+        let (_, reported) = fed(vec![
+            alert("p1", "beam", "process_leak", "a@h", T0),
+            alert("p2", "beam", "process_memory_growth", "a@h", T0 + 30 * S),
+            alert("m1", "beam", "memory_growth", "a@h", T0 + 60 * S),
+        ]);
         assert_eq!(reported.len(), 2);
         let last = &reported[1];
         assert_eq!((reported[0].version, last.version), (4, 5));
@@ -324,157 +288,104 @@ mod causal {
     }
 
     #[test]
-    fn mutual_relations_have_no_single_origin() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("p1", "beam", "process_memory_growth", "a@h", T0),
-                alert("g1", "gc", "gc_pressure", "a@h", T0 + 12 * S),
-            ],
-        );
-        let insight = only(&reported);
-        assert_eq!(insight.correlation_type, Kind::Causal);
-        assert_eq!(insight.rules[0].rule, "gc_pressure_with_process_memory");
-        assert_eq!(insight.root_cause, None);
-        assert!(insight
-            .root_cause_hypothesis
-            .contains("reinforce each other"));
-        assert_eq!(insight.confidence, 0.6);
-    }
-
-    #[test]
-    fn causal_relations_stay_on_one_node() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("s1", "sup", "restart_storm", "a@h", T0),
-                alert("l1", "logger", "error_log_burst", "b@h", T0 + 30 * S),
-            ],
-        );
-        assert!(reported.is_empty(), "{reported:#?}");
+    fn which_order_and_lag_are_causal() {
+        run(vec![
+            // The restart storm cannot have caused a burst 30 s before it.
+            // Different watchers in the window: temporal.
+            (
+                "error_log_burst before restart_storm",
+                vec![
+                    alert("l1", "logger", "error_log_burst", "a@h", T0),
+                    alert("s1", "sup", "restart_storm", "a@h", T0 + 30 * S),
+                ],
+                vec![Is(Kind::Temporal)],
+            ),
+            // The other way round it fits.
+            (
+                "restart_storm before error_log_burst",
+                vec![
+                    alert("s1", "sup", "restart_storm", "a@h", T0),
+                    alert("l1", "logger", "error_log_burst", "a@h", T0 + 30 * S),
+                ],
+                vec![
+                    Is(Kind::Causal),
+                    Rule("restart_storm_logs_errors"),
+                    Root(Some("s1")),
+                ],
+            ),
+            (
+                "a lag longer than the rule allows is not causal",
+                vec![
+                    alert("s1", "sup", "restart_storm", "a@h", T0),
+                    alert("l1", "logger", "error_log_burst", "a@h", T0 + 3 * MIN),
+                ],
+                vec![Nothing],
+            ),
+            (
+                "near-simultaneous detection within the tolerance",
+                vec![
+                    alert("m1", "beam", "memory_growth", "a@h", T0),
+                    alert("e1", "ets", "ets_memory_growth", "a@h", T0 + 3 * S),
+                ],
+                vec![
+                    Is(Kind::Causal),
+                    Lag(-3 * S),
+                    SummaryHas("were detected together on a@h, memory_growth only 3 s earlier"),
+                    Root(Some("e1")),
+                ],
+            ),
+            // memory_growth 30 s before ets_memory_growth: no causal order,
+            // but both are about the node's memory.
+            (
+                "reversed memory alerts share a resource instead",
+                vec![
+                    alert("m1", "beam", "memory_growth", "a@h", T0),
+                    alert("e1", "ets", "ets_memory_growth", "a@h", T0 + 30 * S),
+                ],
+                vec![
+                    Is(Kind::Symptomatic),
+                    Rule("shared_resource"),
+                    Shared("the memory of a@h"),
+                    Root(None),
+                ],
+            ),
+            (
+                "mutual relations have no single origin",
+                vec![
+                    alert("p1", "beam", "process_memory_growth", "a@h", T0),
+                    alert("g1", "gc", "gc_pressure", "a@h", T0 + 12 * S),
+                ],
+                vec![
+                    Is(Kind::Causal),
+                    Rule("gc_pressure_with_process_memory"),
+                    Root(None),
+                    HypothesisHas("reinforce each other"),
+                    Confidence(0.6),
+                ],
+            ),
+            (
+                "causal relations stay on one node",
+                vec![
+                    alert("s1", "sup", "restart_storm", "a@h", T0),
+                    alert("l1", "logger", "error_log_burst", "b@h", T0 + 30 * S),
+                ],
+                vec![Nothing],
+            ),
+        ]);
     }
 }
 
 mod symptomatic {
+    use super::Check::*;
     use super::*;
 
     #[test]
-    fn a_shared_entity_without_causal_order() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                with(
-                    alert("x1", "exception", "exception_burst", "a@h", T0),
-                    "module",
-                    "MyApp.Worker",
-                ),
-                with(
-                    alert("c1", "logger", "connection_errors", "a@h", T0 + 5 * S),
-                    "module",
-                    "MyApp.Worker",
-                ),
-            ],
-        );
-        let insight = only(&reported);
-        assert_eq!(insight.correlation_type, Kind::Symptomatic);
-        assert_eq!(insight.rules[0].rule, "shared_entity");
-        assert_eq!(
-            insight.rules[0].shared.as_deref(),
-            Some("module MyApp.Worker")
-        );
-        assert!(insight
-            .summary
-            .contains("exception_burst and connection_errors both concern module MyApp.Worker"));
-        assert!(insight.root_cause_hypothesis.starts_with(
-            "A common cause acting on module MyApp.Worker is likely behind these alerts"
-        ));
-        assert_eq!(insight.confidence, 0.65);
-    }
-
-    #[test]
-    fn modules_are_shared_across_nodes_pids_are_not() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                with(
-                    alert("x1", "exception", "exception_burst", "a@h", T0),
-                    "module",
-                    "MyApp.Worker",
-                ),
-                with(
-                    alert("l1", "logger", "error_log_burst", "b@h", T0 + 5 * S),
-                    "module",
-                    "MyApp.Worker",
-                ),
-            ],
-        );
-        let insight = only(&reported);
-        assert_eq!(insight.nodes, ["a@h", "b@h"]);
-        assert!(insight.summary.contains("across 2 nodes (a@h and b@h)"));
-
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                with(
-                    alert("g1", "gc", "large_heap_process", "a@h", T0),
-                    "pid",
-                    "#PID<0.90.0>",
-                ),
-                with(
-                    alert("l1", "logger", "error_log_burst", "b@h", T0 + 5 * S),
-                    "pid",
-                    "#PID<0.90.0>",
-                ),
-            ],
-        );
-        assert!(reported.is_empty(), "{reported:#?}");
-    }
-
-    #[test]
-    fn a_shared_pid_on_one_node() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                with(
-                    alert("g1", "gc", "large_heap_process", "a@h", T0),
-                    "pid",
-                    "#PID<0.90.0>",
-                ),
-                with(
-                    alert("l1", "logger", "error_log_burst", "a@h", T0 + 5 * S),
-                    "pid",
-                    "#PID<0.90.0>",
-                ),
-            ],
-        );
-        let insight = only(&reported);
-        assert_eq!(insight.correlation_type, Kind::Symptomatic);
-        assert_eq!(
-            insight.rules[0].shared.as_deref(),
-            Some("pid #PID<0.90.0> on a@h")
-        );
-        assert!(insight
-            .root_cause_hypothesis
-            .contains("message queue length, heap size"));
-    }
-
-    #[test]
     fn the_same_symptom_on_several_nodes_is_one_insight() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("a", "logger", "connection_errors", "a@h", T0),
-                alert("b", "logger", "connection_errors", "b@h", T0 + 4 * S),
-                alert("c", "logger", "connection_errors", "c@h", T0 + 9 * S),
-            ],
-        );
+        let (_, reported) = fed(vec![
+            alert("a", "logger", "connection_errors", "a@h", T0),
+            alert("b", "logger", "connection_errors", "b@h", T0 + 4 * S),
+            alert("c", "logger", "connection_errors", "c@h", T0 + 9 * S),
+        ]);
         assert_eq!(reported.len(), 2);
         let insight = &reported[1];
         assert_eq!(insight.id, reported[0].id);
@@ -497,21 +408,68 @@ mod symptomatic {
     }
 
     #[test]
-    fn the_database_is_shared_by_the_cluster() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("q1", "ecto", "slow_queries", "a@h", T0),
-                alert("q2", "ecto", "query_error_rate", "b@h", T0 + 10 * S),
-            ],
-        );
-        let insight = only(&reported);
-        assert_eq!(insight.correlation_type, Kind::Symptomatic);
-        assert_eq!(
-            insight.rules[0].shared.as_deref(),
-            Some("the shared database")
-        );
+    fn what_alerts_share() {
+        run(vec![
+            (
+                "a shared entity without causal order",
+                vec![
+                    alert("x1", "exception", "exception_burst", "a@h", T0)
+                        .on("module", "MyApp.Worker"),
+                    alert("c1", "logger", "connection_errors", "a@h", T0 + 5 * S)
+                        .on("module", "MyApp.Worker"),
+                ],
+                vec![
+                    Is(Kind::Symptomatic),
+                    Rule("shared_entity"),
+                    Shared("module MyApp.Worker"),
+                    SummaryHas("exception_burst and connection_errors both concern module MyApp.Worker"),
+                    HypothesisStarts(
+                        "A common cause acting on module MyApp.Worker is likely behind these alerts",
+                    ),
+                    Confidence(0.65),
+                ],
+            ),
+            (
+                "modules are shared across nodes",
+                vec![
+                    alert("x1", "exception", "exception_burst", "a@h", T0)
+                        .on("module", "MyApp.Worker"),
+                    alert("l1", "logger", "error_log_burst", "b@h", T0 + 5 * S)
+                        .on("module", "MyApp.Worker"),
+                ],
+                vec![Nodes(&["a@h", "b@h"]), SummaryHas("across 2 nodes (a@h and b@h)")],
+            ),
+            (
+                "pids are not shared across nodes",
+                vec![
+                    alert("g1", "gc", "large_heap_process", "a@h", T0).on("pid", "#PID<0.90.0>"),
+                    alert("l1", "logger", "error_log_burst", "b@h", T0 + 5 * S)
+                        .on("pid", "#PID<0.90.0>"),
+                ],
+                vec![Nothing],
+            ),
+            (
+                "a shared pid on one node",
+                vec![
+                    alert("g1", "gc", "large_heap_process", "a@h", T0).on("pid", "#PID<0.90.0>"),
+                    alert("l1", "logger", "error_log_burst", "a@h", T0 + 5 * S)
+                        .on("pid", "#PID<0.90.0>"),
+                ],
+                vec![
+                    Is(Kind::Symptomatic),
+                    Shared("pid #PID<0.90.0> on a@h"),
+                    HypothesisHas("message queue length, heap size"),
+                ],
+            ),
+            (
+                "the database is shared by the cluster",
+                vec![
+                    alert("q1", "ecto", "slow_queries", "a@h", T0),
+                    alert("q2", "ecto", "query_error_rate", "b@h", T0 + 10 * S),
+                ],
+                vec![Is(Kind::Symptomatic), Shared("the shared database")],
+            ),
+        ]);
     }
 }
 
@@ -520,14 +478,10 @@ mod grouping {
 
     #[test]
     fn a_joining_alert_updates_the_insight() {
-        let mut e = engine();
-        let first = feed(
-            &mut e,
-            vec![
-                alert("e1", "ets", "ets_memory_growth", "a@h", T0),
-                alert("m1", "beam", "memory_growth", "a@h", T0 + 40 * S),
-            ],
-        );
+        let (mut e, first) = fed(vec![
+            alert("e1", "ets", "ets_memory_growth", "a@h", T0),
+            alert("m1", "beam", "memory_growth", "a@h", T0 + 40 * S),
+        ]);
         let (id, version) = (only(&first).id.clone(), only(&first).version);
         let second = feed(
             &mut e,
@@ -601,14 +555,10 @@ mod grouping {
 
     #[test]
     fn linked_insights_merge_and_the_older_survives() {
-        let mut e = engine();
-        let x = feed(
-            &mut e,
-            vec![
-                alert("e1", "ets", "ets_memory_growth", "a@h", T0),
-                alert("m1", "beam", "memory_growth", "a@h", T0 + 30 * S),
-            ],
-        );
+        let (mut e, x) = fed(vec![
+            alert("e1", "ets", "ets_memory_growth", "a@h", T0),
+            alert("m1", "beam", "memory_growth", "a@h", T0 + 30 * S),
+        ]);
         let y = feed(
             &mut e,
             vec![
@@ -672,14 +622,10 @@ mod grouping {
 
     #[test]
     fn insights_expire_after_the_horizon() {
-        let mut e = engine();
-        let reported = feed(
-            &mut e,
-            vec![
-                alert("a1", "beam", "run_queue_high", "a@h", T0),
-                alert("a2", "system", "disk_usage_high", "a@h", T0 + 20 * S),
-            ],
-        );
+        let (mut e, reported) = fed(vec![
+            alert("a1", "beam", "run_queue_high", "a@h", T0),
+            alert("a2", "system", "disk_usage_high", "a@h", T0 + 20 * S),
+        ]);
         let id = only(&reported).id.clone();
         let horizon = e.stats().horizon_ms;
         assert_eq!(horizon, 10 * MIN + 5 * S);
@@ -792,17 +738,14 @@ mod grouping {
                     t += 10;
                     let node = format!("n{}@h", n % 20);
                     let ty = types[n % types.len()];
-                    with(
-                        alert(
-                            &format!("id{n}"),
-                            ty.split('_').next().unwrap(),
-                            ty,
-                            &node,
-                            t,
-                        ),
-                        "pid",
-                        &format!("#PID<0.{}.0>", n % 97),
+                    alert(
+                        &format!("id{n}"),
+                        ty.split('_').next().unwrap(),
+                        ty,
+                        &node,
+                        t,
                     )
+                    .on("pid", &format!("#PID<0.{}.0>", n % 97))
                 })
                 .collect();
             reported += e.ingest(alerts, t).insights.len();

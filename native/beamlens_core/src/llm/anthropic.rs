@@ -10,53 +10,39 @@ use super::config::ProviderConfig;
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, reason_phrase, status_error, HttpRequest, Sensitive};
 use super::types::{
-    group_by_side, ChatRequest, RawArguments, RawToolCall, Role, Side, StopReason, ToolChoice,
-    Turn, Usage,
+    ChatRequest, Message, RawArguments, RawToolCall, ToolCall, ToolChoice, Turn, Usage,
 };
-use super::wire;
+use super::wire::{self, Side, TurnShape};
 
 pub const API_VERSION: &str = "2023-06-01";
 
 pub fn build(config: &ProviderConfig, request: &ChatRequest) -> Result<HttpRequest, LlmError> {
-    let mut messages = Vec::new();
-    for (side, group) in group_by_side(&request.messages) {
-        let mut blocks = Vec::new();
-        for message in group {
-            match message.role {
-                Role::User | Role::Assistant => {
-                    if !message.content.is_empty() {
-                        blocks.push(json!({"type": "text", "text": message.content}));
-                    }
-                    for call in &message.tool_calls {
-                        blocks.push(json!({
-                            "type": "tool_use",
-                            "id": call.id,
-                            "name": call.name,
-                            "input": call.arguments.clone().unwrap_or_else(|| json!({})),
-                        }));
-                    }
+    let messages = wire::side_turns(
+        &request.messages,
+        TurnShape {
+            text: |text: &str| json!({"type": "text", "text": text}),
+            call: |_, call: &ToolCall| {
+                json!({
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.name,
+                    "input": call.arguments.clone().unwrap_or_else(|| json!({})),
+                })
+            },
+            result: |message: &Message| {
+                let mut block = json!({
+                    "type": "tool_result",
+                    "tool_use_id": message.tool_call_id,
+                    "content": message.content,
+                });
+                if message.is_error {
+                    block["is_error"] = json!(true);
                 }
-                Role::Tool => {
-                    let mut block = json!({
-                        "type": "tool_result",
-                        "tool_use_id": message.tool_call_id,
-                        "content": message.content,
-                    });
-                    if message.is_error {
-                        block["is_error"] = json!(true);
-                    }
-                    blocks.push(block);
-                }
-            }
-        }
-        let role = match side {
-            Side::User => "user",
-            Side::Assistant => "assistant",
-        };
-        if !blocks.is_empty() {
-            messages.push(json!({"role": role, "content": blocks}));
-        }
-    }
+                block
+            },
+            turn: |side: Side, blocks: Vec<Value>| json!({"role": side.role(), "content": blocks}),
+        },
+    );
 
     let mut body = Map::new();
     body.insert("model".into(), json!(config.model));
@@ -177,20 +163,8 @@ pub fn parse(body: &[u8]) -> Result<Turn, LlmError> {
         }
     }
 
-    let stop_reason = match value.get("stop_reason").and_then(Value::as_str) {
-        Some("end_turn") => StopReason::EndTurn,
-        Some("tool_use") => StopReason::ToolUse,
-        Some("max_tokens") => StopReason::MaxTokens,
-        Some("stop_sequence") => StopReason::StopSequence,
-        _ => StopReason::Other,
-    };
-    let usage = value.get("usage");
-    let count = |key: &str| {
-        usage
-            .and_then(|u| u.get(key))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
+    let stop_reason = wire::stop_reason(value.get("stop_reason").and_then(Value::as_str));
+    let count = |key: &str| wire::count(value.get("usage"), key);
     Ok(Turn {
         text,
         tool_calls,
@@ -236,14 +210,11 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::config::Secret;
-    use crate::llm::types::tests::{sample_request, simple_request};
-    use crate::llm::types::ProviderKind;
+    use crate::llm::fixtures::{keyed, sample_request, simple_request};
+    use crate::llm::types::{ProviderKind, StopReason};
 
     fn config() -> ProviderConfig {
-        let mut config = ProviderConfig::new(ProviderKind::Anthropic, "claude-sonnet-4-5");
-        config.api_key = Some(Secret::new("sk-ant-test"));
-        config
+        keyed(ProviderKind::Anthropic, "claude-sonnet-4-5", "sk-ant-test")
     }
 
     #[test]
@@ -293,7 +264,7 @@ mod tests {
             request.temperature = temperature;
             build(&config, &request).unwrap().json()
         };
-        for model in [
+        let accepting = [
             "claude-3-5-sonnet-20241022",
             "claude-3-7-sonnet-latest",
             "claude-3-haiku-20240307",
@@ -303,16 +274,8 @@ mod tests {
             "claude-haiku-4-5-20251001",
             "claude-opus-4-6",
             "claude-sonnet-4-5@20250929",
-        ] {
-            assert_eq!(
-                body_for(model, Some(0.2)),
-                json!({"model": model, "max_tokens": 64,
-                       "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-                       "temperature": 0.2}),
-                "{model}"
-            );
-        }
-        for model in [
+        ];
+        let refusing = [
             "claude-opus-4-7",
             "claude-opus-4-8-20260701",
             "claude-sonnet-5",
@@ -320,13 +283,16 @@ mod tests {
             "claude-haiku-5-5",
             "claude-test",
             "my-proxy-alias",
-        ] {
-            assert_eq!(
-                body_for(model, Some(0.2)),
-                json!({"model": model, "max_tokens": 64,
-                       "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
-                "{model}"
-            );
+        ];
+        for (models, sent) in [(&accepting[..], true), (&refusing[..], false)] {
+            for model in models {
+                let mut expected = json!({"model": model, "max_tokens": 64,
+                       "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
+                if sent {
+                    expected["temperature"] = json!(0.2);
+                }
+                assert_eq!(body_for(model, Some(0.2)), expected, "{model}");
+            }
         }
         // Not set: never sent. Above Claude's range: clamped to 1.
         assert!(body_for("claude-sonnet-4-5", None)
@@ -340,17 +306,20 @@ mod tests {
 
     #[test]
     fn tool_choice_and_no_tools() {
-        let mut request = sample_request();
-        request.tool_choice = ToolChoice::Required;
-        assert_eq!(
-            build(&config(), &request).unwrap().json()["tool_choice"],
-            json!({"type": "any"})
-        );
-        request.tool_choice = ToolChoice::Tool("execute_lua".into());
-        assert_eq!(
-            build(&config(), &request).unwrap().json()["tool_choice"],
-            json!({"type": "tool", "name": "execute_lua"})
-        );
+        for (choice, expected) in [
+            (ToolChoice::Required, json!({"type": "any"})),
+            (
+                ToolChoice::Tool("execute_lua".into()),
+                json!({"type": "tool", "name": "execute_lua"}),
+            ),
+        ] {
+            let mut request = sample_request();
+            request.tool_choice = choice;
+            assert_eq!(
+                build(&config(), &request).unwrap().json()["tool_choice"],
+                expected
+            );
+        }
         let body = build(&config(), &simple_request()).unwrap().json();
         assert!(body.get("tools").is_none() && body.get("tool_choice").is_none());
         assert!(body.get("system").is_none());
@@ -393,15 +362,14 @@ mod tests {
 
     #[test]
     fn malformed_replies_are_errors() {
-        assert_eq!(
-            parse(b"{\"type\": \"message\"").unwrap_err().reason,
-            Reason::MalformedResponse
-        );
-        assert_eq!(
-            parse(b"{\"type\": \"message\"}").unwrap_err().reason,
-            Reason::MalformedResponse
-        );
-        assert_eq!(parse(b"[]").unwrap_err().reason, Reason::MalformedResponse);
+        for body in [
+            &br#"{"type": "message""#[..],
+            br#"{"type": "message"}"#,
+            b"[]",
+        ] {
+            let reason = parse(body).unwrap_err().reason;
+            assert_eq!(reason, Reason::MalformedResponse, "{body:?}");
+        }
     }
 
     #[test]

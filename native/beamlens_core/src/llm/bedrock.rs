@@ -17,10 +17,9 @@ use super::config::{AwsCredentials, ProviderConfig};
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, status_error, HttpRequest, Sensitive};
 use super::types::{
-    group_by_side, ChatRequest, RawArguments, RawToolCall, Role, Side, StopReason, ToolChoice,
-    Turn, Usage,
+    ChatRequest, Message, RawArguments, RawToolCall, ToolCall, ToolChoice, Turn, Usage,
 };
-use super::wire;
+use super::wire::{self, Side, TurnShape};
 
 pub const SERVICE: &str = "bedrock";
 
@@ -29,38 +28,27 @@ pub fn build(
     request: &ChatRequest,
     now: SystemTime,
 ) -> Result<HttpRequest, LlmError> {
-    let mut messages = Vec::new();
-    for (side, group) in group_by_side(&request.messages) {
-        let mut content = Vec::new();
-        for message in group {
-            match message.role {
-                Role::User | Role::Assistant => {
-                    if !message.content.is_empty() {
-                        content.push(json!({"text": message.content}));
-                    }
-                    for call in &message.tool_calls {
-                        content.push(json!({"toolUse": {
-                            "toolUseId": call.id,
-                            "name": call.name,
-                            "input": call.arguments.clone().unwrap_or_else(|| json!({})),
-                        }}));
-                    }
-                }
-                Role::Tool => content.push(json!({"toolResult": {
+    let messages = wire::side_turns(
+        &request.messages,
+        TurnShape {
+            text: |text: &str| json!({"text": text}),
+            call: |_, call: &ToolCall| {
+                json!({"toolUse": {
+                    "toolUseId": call.id,
+                    "name": call.name,
+                    "input": call.arguments.clone().unwrap_or_else(|| json!({})),
+                }})
+            },
+            result: |message: &Message| {
+                json!({"toolResult": {
                     "toolUseId": message.tool_call_id,
                     "content": [{"text": message.content}],
                     "status": if message.is_error { "error" } else { "success" },
-                }})),
-            }
-        }
-        let role = match side {
-            Side::User => "user",
-            Side::Assistant => "assistant",
-        };
-        if !content.is_empty() {
-            messages.push(json!({"role": role, "content": content}));
-        }
-    }
+                }})
+            },
+            turn: |side: Side, content: Vec<Value>| json!({"role": side.role(), "content": content}),
+        },
+    );
 
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));
@@ -211,20 +199,8 @@ pub fn parse(body: &[u8]) -> Result<Turn, LlmError> {
         }
         // reasoningContent and other blocks are not for us.
     }
-    let stop_reason = match value.get("stopReason").and_then(Value::as_str) {
-        Some("end_turn") => StopReason::EndTurn,
-        Some("tool_use") => StopReason::ToolUse,
-        Some("max_tokens") => StopReason::MaxTokens,
-        Some("stop_sequence") => StopReason::StopSequence,
-        _ => StopReason::Other,
-    };
-    let count = |key: &str| {
-        value
-            .get("usage")
-            .and_then(|u| u.get(key))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
+    let stop_reason = wire::stop_reason(value.get("stopReason").and_then(Value::as_str));
+    let count = |key: &str| wire::count(value.get("usage"), key);
     Ok(Turn {
         text,
         tool_calls,
@@ -305,8 +281,8 @@ pub fn error(status: u16, headers: &HeaderMap, body: &[u8], secrets: &[&str]) ->
 mod tests {
     use super::*;
     use crate::llm::config::Secret;
-    use crate::llm::types::tests::sample_request;
-    use crate::llm::types::ProviderKind;
+    use crate::llm::fixtures::sample_request;
+    use crate::llm::types::{ProviderKind, StopReason};
     use std::time::{Duration, UNIX_EPOCH};
 
     /// 2015-08-30T12:36:00Z, the time of AWS's published examples.
@@ -478,18 +454,20 @@ mod tests {
         let auto = body_for(ToolChoice::Auto);
         assert_eq!(auto["toolConfig"].as_object().unwrap().len(), 1);
         assert!(auto["toolConfig"].get("toolChoice").is_none());
-        // :none with tool history: the tools must be there, auto is implied.
-        assert!(body_for(ToolChoice::None)["toolConfig"]
-            .get("toolChoice")
-            .is_none());
-        assert_eq!(
-            body_for(ToolChoice::Required)["toolConfig"]["toolChoice"],
-            json!({"any": {}})
-        );
-        assert_eq!(
-            body_for(ToolChoice::Tool("execute_lua".into()))["toolConfig"]["toolChoice"],
-            json!({"tool": {"name": "execute_lua"}})
-        );
+        for (choice, expected) in [
+            // :none with tool history: the tools must be there, auto is implied.
+            (ToolChoice::None, None),
+            (ToolChoice::Required, Some(json!({"any": {}}))),
+            (
+                ToolChoice::Tool("execute_lua".into()),
+                Some(json!({"tool": {"name": "execute_lua"}})),
+            ),
+        ] {
+            let sent = body_for(choice.clone())["toolConfig"]
+                .get("toolChoice")
+                .cloned();
+            assert_eq!(sent, expected, "{choice:?}");
+        }
     }
 
     #[test]
@@ -502,41 +480,35 @@ mod tests {
                 .json()["inferenceConfig"]
                 .clone()
         };
-        for model in [
-            "anthropic.claude-opus-4-7",
-            "global.anthropic.claude-opus-4-8-v1:0",
-            "us.anthropic.claude-sonnet-5-v1:0",
+        let dropped = json!({"maxTokens": 512});
+        let kept = json!({"maxTokens": 512, "temperature": 0.2});
+        for (model, expected) in [
+            ("anthropic.claude-opus-4-7", &dropped),
+            ("global.anthropic.claude-opus-4-8-v1:0", &dropped),
+            ("us.anthropic.claude-sonnet-5-v1:0", &dropped),
+            ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", &kept),
+            ("meta.llama3-1-70b-instruct-v1:0", &kept),
+            ("amazon.nova-pro-v1:0", &kept),
         ] {
-            assert_eq!(inference(model), json!({"maxTokens": 512}), "{model}");
+            assert_eq!(inference(model), *expected, "{model}");
         }
-        for model in [
-            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
-            "meta.llama3-1-70b-instruct-v1:0",
-            "amazon.nova-pro-v1:0",
-        ] {
-            assert_eq!(
-                inference(model),
-                json!({"maxTokens": 512, "temperature": 0.2}),
-                "{model}"
-            );
-        }
+    }
+
+    /// The error for an HTTP `status` reply whose `x-amzn-errortype` header
+    /// names `kind`.
+    fn typed_error(kind: &str, status: u16, body: &[u8]) -> LlmError {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-amzn-errortype", kind.parse().unwrap());
+        error(status, &headers, body, &[])
     }
 
     #[test]
     fn messages_match_the_error_kind() {
-        let with_type = |kind: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert("x-amzn-errortype", kind.parse().unwrap());
-            headers
-        };
         // Bedrock's documented 429 while a model is being loaded.
-        let error = super::error(
+        let error = typed_error(
+            "ModelNotReadyException:http://internal.amazon.com/coral/com.amazon.bedrock/",
             429,
-            &with_type(
-                "ModelNotReadyException:http://internal.amazon.com/coral/com.amazon.bedrock/",
-            ),
             br#"{"message":"Model is not ready for inference. Wait and try your request again."}"#,
-            &[],
         );
         assert_eq!((error.reason, error.retryable), (Reason::Overloaded, true));
         assert_eq!(
@@ -546,12 +518,8 @@ mod tests {
         );
         assert!(!error.message.contains("rate limited"));
 
-        let expired = super::error(
-            403,
-            &with_type("ExpiredTokenException"),
-            br#"{"message":"The security token included in the request is expired"}"#,
-            &[],
-        );
+        let expired = br#"{"message":"The security token included in the request is expired"}"#;
+        let expired = typed_error("ExpiredTokenException", 403, expired);
         assert_eq!(expired.reason, Reason::Unauthorized);
         assert!(expired
             .message
@@ -592,40 +560,32 @@ mod tests {
 
     #[test]
     fn error_types_come_from_the_header() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-amzn-errortype",
-            "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"
-                .parse()
-                .unwrap(),
-        );
-        let error = error(
+        let error = typed_error(
+            "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
             429,
-            &headers,
             br#"{"message":"Too many requests, please wait before trying again."}"#,
-            &[],
         );
         assert_eq!((error.reason, error.retryable), (Reason::RateLimited, true));
         assert!(error
             .message
             .ends_with("Too many requests, please wait before trying again."));
 
-        headers.insert(
-            "x-amzn-errortype",
-            "UnrecognizedClientException".parse().unwrap(),
-        );
-        let error = super::error(
-            403,
-            &headers,
-            br#"{"message":"The security token included in the request is invalid."}"#,
-            &[],
-        );
-        assert_eq!(error.reason, Reason::Unauthorized);
-
-        headers.insert("x-amzn-errortype", "ValidationException".parse().unwrap());
-        assert_eq!(
-            super::error(400, &headers, br#"{"message":"bad"}"#, &[]).reason,
-            Reason::BadRequest
-        );
+        let invalid = br#"{"message":"The security token included in the request is invalid."}"#;
+        for (kind, status, body, reason) in [
+            (
+                "UnrecognizedClientException",
+                403,
+                &invalid[..],
+                Reason::Unauthorized,
+            ),
+            (
+                "ValidationException",
+                400,
+                br#"{"message":"bad"}"#,
+                Reason::BadRequest,
+            ),
+        ] {
+            assert_eq!(typed_error(kind, status, body).reason, reason, "{kind}");
+        }
     }
 }

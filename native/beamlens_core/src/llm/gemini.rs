@@ -15,10 +15,9 @@ use super::config::ProviderConfig;
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, protobuf_duration, status_error, HttpRequest, Sensitive};
 use super::types::{
-    group_by_side, ChatRequest, RawArguments, RawToolCall, Role, Side, StopReason, ToolChoice,
-    Turn, Usage,
+    ChatRequest, Message, RawArguments, RawToolCall, StopReason, ToolCall, ToolChoice, Turn, Usage,
 };
-use super::wire;
+use super::wire::{self, Side, TurnShape};
 
 /// Google's documented stand-in for a missing thought signature.
 pub const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
@@ -51,45 +50,38 @@ const SCHEMA_KEYS: &[&str] = &[
 ];
 
 pub fn build(config: &ProviderConfig, request: &ChatRequest) -> Result<HttpRequest, LlmError> {
-    let mut contents = Vec::new();
-    for (side, group) in group_by_side(&request.messages) {
-        let mut parts = Vec::new();
-        for message in group {
-            match message.role {
-                Role::User | Role::Assistant => {
-                    if !message.content.is_empty() {
-                        parts.push(json!({"text": message.content}));
-                    }
-                    for (index, call) in message.tool_calls.iter().enumerate() {
-                        let mut part = json!({"functionCall": {
-                            "name": call.name,
-                            "args": call.arguments.clone().unwrap_or_else(|| json!({})),
-                        }});
-                        match &call.signature {
-                            Some(signature) => part["thoughtSignature"] = json!(signature),
-                            None if index == 0 => part["thoughtSignature"] = json!(SKIP_SIGNATURE),
-                            None => {}
-                        }
-                        parts.push(part);
-                    }
+    let contents = wire::side_turns(
+        &request.messages,
+        TurnShape {
+            text: |text: &str| json!({"text": text}),
+            call: |index, call: &ToolCall| {
+                let mut part = json!({"functionCall": {
+                    "name": call.name,
+                    "args": call.arguments.clone().unwrap_or_else(|| json!({})),
+                }});
+                match &call.signature {
+                    Some(signature) => part["thoughtSignature"] = json!(signature),
+                    None if index == 0 => part["thoughtSignature"] = json!(SKIP_SIGNATURE),
+                    None => {}
                 }
-                Role::Tool => {
-                    let key = if message.is_error { "error" } else { "output" };
-                    parts.push(json!({"functionResponse": {
-                        "name": message.name.as_deref().unwrap_or_else(|| tool_name_for(request, message.tool_call_id.as_deref())),
-                        "response": {key: message.content},
-                    }}));
-                }
-            }
-        }
-        let role = match side {
-            Side::User => "user",
-            Side::Assistant => "model",
-        };
-        if !parts.is_empty() {
-            contents.push(json!({"role": role, "parts": parts}));
-        }
-    }
+                part
+            },
+            result: |message: &Message| {
+                let key = if message.is_error { "error" } else { "output" };
+                json!({"functionResponse": {
+                    "name": message.name.as_deref().unwrap_or_else(|| tool_name_for(request, message.tool_call_id.as_deref())),
+                    "response": {key: message.content},
+                }})
+            },
+            turn: |side: Side, parts: Vec<Value>| {
+                let role = match side {
+                    Side::User => "user",
+                    Side::Assistant => "model",
+                };
+                json!({"role": role, "parts": parts})
+            },
+        },
+    );
 
     let mut body = Map::new();
     body.insert("contents".into(), Value::Array(contents));
@@ -221,13 +213,7 @@ fn schema(value: &Value) -> Value {
 
 pub fn parse(body: &[u8]) -> Result<Turn, LlmError> {
     let value = wire::json_body(body)?;
-    let usage = value.get("usageMetadata");
-    let count = |key: &str| {
-        usage
-            .and_then(|u| u.get(key))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
+    let count = |key: &str| wire::count(value.get("usageMetadata"), key);
     // promptTokenCount includes the cached part; thinking is output.
     let cached = count("cachedContentTokenCount");
     let usage = Usage {
@@ -359,15 +345,12 @@ pub const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::config::Secret;
-    use crate::llm::types::tests::sample_request;
+    use crate::llm::fixtures::{keyed, sample_request};
     use crate::llm::types::ProviderKind;
     use std::time::Duration;
 
     fn config() -> ProviderConfig {
-        let mut config = ProviderConfig::new(ProviderKind::Gemini, "gemini-2.5-flash");
-        config.api_key = Some(Secret::new("AIza-test-key"));
-        config
+        keyed(ProviderKind::Gemini, "gemini-2.5-flash", "AIza-test-key")
     }
 
     #[test]

@@ -16,11 +16,15 @@ pub mod breaker;
 pub mod budget;
 pub mod config;
 pub mod error;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod gemini;
 pub mod http;
 pub mod ollama;
 pub mod openai;
 pub mod recover;
+pub mod request;
+pub mod turn;
 pub mod types;
 mod wire;
 
@@ -299,7 +303,7 @@ mod tests {
 
     #[test]
     fn hostile_bodies_give_bounded_errors_for_every_provider() {
-        let request = types::tests::sample_request();
+        let request = fixtures::sample_request();
         for kind in ProviderKind::ALL {
             let config = ProviderConfig::new(kind, "m");
             for (name, body) in hostile_bodies() {
@@ -320,7 +324,7 @@ mod tests {
 
     #[test]
     fn deeply_nested_replies_are_malformed_not_a_crash() {
-        let request = types::tests::sample_request();
+        let request = fixtures::sample_request();
         let config = ProviderConfig::new(ProviderKind::OpenAi, "m");
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         let error = interpret(&config, &request, &response(200, deep.into_bytes())).unwrap_err();
@@ -353,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_header_wait_wins_over_a_body_wait_and_both_are_clamped() {
-        let request = types::tests::sample_request();
+        let request = fixtures::sample_request();
         let config = ProviderConfig::new(ProviderKind::Gemini, "m");
         let body =
             json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "slow down",

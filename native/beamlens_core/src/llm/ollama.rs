@@ -11,48 +11,35 @@ use serde_json::{json, Map, Value};
 use super::config::ProviderConfig;
 use super::error::LlmError;
 use super::http::{status_error, HttpRequest, Sensitive};
-use super::openai::{tool_result_text, tools};
-use super::types::{
-    ChatRequest, RawArguments, RawToolCall, Role, StopReason, ToolChoice, Turn, Usage,
-};
+use super::openai::{tool_calls, tool_result_text, tools};
+use super::types::{ChatRequest, Message, StopReason, ToolChoice, Turn, Usage};
 use super::wire;
 
 pub fn build(config: &ProviderConfig, request: &ChatRequest) -> Result<HttpRequest, LlmError> {
-    let mut messages = Vec::with_capacity(request.messages.len() + 1);
-    if let Some(system) = &request.system {
-        messages.push(json!({"role": "system", "content": system}));
-    }
-    for message in &request.messages {
-        messages.push(match message.role {
-            Role::User => json!({"role": "user", "content": message.content}),
-            Role::Assistant if message.tool_calls.is_empty() => {
-                json!({"role": "assistant", "content": message.content})
-            }
-            Role::Assistant => {
-                let calls: Vec<Value> = message
-                    .tool_calls
-                    .iter()
-                    .map(|call| {
-                        json!({"function": {
-                            "name": call.name,
-                            "arguments": call.arguments.clone().unwrap_or_else(|| json!({})),
-                        }})
-                    })
-                    .collect();
-                json!({"role": "assistant", "content": message.content, "tool_calls": calls})
-            }
-            Role::Tool => {
-                let mut result = json!({
-                    "role": "tool",
-                    "content": tool_result_text(&message.content, message.is_error),
-                });
-                if let Some(name) = &message.name {
-                    result["tool_name"] = json!(name);
-                }
-                result
-            }
+    let calls = |message: &Message| {
+        let calls: Vec<Value> = message
+            .tool_calls
+            .iter()
+            .map(|call| {
+                json!({"function": {
+                    "name": call.name,
+                    "arguments": call.arguments.clone().unwrap_or_else(|| json!({})),
+                }})
+            })
+            .collect();
+        json!({"role": "assistant", "content": message.content, "tool_calls": calls})
+    };
+    let result = |message: &Message| {
+        let mut result = json!({
+            "role": "tool",
+            "content": tool_result_text(&message.content, message.is_error),
         });
-    }
+        if let Some(name) = &message.name {
+            result["tool_name"] = json!(name);
+        }
+        result
+    };
+    let messages = wire::chat_messages(request, calls, result);
 
     let mut body = Map::new();
     body.insert("model".into(), json!(config.model));
@@ -99,26 +86,7 @@ pub fn parse(body: &[u8]) -> Result<Turn, LlmError> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let mut tool_calls = Vec::new();
-    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
-        for call in calls {
-            let function = call
-                .get("function")
-                .ok_or_else(|| LlmError::malformed("a tool call has no function"))?;
-            let arguments = match function.get("arguments") {
-                Some(Value::String(text)) => RawArguments::Text(text.clone()),
-                Some(other) => RawArguments::Json(other.clone()),
-                None => RawArguments::Json(Value::Null),
-            };
-            tool_calls.push(RawToolCall {
-                id: wire::string(call, "id"),
-                name: wire::string(function, "name")
-                    .ok_or_else(|| LlmError::malformed("a tool call has no function name"))?,
-                arguments,
-                signature: None,
-            });
-        }
-    }
+    let tool_calls = tool_calls(message)?;
     let stop_reason = match value.get("done_reason").and_then(Value::as_str) {
         Some("stop") | None => StopReason::EndTurn,
         Some("length") => StopReason::MaxTokens,
@@ -154,7 +122,7 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
 mod tests {
     use super::*;
     use crate::llm::error::Reason;
-    use crate::llm::types::tests::sample_request;
+    use crate::llm::fixtures::sample_request;
     use crate::llm::types::ProviderKind;
 
     #[test]

@@ -15,7 +15,8 @@ use super::config::ProviderConfig;
 use super::error::{LlmError, Reason};
 use super::http::{kind_error, status_error, HttpRequest, Sensitive};
 use super::types::{
-    ChatRequest, ProviderKind, RawArguments, RawToolCall, Role, StopReason, ToolChoice, Turn, Usage,
+    ChatRequest, Message, ProviderKind, RawArguments, RawToolCall, StopReason, ToolChoice, Turn,
+    Usage,
 };
 use super::wire;
 
@@ -79,46 +80,36 @@ pub fn build(config: &ProviderConfig, request: &ChatRequest) -> Result<HttpReque
     Ok(wire::with_extra_headers(http, config))
 }
 
-/// The conversation in Chat Completions form (shared with Ollama's shape).
+/// The conversation in Chat Completions form.
 fn messages(request: &ChatRequest) -> Vec<Value> {
-    let mut out = Vec::with_capacity(request.messages.len() + 1);
-    if let Some(system) = &request.system {
-        out.push(json!({"role": "system", "content": system}));
-    }
-    for message in &request.messages {
-        out.push(match message.role {
-            Role::User => json!({"role": "user", "content": message.content}),
-            Role::Assistant if message.tool_calls.is_empty() => {
-                json!({"role": "assistant", "content": message.content})
-            }
-            Role::Assistant => {
-                let calls: Vec<Value> = message
-                    .tool_calls
-                    .iter()
-                    .map(|call| {
-                        let arguments = call.arguments.clone().unwrap_or_else(|| json!({}));
-                        json!({
-                            "id": call.id,
-                            "type": "function",
-                            "function": {"name": call.name, "arguments": arguments.to_string()},
-                        })
-                    })
-                    .collect();
-                let content = if message.content.is_empty() {
-                    Value::Null
-                } else {
-                    json!(message.content)
-                };
-                json!({"role": "assistant", "content": content, "tool_calls": calls})
-            }
-            Role::Tool => json!({
-                "role": "tool",
-                "tool_call_id": message.tool_call_id,
-                "content": tool_result_text(&message.content, message.is_error),
-            }),
-        });
-    }
-    out
+    let calls = |message: &Message| {
+        let calls: Vec<Value> = message
+            .tool_calls
+            .iter()
+            .map(|call| {
+                let arguments = call.arguments.clone().unwrap_or_else(|| json!({}));
+                json!({
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": arguments.to_string()},
+                })
+            })
+            .collect();
+        let content = if message.content.is_empty() {
+            Value::Null
+        } else {
+            json!(message.content)
+        };
+        json!({"role": "assistant", "content": content, "tool_calls": calls})
+    };
+    let result = |message: &Message| {
+        json!({
+            "role": "tool",
+            "tool_call_id": message.tool_call_id,
+            "content": tool_result_text(&message.content, message.is_error),
+        })
+    };
+    wire::chat_messages(request, calls, result)
 }
 
 /// Chat Completions has no error flag on tool results; say it in the text.
@@ -215,6 +206,12 @@ pub fn parse_message(message: &Value) -> Result<(String, Vec<RawToolCall>), LlmE
             ))
         }
     };
+    Ok((text, tool_calls(message)?))
+}
+
+/// The `tool_calls` of a Chat Completions message (also Ollama's shape):
+/// arguments as a JSON string (OpenAI) or as JSON (Ollama), ids when given.
+pub fn tool_calls(message: &Value) -> Result<Vec<RawToolCall>, LlmError> {
     let mut tool_calls = Vec::new();
     if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
         for call in calls {
@@ -236,7 +233,7 @@ pub fn parse_message(message: &Value) -> Result<(String, Vec<RawToolCall>), LlmE
             });
         }
     }
-    Ok((text, tool_calls))
+    Ok(tool_calls)
 }
 
 /// `{"error": {"message": ..., "type": ..., "code": ...}}`, or what
@@ -276,13 +273,10 @@ pub fn error(status: u16, body: &[u8], secrets: &[&str]) -> LlmError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::config::Secret;
-    use crate::llm::types::tests::{sample_request, simple_request};
+    use crate::llm::fixtures::{keyed, sample_request, simple_request};
 
     fn config(kind: ProviderKind) -> ProviderConfig {
-        let mut config = ProviderConfig::new(kind, "gpt-4o-mini");
-        config.api_key = Some(Secret::new("sk-test-openai"));
-        config
+        keyed(kind, "gpt-4o-mini", "sk-test-openai")
     }
 
     fn expected_messages() -> Value {
