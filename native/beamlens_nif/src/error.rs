@@ -48,6 +48,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// A `BadArgument` naming the argument and what is wrong with it.
     pub fn bad_argument(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::BadArgument {
             name: name.into(),

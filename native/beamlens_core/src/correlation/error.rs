@@ -9,6 +9,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// A `BadArgument` naming the setting and what is wrong with its value.
     pub fn bad_argument(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::BadArgument {
             name: name.into(),
