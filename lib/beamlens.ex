@@ -416,6 +416,7 @@ defmodule Beamlens do
 
   @doc false
   # One :pg scope per node, shared by every BeamLens instance.
+  @spec start_pg(atom()) :: {:ok, pid()} | :ignore | {:error, term()}
   def start_pg(scope) do
     case :pg.start_link(scope) do
       {:error, {:already_started, _}} -> :ignore

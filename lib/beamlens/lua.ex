@@ -242,6 +242,7 @@ defmodule Beamlens.Lua do
   def defaults, do: Beamlens.Schema.defaults(@limits)
 
   @doc false
+  @spec native_option_keys() :: [atom()]
   def native_option_keys, do: @native_keys
 
   defp validate(code, callbacks, opts) do
