@@ -27,6 +27,10 @@ defmodule Beamlens.Watcher do
 
   use GenServer, restart: :permanent
 
+  # The gate's own default, so that a watcher started without `:gate`
+  # escalates at the ratio its documentation states.
+  @escalate_ratio Keyword.fetch!(Beamlens.Gate.defaults(), :escalate_ratio)
+
   require Logger
 
   alias Beamlens.{Alert, Gate, LLM, Lua, Telemetry}
@@ -749,7 +753,7 @@ defmodule Beamlens.Watcher do
   defp deliver(state, type, candidate, build) do
     rules = %{
       cooldown: state.opts[:alert_cooldown],
-      ratio: Keyword.get(state.opts[:gate] || [], :escalate_ratio, 2.0)
+      ratio: Keyword.get(state.opts[:gate] || [], :escalate_ratio, @escalate_ratio)
     }
 
     {open_alerts, event} =
