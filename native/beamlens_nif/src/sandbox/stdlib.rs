@@ -76,9 +76,13 @@ pub fn new_state() -> mlua::Result<Lua> {
         | StdLib::MATH
         | StdLib::BUFFER
         | StdLib::VECTOR;
-    // With `catch_rust_panics` off, `pcall` cannot swallow a Rust panic: it
-    // always reaches the run, which reports it as a bug.
-    let lua = Lua::new_with(libs, LuaOptions::new().catch_rust_panics(false))?;
+    // `catch_rust_panics` stays on: switching it off replaces `pcall` and
+    // `xpcall` with mlua's wrappers, which Luau cannot yield across, and
+    // the inline path (`inline.rs`) yields through them (the script's own
+    // `pcall`s and the run's trampoline). A Rust panic in a library
+    // function then becomes a Lua error; the functions installed here do
+    // not panic on any input.
+    let lua = Lua::new_with(libs, LuaOptions::new())?;
 
     let globals = lua.globals();
     for name in REMOVED_GLOBALS {
@@ -133,10 +137,106 @@ fn replace_unbounded(lua: &Lua, globals: &Table) -> mlua::Result<()> {
     let table: Table = globals.raw_get("table")?;
     let sort: Function = lua
         .load(SORT)
-        .set_name("=table.sort")
+        .set_name(WRAPPERS_CHUNK)
         .call(table.raw_get::<Function>("sort")?)?;
-    table.raw_set("sort", sort)
+    table.raw_set("sort", sort)?;
+
+    let utf8: Table = globals.raw_get("utf8")?;
+    let abandon =
+        lua.create_function(|lua, size: usize| super::inline::check_size(lua, size, 0))?;
+    lua.load(SIZE_GUARDS).set_name(WRAPPERS_CHUNK).call::<()>((
+        string,
+        table,
+        utf8,
+        abandon,
+        super::inline::MAX_SCAN,
+        super::inline::MAX_ITEMS,
+        super::inline::MAX_BUILD,
+        globals.raw_get::<Function>("type")?,
+        globals.raw_get::<Function>("rawlen")?,
+        globals.raw_get::<Function>("select")?,
+    ))
 }
+
+/// The chunk name of the library wrappers written in Lua. An error raised
+/// by a library function they call points at them; the run moves it to
+/// the script line that made the call (see `relocate` in `mod.rs`).
+pub const WRAPPERS_CHUNK: &str = "=wrap";
+
+/// Size guards for the inline path (`inline.rs`): before a C library
+/// function that could work for long without reaching the interrupt, an
+/// input larger than the inline path's bounds abandons the inline run
+/// (the script then runs again on a thread, where the same call is
+/// bounded by the run's deadline). On the threaded path `abandon` does
+/// nothing.
+const SIZE_GUARDS: &str = r##"
+local string, table, utf8, abandon, MAX_SCAN, MAX_ITEMS, MAX_BUILD, type, rawlen, select = ...
+local function len(v)
+    if type(v) == "string" then
+        return #v
+    end
+    return 0
+end
+-- Pattern functions: the subject, the pattern and the replacement.
+for _, name in {"find", "match", "gmatch", "gsub", "split"} do
+    local f = string[name]
+    string[name] = function(s, p, r, ...)
+        local n = len(s) + len(p) + len(r)
+        if n > MAX_SCAN then
+            abandon(n)
+        end
+        return f(s, p, r, ...)
+    end
+end
+-- Functions that copy or scan their whole input once.
+for _, name in {"upper", "lower", "reverse"} do
+    local f = string[name]
+    string[name] = function(s, ...)
+        if len(s) > MAX_BUILD then
+            abandon(len(s))
+        end
+        return f(s, ...)
+    end
+end
+local utf8len = utf8.len
+utf8.len = function(s, ...)
+    if len(s) > MAX_BUILD then
+        abandon(len(s))
+    end
+    return utf8len(s, ...)
+end
+local rep = string.rep
+string.rep = function(s, n, sep, ...)
+    if type(n) == "number" and n > 0 and (len(s) + len(sep)) * n > MAX_BUILD then
+        abandon(MAX_BUILD + 1)
+    end
+    return rep(s, n, sep, ...)
+end
+local format = string.format
+string.format = function(fmt, ...)
+    local n = len(fmt)
+    for i = 1, select("#", ...) do
+        n += len((select(i, ...)))
+    end
+    if n > MAX_BUILD then
+        abandon(n)
+    end
+    return format(fmt, ...)
+end
+local concat = table.concat
+table.concat = function(t, sep, i, j, ...)
+    if type(t) == "table" then
+        local n = rawlen(t)
+        if type(i) == "number" and type(j) == "number" and j - i + 1 > n then
+            n = j - i + 1
+        end
+        if n > MAX_ITEMS or len(sep) > MAX_SCAN then
+            abandon(n)
+        end
+    end
+    return concat(t, sep, i, j, ...)
+end
+"##;
 
 /// `string.find`: plain searches in linear time, the rest by Luau.
 fn plain_find(lua: &Lua, find: &Function, args: MultiValue) -> mlua::Result<MultiValue> {
