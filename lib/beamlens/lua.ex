@@ -134,7 +134,7 @@ defmodule Beamlens.Lua do
   """
 
   alias Beamlens.LuaError
-  alias Beamlens.Lua.Runner
+  alias Beamlens.Lua.{Inline, Runner}
 
   @typedoc "Dotted callback names mapped to functions."
   @type callbacks :: %{optional(String.t()) => function()}
@@ -169,8 +169,16 @@ defmodule Beamlens.Lua do
   @spec eval(String.t(), callbacks(), [option()]) ::
           {:ok, term()} | {:error, LuaError.t()}
   def eval(code, callbacks \\ %{}, opts \\ []) do
-    with {:ok, code, callbacks, config} <- validate(code, callbacks, opts),
-         {:ok, ref, runner} <- Runner.start(self(), code, callbacks, config) do
+    with {:ok, code, callbacks, config} <- validate(code, callbacks, opts) do
+      case Inline.run(code, callbacks, config) do
+        {:done, result} -> result
+        {:thread, config} -> eval_threaded(code, callbacks, config)
+      end
+    end
+  end
+
+  defp eval_threaded(code, callbacks, config) do
+    with {:ok, ref, runner} <- Runner.start(self(), code, callbacks, config) do
       monitor = Process.monitor(runner)
 
       receive do

@@ -376,6 +376,14 @@ fn lua_inline_start<'a>(
     if limits.max_output > INLINE_MAX_OUTPUT {
         return atoms::abandon().encode(env);
     }
+    // Refused as a threaded run would be when every Lua slot is taken, so
+    // that callers see one capacity whichever path runs their script.
+    if RUN_SLOTS.available_permits() == 0 {
+        let error = Error::Busy {
+            capacity: MAX_CONCURRENT_RUNS,
+        };
+        return (atoms::error(), error).encode(env);
+    }
     let started = std::time::Instant::now();
     match InlineRun::new(
         code.as_slice(),

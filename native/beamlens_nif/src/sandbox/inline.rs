@@ -33,7 +33,7 @@
 //! what one allocation may cost under the run's memory limit (the inline
 //! path is only taken with a memory limit of at most [`MAX_MEMORY`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,8 @@ pub(super) struct Ctl {
     pending: Mutex<Option<(String, Vec<Value>)>>,
     /// The Luau thread the script runs in.
     thread: OnceLock<Thread>,
+    /// Set when the interrupt yields the thread to end a slice.
+    slice_yield: AtomicBool,
 }
 
 impl Ctl {
@@ -127,6 +129,7 @@ impl Ctl {
         if elapsed < SLICE.as_nanos() as u64 {
             Ok(VmState::Continue)
         } else if may_yield {
+            self.slice_yield.store(true, Ordering::Relaxed);
             Ok(VmState::Yield)
         } else if elapsed >= HARD_CAP.as_nanos() as u64 {
             Err(budget.trip(ErrorKind::Abandoned))
@@ -219,7 +222,7 @@ impl InlineRun {
         code: &[u8],
         callbacks: &[String],
         limits: Limits,
-        cancel: Arc<std::sync::atomic::AtomicBool>,
+        cancel: Arc<AtomicBool>,
     ) -> Option<Result<InlineRun, Failure>> {
         if !eligible(code, &limits) {
             return None;
@@ -239,6 +242,7 @@ impl InlineRun {
                 slice_started: AtomicU64::new(0),
                 pending: Mutex::new(None),
                 thread: OnceLock::new(),
+                slice_yield: AtomicBool::new(false),
             }),
         });
         let started = checkout().and_then(|prepared| {
@@ -346,6 +350,15 @@ impl InlineRun {
                 return Step::Abandon;
             }
             let pending = lock(&ctl.pending).take();
+            let slice_over = ctl.slice_yield.swap(false, Ordering::Relaxed);
+            if pending.is_none() && !slice_over {
+                // The script yielded the run's thread itself (a
+                // `coroutine.yield` outside any coroutine of its own): the
+                // threaded path reports that error.
+                drop(entered);
+                self.abandon();
+                return Step::Abandon;
+            }
             return match pending {
                 Some((name, args)) => {
                     let wait = shared.budget.callback_wait();

@@ -485,6 +485,8 @@ struct Prepared {
     /// The (empty, read-only) global table between runs.
     idle_env: Table,
     randomseed: Function,
+    /// Resets the scripts' `pcall` nesting count (`stdlib::PCALL`).
+    reset_pcall: Function,
     /// Memory in use right after the state was prepared.
     base_memory: usize,
 }
@@ -536,7 +538,7 @@ fn build() -> mlua::Result<Prepared> {
             MAX_MESSAGE,
             string.raw_get::<Function>("sub")?,
             globals.raw_get::<Function>("type")?,
-            globals.raw_get::<Function>("xpcall")?,
+            lua.named_registry_value::<Function>(stdlib::NATIVE_XPCALL)?,
             globals.raw_get::<Function>("error")?,
             lua.create_function(relocate)?,
             format!("{}:", &stdlib::WRAPPERS_CHUNK[1..]),
@@ -619,6 +621,7 @@ fn build() -> mlua::Result<Prepared> {
     env_meta.raw_set("__index", &globals)?;
     env_meta.raw_set("__metatable", false)?;
     let randomseed: Function = math.raw_get("randomseed")?;
+    let reset_pcall: Function = lua.named_registry_value(stdlib::PCALL_RESET)?;
 
     stdlib::seal(&lua)?;
     env_meta.set_readonly(true);
@@ -634,6 +637,7 @@ fn build() -> mlua::Result<Prepared> {
         env_meta,
         idle_env,
         randomseed,
+        reset_pcall,
         base_memory,
     })
 }
@@ -669,6 +673,7 @@ fn begin(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
     prepared.randomseed.call::<()>(seed as f64)?;
+    prepared.reset_pcall.call::<()>(())?;
 
     let used = lua.used_memory();
     lua.set_memory_limit(used.saturating_add(shared.budget.limits.max_memory))?;

@@ -76,15 +76,26 @@ pub fn new_state() -> mlua::Result<Lua> {
         | StdLib::MATH
         | StdLib::BUFFER
         | StdLib::VECTOR;
-    // `catch_rust_panics` stays on: switching it off replaces `pcall` and
-    // `xpcall` with mlua's wrappers, which Luau cannot yield across, and
-    // the inline path (`inline.rs`) yields through them (the script's own
-    // `pcall`s and the run's trampoline). A Rust panic in a library
-    // function then becomes a Lua error; the functions installed here do
-    // not panic on any input.
     let lua = Lua::new_with(libs, LuaOptions::new())?;
 
     let globals = lua.globals();
+    // Luau's own `pcall` and `xpcall` can be yielded across: the inline
+    // path (`inline.rs`) suspends a run inside them (its slices, and
+    // callbacks called under a script's `pcall`). Scripts get them behind
+    // a nesting bound (see [`PCALL`]); the run's trampoline uses `xpcall`
+    // directly.
+    let xpcall: Function = globals.raw_get("xpcall")?;
+    lua.set_named_registry_value(NATIVE_XPCALL, &xpcall)?;
+    let (pcall, bounded_xpcall, reset): (Function, Function, Function) =
+        lua.load(PCALL).set_name(WRAPPERS_CHUNK).call((
+            globals.raw_get::<Function>("pcall")?,
+            xpcall,
+            globals.raw_get::<Function>("error")?,
+            MAX_PCALL_DEPTH,
+        ))?;
+    globals.raw_set("pcall", pcall)?;
+    globals.raw_set("xpcall", bounded_xpcall)?;
+    lua.set_named_registry_value(PCALL_RESET, reset)?;
     for name in REMOVED_GLOBALS {
         globals.raw_set(*name, mlua::Nil)?;
     }
@@ -100,6 +111,48 @@ pub fn new_state() -> mlua::Result<Lua> {
 
     Ok(lua)
 }
+
+/// Registry name of Luau's own `xpcall` (see [`new_state`]).
+pub const NATIVE_XPCALL: &str = "beamlens.native_xpcall";
+
+/// Registry name of the function that resets the `pcall` nesting count
+/// (called at the start of every run).
+pub const PCALL_RESET: &str = "beamlens.pcall_reset";
+
+/// `pcall` and `xpcall` for scripts: Luau's own, at most [`MAX_PCALL_DEPTH`]
+/// deep. Luau's C-call limit (200) does not bound them inside a coroutine,
+/// where a recursion through `pcall` would pile up 10,000 frames whose
+/// results are copied at each return (quadratic, in C, for ~0.5 s). Past
+/// the bound they raise "stack overflow", as Luau does past its C-call
+/// limit.
+const PCALL: &str = r#"
+local pcall, xpcall, error, MAX = ...
+local depth = 0
+local function done(...)
+    depth -= 1
+    return ...
+end
+local function bounded_pcall(...)
+    if depth >= MAX then
+        error("stack overflow", 2)
+    end
+    depth += 1
+    return done(pcall(...))
+end
+local function bounded_xpcall(...)
+    if depth >= MAX then
+        error("stack overflow", 2)
+    end
+    depth += 1
+    return done(xpcall(...))
+end
+return bounded_pcall, bounded_xpcall, function()
+    depth = 0
+end
+"#;
+
+/// See [`PCALL`].
+pub const MAX_PCALL_DEPTH: u32 = 190;
 
 /// Characters that make a pattern more than a plain string (Luau's
 /// `SPECIALS`).

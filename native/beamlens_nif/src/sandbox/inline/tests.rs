@@ -151,7 +151,7 @@ fn long_loops_yield_in_slices() {
 #[test]
 fn what_cannot_yield_is_abandoned_to_a_thread() {
     let limits = Limits {
-        timeout: Duration::from_millis(300),
+        timeout: Duration::from_secs(2),
         ..Limits::default()
     };
     let cases: &[(&str, Result<Value, ErrorKind>)] = &[
@@ -182,6 +182,8 @@ fn what_cannot_yield_is_abandoned_to_a_thread() {
             "return coroutine.wrap(function() return cb.value(7) end)()",
             Ok(json!(7)),
         ),
+        // A yield of the script's own at top level.
+        ("coroutine.yield(1) return 1", Err(ErrorKind::Runtime)),
     ];
     for (code, expected) in cases {
         let driven = drive(code, limits);
@@ -210,9 +212,12 @@ fn inline_results_match_threaded_ones() {
         "return table.concat({1, 2, 3}, ',')",
         "return ('hello'):find('l')",
         "local ok, e = pcall(string.rep) return e",
+        "local ok, e = pcall(cb.value, function() end) return {ok, e}",
+        "return {pcall(cb.value, 3)}",
+        "local function f() return pcall(f) end return select('#', f())",
+        "local function f() return xpcall(f, print) end return select('#', f())",
         "return string.rep()",
         "local n = 0 for i = 1, 10 do n = n + cb.value(i) end return n",
-        "local ok, e = pcall(cb.value, function() end) return {ok, e}",
         "while true do end",
         "local t = {} for i = 1, 1e7 do t[i] = i end",
         "for i = 1, 10 do cb.value(i) end return 1",
