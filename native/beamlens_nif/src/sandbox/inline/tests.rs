@@ -280,3 +280,48 @@ fn large_or_unbounded_runs_take_the_thread() {
     assert!(!driven.inline);
     assert_eq!(ok(&driven), &json!(1));
 }
+
+/// Where an inline run's time goes: `cargo test --release --lib
+/// inline_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn inline_cost() {
+    let time = |label: &str, code: &str, names: &[String], n: u32| {
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            let mut run = InlineRun::new(code.as_bytes(), names, Limits::default(), Arc::default())
+                .unwrap()
+                .unwrap();
+            let mut input = Input::Go;
+            loop {
+                input = match run.step(input) {
+                    Step::Callback { args, .. } => Input::Answer(Ok(args[0].clone())),
+                    Step::Continue => Input::Go,
+                    Step::Done(result) => {
+                        assert!(result.is_ok());
+                        break;
+                    }
+                    Step::Abandon => panic!("abandoned"),
+                };
+            }
+        }
+        eprintln!("{label}: {:?} per run", started.elapsed() / n);
+    };
+    let cb = ["cb.value".to_string()];
+    for _ in 0..2 {
+        time("return 1, no callbacks", "return 1", &[], 2000);
+        time("return 1, one callback name", "return 1", &cb, 2000);
+        time(
+            "100 callbacks",
+            "local n = 0 for i = 1, 100 do n = n + cb.value(i) end return n",
+            &cb,
+            200,
+        );
+        time(
+            "sum 1..100000",
+            "local s = 0 for i = 1, 100000 do s = s + i end return s",
+            &[],
+            20,
+        );
+    }
+}
