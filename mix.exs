@@ -85,8 +85,11 @@ defmodule Beamlens.MixProject do
     [
       licenses: ["Apache-2.0"],
       links: %{"GitHub" => @source_url},
-      files: ~w(lib native/beamlens_nif/src native/beamlens_nif/Cargo.toml
-                native/beamlens_nif/Cargo.lock native/beamlens_nif/.cargo
+      # The Cargo workspace (native/Cargo.toml, one Cargo.lock) and both of
+      # its crates; not native/target.
+      files: ~w(lib native/Cargo.toml native/Cargo.lock
+                native/beamlens_core/Cargo.toml native/beamlens_core/src
+                native/beamlens_nif/Cargo.toml native/beamlens_nif/src
                 mix.exs README.md LICENSE docs)
     ]
   end

@@ -1,5 +1,5 @@
 defmodule Beamlens.Coordinator.Engine do
-  # Wraps the Rust correlation engine (native/beamlens_nif/src/correlation),
+  # Wraps the Rust correlation engine (native/beamlens_core/src/correlation),
   # turning native errors into `Beamlens.Error`. The NIF reads the code
   # fields of `%Beamlens.Alert{}` structs itself. Every call that touches an
   # engine runs on a dirty CPU scheduler.

@@ -1,16 +1,22 @@
 defmodule Mix.Tasks.Compile.BeamlensNif do
   @moduledoc """
-  Builds the Rust crate `native/beamlens_nif` with cargo and installs the
-  shared library as `priv/native/libbeamlens_nif.so`.
+  Builds the Rust crate `beamlens_nif` of the Cargo workspace `native/`
+  with cargo and installs the shared library as
+  `priv/native/libbeamlens_nif.so`.
+
+  The workspace has two crates: `native/beamlens_core` (plain Rust, no VM
+  needed) and `native/beamlens_nif` (the rustler glue the VM loads). They
+  share one `native/Cargo.lock` and one target directory, `native/target`,
+  where the library lands as `native/target/<profile>/libbeamlens_nif.so`.
 
   BeamLens does not depend on the `rustler` Mix package; this compiler is all
   it needs. It runs before the Elixir compiler (the NIF is loaded by
   `@on_load`, also at compile time) and:
 
-    * skips cargo entirely when neither the Rust sources (`Cargo.toml`,
-      `Cargo.lock`, `.cargo/config.toml`, `src/**/*.rs`) nor the profile
-      changed since the last install: their contents are hashed, so a
-      `git checkout` or a profile switch is always noticed;
+    * skips cargo entirely when neither the Rust sources (`native/Cargo.toml`,
+      `native/Cargo.lock`, each crate's `Cargo.toml` and `src/**/*.rs`) nor
+      the profile changed since the last install: their contents are hashed,
+      so a `git checkout` or a profile switch is always noticed;
     * installs the library atomically (temporary file, then rename), so a
       running VM or a failed build never sees half a file;
     * turns cargo errors and warnings into compiler diagnostics with file and
@@ -34,11 +40,11 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
   @impl Mix.Task.Compiler
   def run(_args) do
     root = File.cwd!()
-    crate_dir = Path.join([root, "native", @crate])
+    workspace = Path.join(root, "native")
 
     with {:ok, profile} <- profile(),
          {:ok, cargo} <- cargo() do
-      build(root, crate_dir, profile, cargo)
+      build(root, workspace, profile, cargo)
     end
   end
 
@@ -53,8 +59,8 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
     :ok
   end
 
-  defp build(root, crate_dir, profile, cargo) do
-    fingerprint = fingerprint(crate_dir, profile)
+  defp build(root, workspace, profile, cargo) do
+    fingerprint = fingerprint(workspace, profile)
     installed = library_path(root)
 
     if File.exists?(installed) and File.read(fingerprint_path(root)) == {:ok, fingerprint} do
@@ -62,16 +68,16 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
     else
       Mix.shell().info("Compiling NIF #{@crate} (#{profile}) with cargo")
 
-      case run_cargo(cargo, crate_dir, profile) do
+      case run_cargo(cargo, workspace, profile) do
         {0, diagnostics} ->
-          install(root, crate_dir, profile, diagnostics)
+          install(root, workspace, profile, diagnostics)
 
         {status, diagnostics} ->
           errors = Enum.filter(diagnostics, &(&1.severity == :error))
 
           errors =
             if errors == [] do
-              [diagnostic(:error, "cargo build failed with exit status #{status}", crate_dir, 0)]
+              [diagnostic(:error, "cargo build failed with exit status #{status}", workspace, 0)]
             else
               errors
             end
@@ -82,8 +88,8 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
     end
   end
 
-  defp install(root, crate_dir, profile, diagnostics) do
-    built = Path.join([target_dir(crate_dir), profile, built_name()])
+  defp install(root, workspace, profile, diagnostics) do
+    built = Path.join([target_dir(workspace), profile, built_name()])
 
     if File.exists?(built) do
       dest = library_path(root)
@@ -92,7 +98,7 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
       File.cp!(built, tmp)
       File.rename!(tmp, dest)
       # The build may have created Cargo.lock; record the state it built.
-      File.write!(fingerprint_path(root), fingerprint(crate_dir, profile))
+      File.write!(fingerprint_path(root), fingerprint(workspace, profile))
       # Mix only links _build/<env>/lib/beamlens/priv when priv/ existed when
       # the build structure was made; it may have been created just now. The
       # link points at the current directory's priv/, so only do this from
@@ -104,11 +110,11 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
       {:ok, diagnostics}
     else
       message = "cargo succeeded but #{built} is missing"
-      {:error, [diagnostic(:error, message, crate_dir, 0)]}
+      {:error, [diagnostic(:error, message, workspace, 0)]}
     end
   end
 
-  defp run_cargo(cargo, crate_dir, profile) do
+  defp run_cargo(cargo, workspace, profile) do
     args = cargo_args(profile, Mix.env())
 
     port =
@@ -118,36 +124,36 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
         :stderr_to_stdout,
         {:line, 16_384},
         args: args,
-        cd: crate_dir
+        cd: workspace
       ])
 
-    collect(port, crate_dir, [], nil, "")
+    collect(port, workspace, [], nil, "")
   end
 
   @doc false
-  # The cargo arguments for a profile and Mix environment. The NIFs that
-  # only tests need (`async_echo`, `async_panic`, `sync_panic`,
-  # `dirty_checksum`) are behind the crate's `test-nifs` feature, enabled
-  # in the :test environment only.
+  # The cargo arguments for a profile and Mix environment, run in the
+  # workspace directory. The NIFs that only tests need (`async_echo`,
+  # `async_panic`, `sync_panic`, `dirty_checksum`) are behind the NIF crate's
+  # `test-nifs` feature, enabled in the :test environment only.
   @spec cargo_args(String.t(), atom()) :: [String.t()]
   def cargo_args(profile, env) do
-    ["build", "--lib"] ++
+    ["build", "--package", @crate, "--lib"] ++
       if(profile == "release", do: ["--release"], else: []) ++
       if(env == :test, do: ["--features", "test-nifs"], else: [])
   end
 
   # Streams cargo's output to the shell and collects `error:`/`warning:`
   # headlines together with the `--> file:line:col` location that follows.
-  defp collect(port, crate_dir, acc, pending, partial) do
+  defp collect(port, workspace, acc, pending, partial) do
     receive do
       {^port, {:data, {:noeol, chunk}}} ->
-        collect(port, crate_dir, acc, pending, partial <> chunk)
+        collect(port, workspace, acc, pending, partial <> chunk)
 
       {^port, {:data, {:eol, chunk}}} ->
         line = partial <> chunk
         Mix.shell().info(line)
-        {acc, pending} = parse_line(line, crate_dir, acc, pending)
-        collect(port, crate_dir, acc, pending, "")
+        {acc, pending} = parse_line(line, workspace, acc, pending)
+        collect(port, workspace, acc, pending, "")
 
       {^port, {:exit_status, status}} ->
         acc = if pending, do: [pending | acc], else: acc
@@ -155,7 +161,7 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
     end
   end
 
-  defp parse_line(line, crate_dir, acc, pending) do
+  defp parse_line(line, workspace, acc, pending) do
     headline = Regex.run(~r/^(error|warning)(?:\[\w+\])?: (.+)$/, line)
     location = pending && Regex.run(~r/^\s*--> (.+):(\d+):(\d+)$/, line)
 
@@ -168,7 +174,7 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
           {acc, nil}
         else
           severity = if severity == "error", do: :error, else: :warning
-          {acc, diagnostic(severity, message, crate_dir, 0)}
+          {acc, diagnostic(severity, message, workspace, 0)}
         end
 
       location ->
@@ -176,7 +182,7 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
 
         located = %{
           pending
-          | file: Path.expand(file, crate_dir),
+          | file: Path.expand(file, workspace),
             position: String.to_integer(line_no)
         }
 
@@ -194,10 +200,10 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
       message =~ ~r/generated \d+ warnings?/
   end
 
-  defp diagnostic(severity, message, crate_dir, position) do
+  defp diagnostic(severity, message, workspace, position) do
     %Mix.Task.Compiler.Diagnostic{
       compiler_name: "cargo",
-      file: Path.join(crate_dir, "Cargo.toml"),
+      file: Path.join(workspace, "Cargo.toml"),
       message: message,
       position: position,
       severity: severity
@@ -235,11 +241,14 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
     end
   end
 
-  defp fingerprint(crate_dir, profile) do
+  # Every input of the build: the workspace manifest and lock file, and each
+  # member crate's manifest and sources.
+  defp fingerprint(workspace, profile) do
     files =
-      ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"]
-      |> Enum.map(&Path.join(crate_dir, &1))
-      |> Enum.concat(Path.wildcard(Path.join(crate_dir, "src/**/*.rs")))
+      ["Cargo.toml", "Cargo.lock"]
+      |> Enum.map(&Path.join(workspace, &1))
+      |> Enum.concat(Path.wildcard(Path.join(workspace, "*/Cargo.toml")))
+      |> Enum.concat(Path.wildcard(Path.join(workspace, "*/src/**/*.rs")))
       |> Enum.sort()
 
     state =
@@ -251,7 +260,7 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
           end
 
         state
-        |> :erlang.md5_update(Path.relative_to(file, crate_dir))
+        |> :erlang.md5_update(Path.relative_to(file, workspace))
         |> :erlang.md5_update(<<byte_size(content)::64>>)
         |> :erlang.md5_update(content)
       end)
@@ -265,9 +274,9 @@ defmodule Mix.Tasks.Compile.BeamlensNif do
     "#{profile} " <> Base.encode16(digest, case: :lower)
   end
 
-  defp target_dir(crate_dir) do
+  defp target_dir(workspace) do
     case System.get_env("CARGO_TARGET_DIR") do
-      dir when dir in [nil, ""] -> Path.join(crate_dir, "target")
+      dir when dir in [nil, ""] -> Path.join(workspace, "target")
       dir -> Path.expand(dir)
     end
   end

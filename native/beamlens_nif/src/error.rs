@@ -1,14 +1,20 @@
-//! The one error type of the Rust core.
+//! The one error encoding of the NIF library.
 //!
 //! Every error crosses the boundary as a tagged tuple
 //! `{kind, message, details}`: `kind` is an atom from a fixed list, `message`
 //! is a human-readable binary (never a debug dump, never a secret) and
 //! `details` is a map with machine-readable fields. `Beamlens.Error.from_native/1`
 //! turns the tuple into an exception struct on the Elixir side.
+//!
+//! Each core module has its own error type (`runtime::Error`,
+//! `correlation::Error`, `sandbox::Failure`, `llm::error::LlmError`); [`Error`]
+//! gathers them, together with the adapters' own argument errors, and is the
+//! only type here that implements rustler's `Encoder`.
 
 use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
+use crate::{correlation, runtime};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
@@ -51,14 +57,7 @@ impl Error {
 
     /// Builds a `Panic` error from the payload of a caught panic.
     pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
-        let message = if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_string()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "unknown panic payload".to_string()
-        };
-        Error::Panic(message)
+        runtime::Error::from_panic(payload).into()
     }
 
     fn kind(&self) -> rustler::Atom {
@@ -93,49 +92,36 @@ impl Error {
     }
 }
 
+impl From<runtime::Error> for Error {
+    fn from(error: runtime::Error) -> Self {
+        match error {
+            runtime::Error::Busy { capacity } => Error::Busy { capacity },
+            runtime::Error::Panic(message) => Error::Panic(message),
+            runtime::Error::Shutdown(reason) => Error::Shutdown(reason),
+        }
+    }
+}
+
+impl From<correlation::Error> for Error {
+    fn from(error: correlation::Error) -> Self {
+        match error {
+            correlation::Error::BadArgument { name, reason } => Error::BadArgument { name, reason },
+        }
+    }
+}
+
 impl Encoder for Error {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         (self.kind(), self.to_string(), self.details(env)).encode(env)
     }
 }
 
-/// Result type of the Rust core.
+/// Result type of the NIF adapters.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Runs `f`, turning a panic into `Error::Panic`. Use it around NIF bodies so
 /// that a bug becomes `{:error, {:panic, message, %{}}}` instead of an
 /// exception raised from native code.
 pub fn catch_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(payload) => Err(Error::from_panic(payload.as_ref())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_name_the_problem() {
-        assert_eq!(
-            Error::bad_argument("delay_ms", "must be at most 60000").to_string(),
-            "invalid argument delay_ms: must be at most 60000"
-        );
-        assert_eq!(
-            Error::Busy { capacity: 8 }.to_string(),
-            "the native job queue is full (8 jobs in flight)"
-        );
-    }
-
-    #[test]
-    fn catch_panic_turns_panics_into_errors() {
-        let result: Result<()> = catch_panic(|| panic!("boom {}", 42));
-        assert_eq!(result, Err(Error::Panic("boom 42".into())));
-
-        let result: Result<()> = catch_panic(|| std::panic::panic_any(7_u8));
-        assert_eq!(result, Err(Error::Panic("unknown panic payload".into())));
-
-        assert_eq!(catch_panic(|| Ok(1)), Ok(1));
-    }
+    runtime::catch_panic(f)
 }

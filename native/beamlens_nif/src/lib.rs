@@ -1,21 +1,16 @@
-//! Rust core of BeamLens.
+//! The BeamLens NIF library: glue between the Erlang VM and `beamlens_core`.
 //!
-//! Plain-Rust capabilities live in their own modules and are testable without
-//! a VM; only the `nif_*` adapters touch rustler's `Env` and `Term`. rustler
-//! registers every `#[rustler::nif]` by itself, so this file only declares
-//! modules.
+//! The capabilities (gate, compaction, correlation, LLM client, sandbox,
+//! redactor, runtime) are plain Rust in the `beamlens_core` crate and are
+//! tested there without a VM. This crate holds only what touches rustler's
+//! `Env` and `Term`: atoms, term conversion, replies, the one error encoding
+//! (`error.rs`) and the `nif_*` adapters. rustler registers every
+//! `#[rustler::nif]` by itself, so this file only declares modules.
 
 pub mod atoms;
-pub mod compaction;
 pub mod convert;
-pub mod correlation;
 pub mod error;
-pub mod gate;
-pub mod llm;
-pub mod redact;
 pub mod reply;
-pub mod runtime;
-pub mod sandbox;
 
 mod nif_compaction;
 mod nif_correlation;
@@ -26,17 +21,8 @@ mod nif_lua;
 mod nif_redact;
 mod nif_runtime;
 
-rustler::init!("Elixir.Beamlens.Native", load = nif_runtime::on_load);
+// The core's modules, so that adapters name them `crate::sandbox`,
+// `crate::runtime`, ... like this crate's own.
+use beamlens_core::{calendar, compaction, correlation, gate, json, llm, redact, runtime, sandbox};
 
-/// The unit-test executable links rustler without a VM around it. Its calls
-/// into the VM are bound lazily (see `.cargo/config.toml`) and never made, but
-/// `enif_snprintf` is variadic, so rustler reaches it through the GOT and the
-/// loader insists on resolving it at start-up. This stub satisfies the loader
-/// in test builds only; no unit test formats a term.
-#[cfg(test)]
-mod vm_symbols_for_unit_tests {
-    #[unsafe(no_mangle)]
-    pub extern "C" fn enif_snprintf() -> i32 {
-        0
-    }
-}
+rustler::init!("Elixir.Beamlens.Native", load = nif_runtime::on_load);

@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use rustler::{Binary, Env, ListIterator, ResourceArc, Term};
 use serde_json::{json, Value};
 
+use crate::calendar::days_from_civil;
 use crate::convert::{self, Json, Limits};
 use crate::correlation::engine::MAX_BATCH;
 use crate::correlation::rules::CAUSAL_RULES;
@@ -259,34 +260,9 @@ fn unix_ms(term: Term) -> std::result::Result<i64, String> {
     Ok(seconds * 1_000 + micro.div_euclid(1_000))
 }
 
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
 fn text(term: Term, what: &str) -> std::result::Result<String, String> {
     let binary: Binary = term
         .decode()
         .map_err(|_| format!("{what} must be a binary"))?;
     Ok(String::from_utf8_lossy(binary.as_slice()).into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::days_from_civil;
-
-    #[test]
-    fn civil_days() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(1969, 12, 31), -1);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(2024, 2, 29), 19_782);
-        assert_eq!(days_from_civil(1600, 1, 1), -135_140);
-    }
 }

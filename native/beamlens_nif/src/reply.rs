@@ -8,7 +8,7 @@ use std::future::Future;
 use rustler::{Encoder, Env, OwnedEnv, Term};
 
 use crate::atoms;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::runtime;
 
 /// Starts `future` as an async job for the calling process.
@@ -26,7 +26,7 @@ where
     };
     let handle = match runtime::handle() {
         Ok(handle) => handle,
-        Err(error) => return (atoms::error(), error).encode(env),
+        Err(error) => return (atoms::error(), Error::from(error)).encode(env),
     };
 
     let pid = env.pid();

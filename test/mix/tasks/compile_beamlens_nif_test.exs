@@ -23,8 +23,17 @@ defmodule Mix.Tasks.Compile.BeamlensNifTest do
         else: System.delete_env("BEAMLENS_NIF_PROFILE")
     end)
 
-    crate = Path.join([dir, "native", "beamlens_nif"])
+    # The layout of the real tree: a workspace in native/ with the NIF crate
+    # as a member.
+    workspace = Path.join(dir, "native")
+    crate = Path.join(workspace, "beamlens_nif")
     File.mkdir_p!(Path.join(crate, "src"))
+
+    File.write!(Path.join(workspace, "Cargo.toml"), """
+    [workspace]
+    members = ["beamlens_nif"]
+    resolver = "2"
+    """)
 
     File.write!(Path.join(crate, "Cargo.toml"), """
     [package]
@@ -41,7 +50,12 @@ defmodule Mix.Tasks.Compile.BeamlensNifTest do
 
     File.write!(Path.join(crate, "src/lib.rs"), "pub fn answer() -> u32 { 42 }\n")
     File.cd!(dir)
-    %{crate: crate, so: Path.join([dir, "priv", "native", "libbeamlens_nif.so"])}
+
+    %{
+      workspace: workspace,
+      crate: crate,
+      so: Path.join([dir, "priv", "native", "libbeamlens_nif.so"])
+    }
   end
 
   test "builds, installs the library and then does nothing until a source changes", ctx do
@@ -58,6 +72,38 @@ defmodule Mix.Tasks.Compile.BeamlensNifTest do
     File.write!(Path.join(ctx.crate, "src/lib.rs"), "pub fn answer() -> u32 { 43 }\n")
     assert {:ok, []} = BeamlensNif.run([])
     assert BeamlensNif.run([]) == {:noop, []}
+  end
+
+  test "the library is built in the workspace's target directory", ctx do
+    assert {:ok, []} = BeamlensNif.run([])
+    assert File.exists?(Path.join([ctx.workspace, "target", "debug", "libbeamlens_nif.so"]))
+    assert File.exists?(Path.join(ctx.workspace, "Cargo.lock"))
+    refute File.exists?(Path.join(ctx.crate, "target"))
+  end
+
+  test "a change in another workspace member is noticed", ctx do
+    other = Path.join(ctx.workspace, "other")
+    File.mkdir_p!(Path.join(other, "src"))
+
+    File.write!(Path.join(other, "Cargo.toml"), """
+    [package]
+    name = "other"
+    version = "0.0.0"
+    edition = "2021"
+    """)
+
+    File.write!(Path.join(other, "src/lib.rs"), "pub fn x() -> u32 { 1 }\n")
+
+    File.write!(Path.join(ctx.workspace, "Cargo.toml"), """
+    [workspace]
+    members = ["beamlens_nif", "other"]
+    resolver = "2"
+    """)
+
+    assert {:ok, []} = BeamlensNif.run([])
+    assert BeamlensNif.run([]) == {:noop, []}
+    File.write!(Path.join(other, "src/lib.rs"), "pub fn x() -> u32 { 2 }\n")
+    assert {:ok, []} = BeamlensNif.run([])
   end
 
   test "a profile switch is noticed", ctx do

@@ -8,7 +8,7 @@
 //! provider asked for in `Retry-After`, up to `max_retry_after`). Other 4xx
 //! are not retried. When a provider gives up, the next one is tried.
 //!
-//! Plain Rust: the NIF adapter is `crate::nif_llm`.
+//! Plain Rust: the NIF adapter is `beamlens_nif`'s `nif_llm`.
 
 pub mod anthropic;
 pub mod bedrock;

@@ -1,6 +1,7 @@
 //! The correlation engine: groups related alerts into insights.
 //!
-//! Plain Rust, no rustler types; `nif_correlation.rs` adapts it to the VM.
+//! Plain Rust, no rustler types; `beamlens_nif`'s `nif_correlation.rs`
+//! adapts it to the VM.
 //!
 //! Alerts go in one at a time or in batches ([`Engine::ingest`]); what comes
 //! out is a [`Report`]: the insights that were created or changed by the
@@ -31,10 +32,12 @@
 //! number of live alerts is capped, the oldest evicted first.
 
 pub mod engine;
+mod error;
 pub mod rules;
 mod summary;
 
 pub use engine::{Config, Engine, InsightSnapshot, Kind, Report, Retired, Stats};
+pub use error::{Error, Result};
 
 use serde::Serialize;
 

@@ -6,6 +6,10 @@
 //! goes to `spawn_blocking` or a dirty scheduler. Every job holds a slot from
 //! a fixed-size semaphore: when all slots are taken, submission fails at once
 //! with [`Error::Busy`] instead of queueing without bound.
+//!
+//! [`Error`] is this module's own: busy, shut down, panicked. Callers whose
+//! jobs fail in other ways use their own error type and implement
+//! `From<runtime::Error>` for it (see [`run_guarded`], [`catch_panic`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,7 +18,48 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::{Error, Result};
+/// Why a job could not run or did not finish.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// Too many jobs are in flight; the submission was refused.
+    #[error("the native job queue is full ({capacity} jobs in flight)")]
+    Busy { capacity: usize },
+
+    /// Rust code panicked. The panic was caught; the VM is unaffected.
+    #[error("native code panicked: {0}")]
+    Panic(String),
+
+    /// The runtime is shutting down or could not be started.
+    #[error("native runtime unavailable: {0}")]
+    Shutdown(String),
+}
+
+impl Error {
+    /// Builds a `Panic` error from the payload of a caught panic.
+    pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "unknown panic payload".to_string()
+        };
+        Error::Panic(message)
+    }
+}
+
+/// Result type of the runtime.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs `f`, turning a panic into `Error::Panic` (converted to the caller's
+/// error type). Use it around NIF bodies so that a bug becomes an error
+/// instead of an exception raised from native code.
+pub fn catch_panic<T, E: From<Error>>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => Err(Error::from_panic(payload.as_ref()).into()),
+    }
+}
 
 /// Settings read once, when the NIF library is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,19 +139,21 @@ pub fn try_acquire_slot() -> Result<JobSlot> {
 }
 
 /// Runs `future` on the shared runtime inside its own task and waits for it,
-/// turning a panic inside the task into [`Error::Panic`]. A panic in a tokio
-/// task is otherwise swallowed and the caller would never hear back.
-pub async fn run_guarded<F, T>(future: F) -> Result<T>
+/// turning a panic inside the task into [`Error::Panic`] (converted to the
+/// job's error type). A panic in a tokio task is otherwise swallowed and the
+/// caller would never hear back.
+pub async fn run_guarded<F, T, E>(future: F) -> Result<T, E>
 where
-    F: Future<Output = Result<T>> + Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
     T: Send + 'static,
+    E: From<Error> + Send + 'static,
 {
     match tokio::task::spawn(future).await {
         Ok(result) => result,
         Err(join_error) if join_error.is_panic() => {
-            Err(Error::from_panic(join_error.into_panic().as_ref()))
+            Err(Error::from_panic(join_error.into_panic().as_ref()).into())
         }
-        Err(_) => Err(Error::Shutdown("the job was cancelled".into())),
+        Err(_) => Err(Error::Shutdown("the job was cancelled".into()).into()),
     }
 }
 
@@ -139,7 +186,7 @@ mod tests {
     #[test]
     fn guarded_task_reports_panics_and_values() {
         let handle = handle().unwrap();
-        let ok = handle.block_on(run_guarded(async { Ok(21 * 2) }));
+        let ok: Result<i32> = handle.block_on(run_guarded(async { Ok(21 * 2) }));
         assert_eq!(ok, Ok(42));
 
         let panicked: Result<u8> = handle.block_on(run_guarded(async { panic!("inside a job") }));
@@ -147,11 +194,34 @@ mod tests {
     }
 
     #[test]
+    fn catch_panic_turns_panics_into_errors() {
+        let result: Result<()> = catch_panic(|| panic!("boom {}", 42));
+        assert_eq!(result, Err(Error::Panic("boom 42".into())));
+
+        let result: Result<()> = catch_panic(|| std::panic::panic_any(7_u8));
+        assert_eq!(result, Err(Error::Panic("unknown panic payload".into())));
+
+        assert_eq!(catch_panic(|| Ok::<_, Error>(1)), Ok(1));
+    }
+
+    #[test]
+    fn messages_name_the_problem() {
+        assert_eq!(
+            Error::Busy { capacity: 8 }.to_string(),
+            "the native job queue is full (8 jobs in flight)"
+        );
+        assert_eq!(
+            Error::Shutdown("the job was cancelled".into()).to_string(),
+            "native runtime unavailable: the job was cancelled"
+        );
+    }
+
+    #[test]
     fn worker_threads_are_named() {
         let name = handle()
             .unwrap()
             .block_on(run_guarded(async {
-                Ok(std::thread::current().name().unwrap_or("").to_string())
+                Ok::<_, Error>(std::thread::current().name().unwrap_or("").to_string())
             }))
             .unwrap();
         assert!(name.starts_with("beamlens-rt-"), "thread name was {name:?}");

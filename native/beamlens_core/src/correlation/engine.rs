@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::error::{Error, Result};
 use super::rules::{self, Scope, CAUSAL_RULES};
 use super::{summary, AlertInput, Severity};
-use crate::error::{Error, Result};
 
 /// Longest text kept from any alert field, in bytes.
 pub(super) const MAX_TEXT: usize = 256;

@@ -2,8 +2,8 @@
 //! the watchers fire.
 
 use super::summary::duration;
+use super::Error;
 use super::*;
-use crate::error::Error;
 
 const T0: i64 = 1_700_000_000_000;
 const S: i64 = 1_000;
