@@ -3,8 +3,8 @@
 # scripts. Every run starts from clean globals on both sides: luerl from a
 # fresh `:luerl.init()`, BeamLens from a sealed Luau state of its pool with
 # a fresh global table (as every `Beamlens.Lua.eval/3` does); BeamLens's
-# figure is the full round trip (runner process, native job on its own
-# thread, callbacks through an Elixir helper process).
+# figure is the full `Beamlens.Lua.eval/3` call: the script runs in the
+# caller in slices (the inline path), callbacks in an Elixir helper process.
 #
 # Run with `bench/run` (installs Debian's erlang-luerl, builds the NIF in
 # release mode). Timings are medians of several rounds measured in this

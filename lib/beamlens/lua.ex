@@ -76,9 +76,16 @@ defmodule Beamlens.Lua do
 
   ## The sandbox
 
-  Scripts run in [Luau](https://luau.org) (a Lua 5.1 dialect) on the
-  BeamLens native runtime's blocking thread pool, never on a scheduler.
-  Each run gets its own global table, callbacks, limits and memory budget
+  Scripts run in [Luau](https://luau.org) (a Lua 5.1 dialect). `eval/3`
+  runs a small script in the calling process itself, in slices of at most
+  about 0.2 ms of interpreter time, yielding its scheduler between them;
+  what cannot be cut into such slices (a large input to a library function,
+  a loop inside a metamethod or a `table.sort` comparator, a callback
+  called from one of those) moves the run to the BeamLens native runtime's
+  blocking thread pool, where the script runs again from the start within
+  what is left of its `:timeout`. Callbacks may then be called again, which
+  is one more reason they should be read-only. `eval_async/3` always runs
+  on the thread pool. Each run gets its own global table, callbacks, limits and memory budget
   in a sealed interpreter state reused from a small pool (a state whose run
   broke a limit is discarded); nothing a script stores survives its run.
   Scripts can use the computing parts of the standard library (`string`,
@@ -86,8 +93,9 @@ defmodule Beamlens.Lua do
   `os.clock` and `os.time`. They cannot reach `io`, the rest of `os`,
   `require`, `loadstring`, `getfenv`/`setfenv`, `debug`, garbage collector
   control or bytecode loading, and every shared table (globals, libraries,
-  the string metatable) is read-only. At most 8 runs execute at once;
-  more get a `:busy` error.
+  the string metatable) is read-only. At most 8 runs execute on the thread
+  pool at once; more get a `:busy` error (so does `eval/3` while all 8 are
+  taken).
 
   ## Callbacks
 
@@ -143,7 +151,7 @@ defmodule Beamlens.Lua do
   """
 
   alias Beamlens.LuaError
-  alias Beamlens.Lua.Runner
+  alias Beamlens.Lua.{Inline, Runner}
 
   @typedoc "Dotted callback names mapped to functions."
   @type callbacks :: %{optional(String.t()) => function()}
@@ -178,8 +186,16 @@ defmodule Beamlens.Lua do
   @spec eval(String.t(), callbacks(), [option()]) ::
           {:ok, term()} | {:error, LuaError.t()}
   def eval(code, callbacks \\ %{}, opts \\ []) do
-    with {:ok, code, callbacks, config} <- validate(code, callbacks, opts),
-         {:ok, ref, runner} <- Runner.start(self(), code, callbacks, config) do
+    with {:ok, code, callbacks, config} <- validate(code, callbacks, opts) do
+      case Inline.run(code, callbacks, config) do
+        {:done, result} -> result
+        {:thread, config} -> eval_threaded(code, callbacks, config)
+      end
+    end
+  end
+
+  defp eval_threaded(code, callbacks, config) do
+    with {:ok, ref, runner} <- Runner.start(self(), code, callbacks, config) do
       monitor = Process.monitor(runner)
 
       receive do

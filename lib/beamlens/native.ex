@@ -76,6 +76,8 @@ defmodule Beamlens.Native do
   def lua_cancel(_run), do: err()
   def lua_set_helper(_run, _pid), do: err()
   def lua_status, do: err()
+  def lua_inline_start(_code, _callback_names, _opts), do: err()
+  def lua_inline_resume(_run, _answer), do: err()
 
   # nif_redact.rs
   def redactor_new(_words, _defaults), do: err()

@@ -93,7 +93,9 @@ defmodule Beamlens.Telemetry do
 
   ## Lua sandbox
 
-  Emitted by the process that serves a `Beamlens.Lua` run (not the caller).
+  Emitted by the process that serves a `Beamlens.Lua` run: the caller of
+  `Beamlens.Lua.eval/3` for a run it executes inline, otherwise the run's
+  own process.
 
     * `[:beamlens, :lua, :execute, :start]` - a run started.
       * Measurements: `%{system_time: integer, monotonic_time: integer}`
@@ -105,8 +107,10 @@ defmodule Beamlens.Telemetry do
       * Measurements: `%{duration: native_time, monotonic_time: integer,
         instructions: integer, callbacks: integer, memory: bytes}`
         (the last three are absent when the run never started in Lua)
-      * Metadata: the start metadata plus `result: :ok | :error` and
-        `error: Beamlens.LuaError.kind() | nil`.
+      * Metadata: the start metadata plus `result: :ok | :error`,
+        `error: Beamlens.LuaError.kind() | nil` and `path: :inline |
+        :thread` (whether the run finished in the calling process or on
+        the native thread pool; see `Beamlens.Lua`).
 
   ## LLM requests
 

@@ -67,16 +67,16 @@ defmodule Beamlens.Lua.Runner do
           run: run,
           callbacks: callbacks,
           config: config,
-          started: System.monotonic_time(),
+          # A run abandoned by the inline path (`Beamlens.Lua.Inline`)
+          # started there.
+          started: Map.get(config, :inline_started, System.monotonic_time()),
           helper: nil,
           deadline: System.monotonic_time(:millisecond) + config.timeout + @reply_grace_ms
         }
 
-        Telemetry.execute(
-          [:lua, :execute, :start],
-          %{system_time: System.system_time(), monotonic_time: state.started},
-          start_metadata(state)
-        )
+        unless Map.has_key?(config, :inline_started) do
+          emit_start(config, callbacks, state.started)
+        end
 
         run(state)
 
@@ -157,14 +157,16 @@ defmodule Beamlens.Lua.Runner do
     send(state.caller, {state.ref, result})
   end
 
-  defp convert({:ok, {value, output, stats}}, %{result: :full}) do
+  @doc false
+  @spec convert(term(), map()) :: {:ok, term()} | {:error, LuaError.t()}
+  def convert({:ok, {value, output, stats}}, %{result: :full}) do
     {:ok, %Result{value: value, output: output, stats: Result.stats_from_native(stats)}}
   end
 
-  defp convert({:ok, {value, _output, _stats}}, _config), do: {:ok, value}
-  defp convert({:error, reason}, _config), do: {:error, LuaError.from_native(reason)}
+  def convert({:ok, {value, _output, _stats}}, _config), do: {:ok, value}
+  def convert({:error, reason}, _config), do: {:error, LuaError.from_native(reason)}
 
-  defp convert(other, _config) do
+  def convert(other, _config) do
     {:error, LuaError.from_native(other)}
   end
 
@@ -268,7 +270,9 @@ defmodule Beamlens.Lua.Runner do
 
   # Lua passes as many arguments as the script wrote; missing ones are nil,
   # as in Lua itself.
-  defp invoke(fun, args) do
+  @doc false
+  @spec invoke(function(), list()) :: {:ok, term()} | {:error, String.t()}
+  def invoke(fun, args) do
     {:arity, arity} = Function.info(fun, :arity)
     given = length(args)
 
@@ -301,11 +305,27 @@ defmodule Beamlens.Lua.Runner do
     valid <> "... (message truncated)"
   end
 
-  defp start_metadata(state) do
-    Map.merge(state.config.telemetry_metadata, %{callbacks: Map.keys(state.callbacks)})
+  defp start_metadata(config, callbacks) do
+    Map.merge(config.telemetry_metadata, %{callbacks: Map.keys(callbacks)})
+  end
+
+  @doc false
+  @spec emit_start(map(), map(), integer()) :: :ok
+  def emit_start(config, callbacks, started) do
+    Telemetry.execute(
+      [:lua, :execute, :start],
+      %{system_time: System.system_time(), monotonic_time: started},
+      start_metadata(config, callbacks)
+    )
   end
 
   defp emit_stop(state, native_result, result) do
+    emit_stop(state.config, state.callbacks, state.started, native_result, result, :thread)
+  end
+
+  @doc false
+  @spec emit_stop(map(), map(), integer(), term(), term(), :inline | :thread) :: :ok
+  def emit_stop(config, callbacks, started, native_result, result, path) do
     stats =
       case native_result do
         {:ok, {_value, _output, stats}} ->
@@ -321,7 +341,7 @@ defmodule Beamlens.Lua.Runner do
     measurements =
       stats
       |> Map.take([:instructions, :callbacks, :memory])
-      |> Map.put(:duration, System.monotonic_time() - state.started)
+      |> Map.put(:duration, System.monotonic_time() - started)
       |> Map.put(:monotonic_time, System.monotonic_time())
 
     error_kind =
@@ -331,9 +351,9 @@ defmodule Beamlens.Lua.Runner do
       end
 
     metadata =
-      state
-      |> start_metadata()
-      |> Map.merge(%{result: if(error_kind, do: :error, else: :ok), error: error_kind})
+      config
+      |> start_metadata(callbacks)
+      |> Map.merge(%{result: if(error_kind, do: :error, else: :ok), error: error_kind, path: path})
 
     Telemetry.execute([:lua, :execute, :stop], measurements, metadata)
   end

@@ -33,6 +33,11 @@ rustler::atoms! {
     lua_helper_failed,
     expired,
     too_large,
+    // the inline path (`lua_inline_start/3`)
+    callback,
+    yielded,
+    abandon,
+    go,
     max_instructions,
     max_memory,
     max_output,

@@ -43,7 +43,9 @@ use crate::atoms;
 use crate::convert::{self, Json, Limits as TermLimits};
 use crate::error::{Error, Result};
 use crate::runtime;
-use crate::sandbox::{self, ErrorKind, Host, HostError, Limits, Outcome, Stats};
+use crate::sandbox::{
+    self, ErrorKind, Host, HostError, InlineRun, Input, Limits, Outcome, Stats, Step,
+};
 
 /// Lua runs executing at once. Each holds a blocking-pool thread and can
 /// use a CPU core until its limits stop it; further runs get `:busy`.
@@ -324,6 +326,163 @@ fn lua_set_helper(run: ResourceArc<LuaRun>, pid: LocalPid) -> rustler::Atom {
     atoms::ok()
 }
 
+/// A run on the inline path, held by the process that runs it. Dropping it
+/// (the process exits, or the run ends) drops its Lua state.
+pub struct LuaInline(Mutex<Option<InlineRun>>);
+
+#[rustler::resource_impl]
+impl rustler::Resource for LuaInline {}
+
+/// Largest `:max_output` run inline: the result and callback arguments
+/// are turned into terms on the calling scheduler.
+const INLINE_MAX_OUTPUT: usize = 256 * 1024;
+
+/// Starts a run on the inline path (see `sandbox/inline.rs`): the script
+/// runs in this call and the next `lua_inline_resume/2` calls, each at most
+/// one slice (~0.2 ms) on the caller's scheduler. Returns
+///
+/// * `{:callback, run, name, args, wait_ms}`: run the callback (in at most
+///   `wait_ms`), then `lua_inline_resume(run, answer)` with `{:ok, value}`,
+///   `{:error, message}` or `:timeout`;
+/// * `{:yielded, run}`: the slice is used up; `lua_inline_resume(run, :go)`;
+/// * `{:ok, {value, output, stats}}` or `{:error, {kind, message, details}}`
+///   as a threaded run replies;
+/// * `:abandon`: run the script on the threaded path (`lua_eval/4`) instead,
+///   from the start (the run is not eligible, or met something it cannot
+///   bound in time inline).
+///
+/// Arguments are checked as `lua_eval/4` checks them.
+#[rustler::nif]
+fn lua_inline_start<'a>(
+    env: Env<'a>,
+    code: Binary<'a>,
+    callbacks: Vec<String>,
+    opts: Term<'a>,
+) -> Term<'a> {
+    if code.len() > sandbox::MAX_CODE_SIZE {
+        let error = Error::bad_argument(
+            "code",
+            format!("must be at most {} bytes", sandbox::MAX_CODE_SIZE),
+        );
+        return (atoms::error(), error).encode(env);
+    }
+    if let Err(reason) = sandbox::check_callback_names(&callbacks) {
+        return (atoms::error(), Error::bad_argument("callbacks", reason)).encode(env);
+    }
+    let limits = match decode_limits(opts) {
+        Ok(limits) => limits,
+        Err(error) => return (atoms::error(), error).encode(env),
+    };
+    if limits.max_output > INLINE_MAX_OUTPUT {
+        return atoms::abandon().encode(env);
+    }
+    // Refused as a threaded run would be when every Lua slot is taken, so
+    // that callers see one capacity whichever path runs their script.
+    if RUN_SLOTS.available_permits() == 0 {
+        let error = Error::Busy {
+            capacity: MAX_CONCURRENT_RUNS,
+        };
+        return (atoms::error(), error).encode(env);
+    }
+    let started = std::time::Instant::now();
+    match InlineRun::new(
+        code.as_slice(),
+        &callbacks,
+        limits,
+        Arc::new(AtomicBool::new(false)),
+    ) {
+        None => atoms::abandon().encode(env),
+        Some(Err(failure)) => (atoms::error(), Error::Lua(Box::new(failure))).encode(env),
+        Some(Ok(run)) => {
+            let run = ResourceArc::new(LuaInline(Mutex::new(Some(run))));
+            inline_step(env, &run, Input::Go, started)
+        }
+    }
+}
+
+/// Runs the next slice of an inline run; `answer` is `:go` after
+/// `{:yielded, run}`, or the callback's answer after `{:callback, ...}`.
+/// Returns what `lua_inline_start/3` returns. A callback answer of more
+/// than 1,000 elements abandons the run (converting it could hold the
+/// scheduler too long).
+#[rustler::nif]
+fn lua_inline_resume<'a>(env: Env<'a>, run: ResourceArc<LuaInline>, answer: Term<'a>) -> Term<'a> {
+    let started = std::time::Instant::now();
+    let input = if answer.decode::<rustler::Atom>().ok() == Some(atoms::go()) {
+        Input::Go
+    } else {
+        Input::Answer(match decode_reply(answer) {
+            RunnerReply::Value(value) => {
+                let limits = TermLimits {
+                    max_depth: sandbox::value::MAX_DEPTH,
+                    max_nodes: SMALL_ANSWER_NODES,
+                };
+                match convert::term_to_json(value, "the callback's result", limits) {
+                    Ok(json) => Ok(json),
+                    Err(_) => {
+                        *lock_inline(&run) = None;
+                        return atoms::abandon().encode(env);
+                    }
+                }
+            }
+            RunnerReply::Failed(message) => Err(HostError::Failed(message)),
+            RunnerReply::TimedOut => Err(HostError::TimedOut),
+        })
+    };
+    inline_step(env, &run, input, started)
+}
+
+fn lock_inline(run: &LuaInline) -> std::sync::MutexGuard<'_, Option<InlineRun>> {
+    run.0
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn inline_step<'a>(
+    env: Env<'a>,
+    run: &ResourceArc<LuaInline>,
+    input: Input,
+    started: std::time::Instant,
+) -> Term<'a> {
+    let mut guard = lock_inline(run);
+    let Some(inline) = guard.as_mut() else {
+        return atoms::abandon().encode(env);
+    };
+    let step = inline.step(input);
+    // A slice is a share of the process's time slice (about 1 ms).
+    let percent = (started.elapsed().as_micros() / 10).clamp(1, 100) as i32;
+    rustler::schedule::consume_timeslice(env, percent);
+    match step {
+        Step::Callback { name, args, wait } => (
+            atoms::callback(),
+            run.clone(),
+            name,
+            Json(Value::Array(args)),
+            wait.as_millis() as u64,
+        )
+            .encode(env),
+        Step::Continue => (atoms::yielded(), run.clone()).encode(env),
+        Step::Done(result) => {
+            *guard = None;
+            match *result {
+                Ok(outcome) => {
+                    let stats = put_stats(env, Term::map_new(env), &outcome.stats);
+                    (
+                        atoms::ok(),
+                        (Json(outcome.value), outcome.output.as_str(), stats),
+                    )
+                        .encode(env)
+                }
+                Err(failure) => (atoms::error(), Error::Lua(Box::new(failure))).encode(env),
+            }
+        }
+        Step::Abandon => {
+            *guard = None;
+            atoms::abandon().encode(env)
+        }
+    }
+}
+
 /// Lua runs in flight and the maximum, for tests and status.
 #[rustler::nif]
 fn lua_status() -> (usize, usize) {
@@ -513,6 +672,7 @@ pub(crate) fn kind_atom(kind: ErrorKind) -> rustler::Atom {
         ErrorKind::CallbackTimeout => atoms::callback_timeout(),
         ErrorKind::NoReturn => atoms::no_return(),
         ErrorKind::Cancelled => atoms::cancelled(),
+        ErrorKind::Abandoned => atoms::abandon(),
     }
 }
 

@@ -26,7 +26,7 @@
 
 use std::cell::Cell;
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use mlua::{ffi, Lua, VmState};
@@ -54,6 +54,13 @@ struct Hot {
     mlua_handler: Option<InterruptFn>,
     /// The run's cancel and deadline flags.
     flags: [Arc<AtomicBool>; 2],
+    /// For a run on the inline path: the Luau thread the run's script
+    /// runs in, the only one the interrupt may yield (null otherwise).
+    yield_thread: AtomicPtr<ffi::lua_State>,
+    /// Whether the budget check in progress may yield: it runs in
+    /// `yield_thread`, at a point where Luau can yield (not inside a C
+    /// function, a metamethod or a script's own coroutine).
+    may_yield: AtomicBool,
 }
 
 thread_local! {
@@ -67,9 +74,11 @@ pub struct StopFlags(pub [Arc<AtomicBool>; 2]);
 
 /// Installs `check` as the run's interrupt: it is called with the number of
 /// steps since its previous call and returns an error to stop the script.
-pub fn install<F>(lua: &Lua, flags: StopFlags, check: F) -> mlua::Result<()>
+/// The third argument of `check` says whether it may return
+/// [`VmState::Yield`] (see [`Handle::set_yield_thread`]).
+pub fn install<F>(lua: &Lua, flags: StopFlags, check: F) -> mlua::Result<Handle>
 where
-    F: Fn(&Lua, u64) -> mlua::Result<VmState> + Send + 'static,
+    F: Fn(&Lua, u64, bool) -> mlua::Result<VmState> + Send + 'static,
 {
     lua.set_interrupt(|_| Ok(VmState::Continue));
     // mlua's handler is now in the state's callbacks: keep it, and put the
@@ -91,13 +100,15 @@ where
         batch_started: AtomicU32::new(BATCH),
         mlua_handler,
         flags: flags.0,
+        yield_thread: AtomicPtr::new(std::ptr::null_mut()),
+        may_yield: AtomicBool::new(false),
     });
     let pointer = Arc::as_ptr(&hot);
     let handler_hot = Arc::clone(&hot);
     lua.set_interrupt(move |lua| {
         let hot = &*handler_hot;
         let steps = hot.steps();
-        let result = check(lua, steps);
+        let result = check(lua, steps, hot.may_yield.load(Ordering::Relaxed));
         let next = if result.is_ok() { BATCH } else { 1 };
         hot.batch_started.store(next, Ordering::Relaxed);
         hot.countdown.store(next, Ordering::Relaxed);
@@ -112,7 +123,64 @@ where
         lua.exec_raw::<()>((), |state| {
             ffi::lua_setthreaddata(state, pointer as *mut std::ffi::c_void);
             (*ffi::lua_callbacks(state)).interrupt = Some(counting_interrupt);
-        })
+        })?;
+    }
+    Ok(Handle(hot))
+}
+
+/// The installed handler's per-run block, for a run that is resumed in
+/// slices (the inline path): each slice may run on another OS thread.
+pub struct Handle(Arc<Hot>);
+
+impl Handle {
+    /// Lets the budget check yield `thread` (the Luau thread the script
+    /// runs in) at its yieldable points, and points that thread's data at
+    /// the run's block.
+    pub fn set_yield_thread(&self, lua: &Lua, thread: &mlua::Thread) -> mlua::Result<()> {
+        // SAFETY: the thread is pushed by `exec_raw`; only its data pointer
+        // is set, and the block outlives it (`clear_thread` unsets it).
+        let state = unsafe {
+            lua.exec_raw::<mlua::LightUserData>(thread, |state| {
+                let thread_state = ffi::lua_tothread(state, -1);
+                ffi::lua_setthreaddata(thread_state, Arc::as_ptr(&self.0) as *mut _);
+                ffi::lua_pop(state, 1);
+                ffi::lua_pushlightuserdata(state, thread_state as *mut std::ffi::c_void);
+            })?
+        };
+        self.0
+            .yield_thread
+            .store(state.0 as *mut ffi::lua_State, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes this run the current one on this OS thread until the guard
+    /// is dropped (for coroutines the script creates, and for
+    /// [`uncounted_steps`]).
+    pub fn enter(&self) -> Entered {
+        CURRENT.with(|c| c.set(Arc::as_ptr(&self.0)));
+        Entered
+    }
+
+    /// Unsets the yield thread's data pointer before the block may go.
+    pub fn clear_thread(&self) {
+        let state = self
+            .0
+            .yield_thread
+            .swap(std::ptr::null_mut(), Ordering::Relaxed);
+        if !state.is_null() {
+            // SAFETY: the pointer is the run's Luau thread, still alive
+            // (the caller holds it).
+            unsafe { ffi::lua_setthreaddata(state, std::ptr::null_mut()) };
+        }
+    }
+}
+
+/// See [`Handle::enter`].
+pub struct Entered;
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(std::ptr::null()));
     }
 }
 
@@ -167,6 +235,12 @@ unsafe extern "C-unwind" fn counting_interrupt(state: *mut ffi::lua_State, gc: c
         || (left % FLAG_EVERY == 0 && hot.flags.iter().any(|f| f.load(Ordering::Relaxed)));
     if !due {
         return;
+    }
+    let yield_thread = hot.yield_thread.load(Ordering::Relaxed);
+    if !yield_thread.is_null() {
+        // SAFETY: `state` is the running thread; Luau's own test.
+        let yieldable = state == yield_thread && unsafe { ffi::lua_isyieldable(state) } != 0;
+        hot.may_yield.store(yieldable, Ordering::Relaxed);
     }
     if let Some(handler) = hot.mlua_handler {
         // SAFETY: `handler` is mlua's interrupt for this state (saved by

@@ -35,6 +35,7 @@
 //! The sandbox is plain Rust: the [`Host`] trait is how it reaches the
 //! callbacks, and `nif_lua.rs` implements it by messaging an Elixir process.
 
+mod inline;
 mod interrupt;
 pub mod limits;
 pub mod stdlib;
@@ -50,6 +51,7 @@ use mlua::chunk::ChunkMode;
 use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue, VmState};
 use serde_json::Value;
 
+pub use inline::{InlineRun, Input, Step};
 pub use limits::{Budget, Limits};
 use value::ConvertError;
 
@@ -71,10 +73,13 @@ pub enum ErrorKind {
     CallbackTimeout,
     NoReturn,
     Cancelled,
+    /// Internal, never reported: a run on the inline path met something it
+    /// cannot bound in time there, and must be run again on a thread.
+    Abandoned,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 11] = [
+    const ALL: [ErrorKind; 12] = [
         ErrorKind::Syntax,
         ErrorKind::Runtime,
         ErrorKind::Timeout,
@@ -86,6 +91,7 @@ impl ErrorKind {
         ErrorKind::CallbackTimeout,
         ErrorKind::NoReturn,
         ErrorKind::Cancelled,
+        ErrorKind::Abandoned,
     ];
 
     pub(crate) fn from_code(code: u8) -> Option<ErrorKind> {
@@ -105,6 +111,7 @@ impl ErrorKind {
             ErrorKind::CallbackTimeout => "callback_timeout",
             ErrorKind::NoReturn => "no_return",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Abandoned => "abandoned",
         }
     }
 }
@@ -203,6 +210,8 @@ struct Shared {
     limit_line: Mutex<Option<u32>>,
     /// The last callback failure raised in the script.
     callback_failure: Mutex<Option<CallbackFailure>>,
+    /// Set when the run is on the inline path (see [`inline`]).
+    inline: Option<inline::Ctl>,
 }
 
 /// Checks callback names: dotted Lua identifiers (`"beam.top_processes"`,
@@ -303,10 +312,11 @@ pub fn run(
         host: Mutex::new(host),
         limit_line: Mutex::new(None),
         callback_failure: Mutex::new(None),
+        inline: None,
     });
 
     let _clear = ClearInterruptOnDrop;
-    let prepared = match checkout().and_then(|p| begin(&p, &shared, callbacks).map(|()| p)) {
+    let prepared = match checkout().and_then(|p| begin(&p, &shared, callbacks).map(|_| p)) {
         Ok(prepared) => prepared,
         Err(error) => return Err(failure(&shared, None, classify(&shared, &error))),
     };
@@ -333,8 +343,16 @@ pub fn run(
     interrupt::clear(Some(lua));
     lua.remove_interrupt();
 
-    let reusable = shared.budget.tripped().is_none()
-        && match &result {
+    if reusable(&shared, &result) && end(&prepared).is_ok() {
+        checkin(prepared);
+    }
+    result
+}
+
+/// Whether the state of a run that ended so may serve another run.
+fn reusable(shared: &Shared, result: &Result<Outcome, Failure>) -> bool {
+    shared.budget.tripped().is_none()
+        && match result {
             Ok(_) => true,
             Err(failure) => matches!(
                 failure.kind,
@@ -344,11 +362,7 @@ pub fn run(
                     | ErrorKind::CallbackError
                     | ErrorKind::CallbackTimeout
             ),
-        };
-    if reusable && end(&prepared).is_ok() {
-        checkin(prepared);
-    }
-    result
+        }
 }
 
 /// Forgets the run's stop flags however the run ends (panics included).
@@ -381,11 +395,20 @@ pub fn truncate(message: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// string errors to [`MAX_MESSAGE`] bytes inside Lua, before mlua copies
 /// them out (three bytes per invalid byte) and adds a traceback. Other
 /// error values (the limits' and callbacks' errors) pass unchanged.
+///
+/// An error raised by a library function called from a Lua library
+/// wrapper (`stdlib.rs`) points at the wrapper; `relocate` points it at
+/// the script line that called the wrapper.
 const TRAMPOLINE: &str = r#"
-local cap, sub, type, xpcall, error = ...
+local cap, sub, type, xpcall, error, relocate, wrap = ...
 local function handler(e)
-    if type(e) == "string" and #e > cap then
-        return sub(e, 1, cap) .. "... (message truncated)"
+    if type(e) == "string" then
+        if sub(e, 1, #wrap) == wrap then
+            e = relocate(e)
+        end
+        if #e > cap then
+            return sub(e, 1, cap) .. "... (message truncated)"
+        end
     end
     return e
 end
@@ -462,6 +485,8 @@ struct Prepared {
     /// The (empty, read-only) global table between runs.
     idle_env: Table,
     randomseed: Function,
+    /// Resets the scripts' `pcall` nesting count (`stdlib::PCALL`).
+    reset_pcall: Function,
     /// Memory in use right after the state was prepared.
     base_memory: usize,
 }
@@ -513,8 +538,10 @@ fn build() -> mlua::Result<Prepared> {
             MAX_MESSAGE,
             string.raw_get::<Function>("sub")?,
             globals.raw_get::<Function>("type")?,
-            globals.raw_get::<Function>("xpcall")?,
+            lua.named_registry_value::<Function>(stdlib::NATIVE_XPCALL)?,
             globals.raw_get::<Function>("error")?,
+            lua.create_function(relocate)?,
+            format!("{}:", &stdlib::WRAPPERS_CHUNK[1..]),
         ))?;
 
     let tostring: Function = globals.raw_get("tostring")?;
@@ -563,25 +590,38 @@ fn build() -> mlua::Result<Prepared> {
                 ))
             }
         };
-        match call_callback(lua, &shared, &name, args)? {
-            Ok(value) => Ok((true, value)),
-            Err(failure) => {
+        let yieldable = matches!(args.pop_front(), Some(LuaValue::Boolean(true)));
+        match call_callback(lua, &shared, &name, yieldable, args)? {
+            Called::Value(value) => Ok((LuaValue::Boolean(true), value)),
+            Called::Pending => Ok((inline::pending_marker(), LuaValue::Nil)),
+            Called::Failed(failure) => {
                 let message = failure.message.clone();
                 *lock(&shared.callback_failure) = Some(failure);
-                Ok((false, LuaValue::String(lua.create_string(message)?)))
+                Ok((
+                    LuaValue::Boolean(false),
+                    LuaValue::String(lua.create_string(message)?),
+                ))
             }
         }
     })?;
+    let coroutine: Table = globals.raw_get("coroutine")?;
     let make_callback: Function = lua
         .load(CALLBACK_WRAPPER)
         .set_name("=callback")
         .set_mode(ChunkMode::Text)
-        .call((raw, globals.raw_get::<Function>("error")?))?;
+        .call((
+            raw,
+            globals.raw_get::<Function>("error")?,
+            coroutine.raw_get::<Function>("yield")?,
+            coroutine.raw_get::<Function>("isyieldable")?,
+            inline::pending_marker(),
+        ))?;
 
     let env_meta = lua.create_table()?;
     env_meta.raw_set("__index", &globals)?;
     env_meta.raw_set("__metatable", false)?;
     let randomseed: Function = math.raw_get("randomseed")?;
+    let reset_pcall: Function = lua.named_registry_value(stdlib::PCALL_RESET)?;
 
     stdlib::seal(&lua)?;
     env_meta.set_readonly(true);
@@ -597,13 +637,18 @@ fn build() -> mlua::Result<Prepared> {
         env_meta,
         idle_env,
         randomseed,
+        reset_pcall,
         base_memory,
     })
 }
 
 /// Readies a state for one run: its own global table with the run's
 /// callbacks, memory limit, random seed and interrupt.
-fn begin(prepared: &Prepared, shared: &Arc<Shared>, callbacks: &[String]) -> mlua::Result<()> {
+fn begin(
+    prepared: &Prepared,
+    shared: &Arc<Shared>,
+    callbacks: &[String],
+) -> mlua::Result<interrupt::Handle> {
     check_callback_names(callbacks).map_err(mlua::Error::runtime)?;
     let lua = &prepared.lua;
     lua.set_app_data(Current(Arc::clone(shared)));
@@ -628,15 +673,23 @@ fn begin(prepared: &Prepared, shared: &Arc<Shared>, callbacks: &[String]) -> mlu
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
     prepared.randomseed.call::<()>(seed as f64)?;
+    prepared.reset_pcall.call::<()>(())?;
 
     let used = lua.used_memory();
     lua.set_memory_limit(used.saturating_add(shared.budget.limits.max_memory))?;
 
     let interrupt_shared = Arc::clone(shared);
     let flags = interrupt::StopFlags(shared.budget.stop_flags());
-    interrupt::install(lua, flags, move |lua, steps| {
-        match interrupt_shared.budget.tick(steps) {
-            Ok(()) => Ok(VmState::Continue),
+    interrupt::install(lua, flags, move |lua, steps, may_yield| {
+        let budget = &interrupt_shared.budget;
+        let verdict = budget
+            .tick(steps)
+            .and_then(|()| match &interrupt_shared.inline {
+                Some(ctl) => ctl.slice_verdict(budget, may_yield),
+                None => Ok(VmState::Continue),
+            });
+        match verdict {
+            Ok(state) => Ok(state),
             Err(kind) => {
                 let mut line = lock(&interrupt_shared.limit_line);
                 if line.is_none() {
@@ -671,6 +724,24 @@ fn set_globals(lua: &Lua, env: Table) -> mlua::Result<()> {
     }
 }
 
+/// Turns `"wrap:12: message"` (an error raised under a library wrapper)
+/// into `"script:N: message"`, N being the innermost script line on the
+/// stack (the call of the wrapper).
+fn relocate(lua: &Lua, message: mlua::LuaString) -> mlua::Result<mlua::LuaString> {
+    let bytes = message.as_bytes();
+    let rest = bytes
+        .splitn(3, |b| *b == b':')
+        .nth(2)
+        .map_or(&bytes[..], |rest| rest.strip_prefix(b" ").unwrap_or(rest));
+    let line = (0..64).find_map(|level| current_line(lua, level));
+    let mut located = match line {
+        Some(line) => format!("script:{line}: ").into_bytes(),
+        None => Vec::new(),
+    };
+    located.extend_from_slice(rest);
+    lua.create_string(located)
+}
+
 /// The script line running at stack `level`, if that frame is the
 /// script's (not the trampoline's or a library wrapper's).
 fn current_line(lua: &Lua, level: usize) -> Option<u32> {
@@ -687,11 +758,20 @@ fn current_line(lua: &Lua, level: usize) -> Option<u32> {
 /// dispatcher with the name and raises a failure as a plain Lua error
 /// string pointing at the script line that made the call (`error(m, 2)`),
 /// without the Rust-side traceback a raised Rust error would carry.
+///
+/// On the inline path the dispatcher answers `pending` instead of calling
+/// the host: the wrapper then yields the run's Luau thread, the calling
+/// process runs the callback, and the run is resumed with `ok, value`.
+/// `isyieldable()` tells the dispatcher whether that yield is possible
+/// here (not inside a metamethod, a `table.sort` comparator, ...).
 const CALLBACK_WRAPPER: &str = r#"
-local raw, error = ...
+local raw, error, yield, isyieldable, pending = ...
 return function(name)
     return function(...)
-        local ok, value = raw(name, ...)
+        local ok, value = raw(name, isyieldable(), ...)
+        if ok == pending then
+            ok, value = yield()
+        end
         if ok then
             return value
         end
@@ -734,14 +814,24 @@ fn freeze_namespaces(table: &Table, depth: usize) -> mlua::Result<()> {
     Ok(())
 }
 
-/// Calls a callback. `Err` is a broken limit (raised, sticky); `Ok(Err)` a
-/// callback failure the script may catch.
+/// What a callback call gave.
+enum Called {
+    Value(LuaValue),
+    /// A failure the script may catch.
+    Failed(CallbackFailure),
+    /// Inline path: the request is in `Ctl::pending`; the wrapper yields.
+    Pending,
+}
+
+/// Calls a callback. `Err` is a broken limit (raised, sticky).
+/// `yieldable`: whether the wrapper that called may yield (inline path).
 fn call_callback(
     lua: &Lua,
     shared: &Shared,
     name: &str,
+    yieldable: bool,
     args: MultiValue,
-) -> mlua::Result<Result<LuaValue, CallbackFailure>> {
+) -> mlua::Result<Called> {
     let budget = &shared.budget;
     let limit = |kind: ErrorKind| Err(mlua::Error::external(LimitHit(kind)));
     if let Err(kind) = budget.charge_callback() {
@@ -752,7 +842,8 @@ fn call_callback(
         }
         return limit(kind);
     }
-    let fail = |kind: ErrorKind, message: String| Ok(Err(CallbackFailure { kind, message }));
+    let fail =
+        |kind: ErrorKind, message: String| Ok(Called::Failed(CallbackFailure { kind, message }));
 
     // All arguments together are bounded by `max_output`, as their JSON.
     let json_args = match value::to_json_array(args.iter(), budget.limits.max_output) {
@@ -773,10 +864,32 @@ fn call_callback(
         }
     };
 
+    if let Some(ctl) = &shared.inline {
+        if !(yieldable && ctl.is_run_thread(&lua.current_thread())) {
+            return limit(budget.trip(ErrorKind::Abandoned));
+        }
+        ctl.set_pending(name.to_string(), json_args);
+        return Ok(Called::Pending);
+    }
     let wait = budget.callback_wait();
     let answer = lock(&shared.host).call(name, json_args, wait);
+    answer_callback(lua, shared, name, wait, answer)
+}
+
+/// Turns a callback's answer into what the script sees.
+fn answer_callback(
+    lua: &Lua,
+    shared: &Shared,
+    name: &str,
+    wait: Duration,
+    answer: Result<Value, HostError>,
+) -> mlua::Result<Called> {
+    let budget = &shared.budget;
+    let limit = |kind: ErrorKind| Err(mlua::Error::external(LimitHit(kind)));
+    let fail =
+        |kind: ErrorKind, message: String| Ok(Called::Failed(CallbackFailure { kind, message }));
     match answer {
-        Ok(json) => Ok(Ok(value::to_lua(lua, &json)?)),
+        Ok(json) => Ok(Called::Value(value::to_lua(lua, &json)?)),
         Err(HostError::Failed(reason)) => fail(
             ErrorKind::CallbackError,
             format!(

@@ -76,11 +76,26 @@ pub fn new_state() -> mlua::Result<Lua> {
         | StdLib::MATH
         | StdLib::BUFFER
         | StdLib::VECTOR;
-    // With `catch_rust_panics` off, `pcall` cannot swallow a Rust panic: it
-    // always reaches the run, which reports it as a bug.
-    let lua = Lua::new_with(libs, LuaOptions::new().catch_rust_panics(false))?;
+    let lua = Lua::new_with(libs, LuaOptions::new())?;
 
     let globals = lua.globals();
+    // Luau's own `pcall` and `xpcall` can be yielded across: the inline
+    // path (`inline.rs`) suspends a run inside them (its slices, and
+    // callbacks called under a script's `pcall`). Scripts get them behind
+    // a nesting bound (see [`PCALL`]); the run's trampoline uses `xpcall`
+    // directly.
+    let xpcall: Function = globals.raw_get("xpcall")?;
+    lua.set_named_registry_value(NATIVE_XPCALL, &xpcall)?;
+    let (pcall, bounded_xpcall, reset): (Function, Function, Function) =
+        lua.load(PCALL).set_name(WRAPPERS_CHUNK).call((
+            globals.raw_get::<Function>("pcall")?,
+            xpcall,
+            globals.raw_get::<Function>("error")?,
+            MAX_PCALL_DEPTH,
+        ))?;
+    globals.raw_set("pcall", pcall)?;
+    globals.raw_set("xpcall", bounded_xpcall)?;
+    lua.set_named_registry_value(PCALL_RESET, reset)?;
     for name in REMOVED_GLOBALS {
         globals.raw_set(*name, mlua::Nil)?;
     }
@@ -96,6 +111,48 @@ pub fn new_state() -> mlua::Result<Lua> {
 
     Ok(lua)
 }
+
+/// Registry name of Luau's own `xpcall` (see [`new_state`]).
+pub const NATIVE_XPCALL: &str = "beamlens.native_xpcall";
+
+/// Registry name of the function that resets the `pcall` nesting count
+/// (called at the start of every run).
+pub const PCALL_RESET: &str = "beamlens.pcall_reset";
+
+/// `pcall` and `xpcall` for scripts: Luau's own, at most [`MAX_PCALL_DEPTH`]
+/// deep. Luau's C-call limit (200) does not bound them inside a coroutine,
+/// where a recursion through `pcall` would pile up 10,000 frames whose
+/// results are copied at each return (quadratic, in C, for ~0.5 s). Past
+/// the bound they raise "stack overflow", as Luau does past its C-call
+/// limit.
+const PCALL: &str = r#"
+local pcall, xpcall, error, MAX = ...
+local depth = 0
+local function done(...)
+    depth -= 1
+    return ...
+end
+local function bounded_pcall(...)
+    if depth >= MAX then
+        error("stack overflow", 2)
+    end
+    depth += 1
+    return done(pcall(...))
+end
+local function bounded_xpcall(...)
+    if depth >= MAX then
+        error("stack overflow", 2)
+    end
+    depth += 1
+    return done(xpcall(...))
+end
+return bounded_pcall, bounded_xpcall, function()
+    depth = 0
+end
+"#;
+
+/// See [`PCALL`].
+pub const MAX_PCALL_DEPTH: u32 = 190;
 
 /// Characters that make a pattern more than a plain string (Luau's
 /// `SPECIALS`).
@@ -133,10 +190,106 @@ fn replace_unbounded(lua: &Lua, globals: &Table) -> mlua::Result<()> {
     let table: Table = globals.raw_get("table")?;
     let sort: Function = lua
         .load(SORT)
-        .set_name("=table.sort")
+        .set_name(WRAPPERS_CHUNK)
         .call(table.raw_get::<Function>("sort")?)?;
-    table.raw_set("sort", sort)
+    table.raw_set("sort", sort)?;
+
+    let utf8: Table = globals.raw_get("utf8")?;
+    let abandon =
+        lua.create_function(|lua, size: usize| super::inline::check_size(lua, size, 0))?;
+    lua.load(SIZE_GUARDS).set_name(WRAPPERS_CHUNK).call::<()>((
+        string,
+        table,
+        utf8,
+        abandon,
+        super::inline::MAX_SCAN,
+        super::inline::MAX_ITEMS,
+        super::inline::MAX_BUILD,
+        globals.raw_get::<Function>("type")?,
+        globals.raw_get::<Function>("rawlen")?,
+        globals.raw_get::<Function>("select")?,
+    ))
 }
+
+/// The chunk name of the library wrappers written in Lua. An error raised
+/// by a library function they call points at them; the run moves it to
+/// the script line that made the call (see `relocate` in `mod.rs`).
+pub const WRAPPERS_CHUNK: &str = "=wrap";
+
+/// Size guards for the inline path (`inline.rs`): before a C library
+/// function that could work for long without reaching the interrupt, an
+/// input larger than the inline path's bounds abandons the inline run
+/// (the script then runs again on a thread, where the same call is
+/// bounded by the run's deadline). On the threaded path `abandon` does
+/// nothing.
+const SIZE_GUARDS: &str = r##"
+local string, table, utf8, abandon, MAX_SCAN, MAX_ITEMS, MAX_BUILD, type, rawlen, select = ...
+local function len(v)
+    if type(v) == "string" then
+        return #v
+    end
+    return 0
+end
+-- Pattern functions: the subject, the pattern and the replacement.
+for _, name in {"find", "match", "gmatch", "gsub", "split"} do
+    local f = string[name]
+    string[name] = function(s, p, r, ...)
+        local n = len(s) + len(p) + len(r)
+        if n > MAX_SCAN then
+            abandon(n)
+        end
+        return f(s, p, r, ...)
+    end
+end
+-- Functions that copy or scan their whole input once.
+for _, name in {"upper", "lower", "reverse"} do
+    local f = string[name]
+    string[name] = function(s, ...)
+        if len(s) > MAX_BUILD then
+            abandon(len(s))
+        end
+        return f(s, ...)
+    end
+end
+local utf8len = utf8.len
+utf8.len = function(s, ...)
+    if len(s) > MAX_BUILD then
+        abandon(len(s))
+    end
+    return utf8len(s, ...)
+end
+local rep = string.rep
+string.rep = function(s, n, sep, ...)
+    if type(n) == "number" and n > 0 and (len(s) + len(sep)) * n > MAX_BUILD then
+        abandon(MAX_BUILD + 1)
+    end
+    return rep(s, n, sep, ...)
+end
+local format = string.format
+string.format = function(fmt, ...)
+    local n = len(fmt)
+    for i = 1, select("#", ...) do
+        n += len((select(i, ...)))
+    end
+    if n > MAX_BUILD then
+        abandon(n)
+    end
+    return format(fmt, ...)
+end
+local concat = table.concat
+table.concat = function(t, sep, i, j, ...)
+    if type(t) == "table" then
+        local n = rawlen(t)
+        if type(i) == "number" and type(j) == "number" and j - i + 1 > n then
+            n = j - i + 1
+        end
+        if n > MAX_ITEMS or len(sep) > MAX_SCAN then
+            abandon(n)
+        end
+    end
+    return concat(t, sep, i, j, ...)
+end
+"##;
 
 /// `string.find`: plain searches in linear time, the rest by Luau.
 fn plain_find(lua: &Lua, find: &Function, args: MultiValue) -> mlua::Result<MultiValue> {
