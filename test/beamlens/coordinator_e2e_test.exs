@@ -46,6 +46,17 @@ defmodule Beamlens.CoordinatorE2ETest do
     end
   end
 
+  # Inserts rows 100k at a time until total VM memory reaches `target`
+  # (at least 1M rows, at most 20M).
+  defp fill_until(table, next, target) do
+    for i <- (next + 1)..(next + 100_000), do: :ets.insert(table, {i, i * 2, :cached})
+    next = next + 100_000
+
+    if next < 20_000_000 and (next < 1_000_000 or :erlang.memory(:total) < target),
+      do: fill_until(table, next, target),
+      else: next
+  end
+
   defp spawn_owner(fun) do
     parent = self()
 
@@ -64,11 +75,16 @@ defmodule Beamlens.CoordinatorE2ETest do
   test "causal: ETS growth drives total memory", %{instance: instance} do
     start(instance, [:ets, :beam], 30_000)
 
-    # ~1M small tuples: no large binaries, so only ETS and total memory move.
+    # Small tuples, no large binaries, so only ETS and total memory move.
+    # Total memory must grow by half and 64 MiB over its recent low; what
+    # earlier tests left in this VM sets that low, so the table grows until
+    # total memory is 1.7x what it was (at least 1M rows), whatever it was.
     between_snapshots(instance, [:ets, :beam], fn ->
+      target = max(trunc(:erlang.memory(:total) * 1.7), :erlang.memory(:total) + 96 * 1024 * 1024)
+
       spawn_owner(fn ->
         table = :ets.new(:e2e_cache, [:public, :named_table])
-        for i <- 1..1_000_000, do: :ets.insert(table, {i, i * 2, :cached})
+        fill_until(table, 0, target)
         table
       end)
     end)
