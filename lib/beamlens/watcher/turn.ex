@@ -1,6 +1,6 @@
 defmodule Beamlens.Watcher.Turn do
   # What a watcher's check (`Beamlens.Watcher.Check`) and an investigation
-  # (`Beamlens.Investigation`) share in their model conversations: the
+  # (`Beamlens.Investigation.Loop`) share in their model conversations: the
   # shape of the turns they keep, and when a model that keeps getting its
   # tool calls wrong is given up on. Pure functions.
   @moduledoc false
