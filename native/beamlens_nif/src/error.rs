@@ -18,13 +18,10 @@ use crate::{correlation, runtime};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
-    /// Too many jobs are in flight; the submission was refused.
-    #[error("the native job queue is full ({capacity} jobs in flight)")]
-    Busy { capacity: usize },
-
-    /// Rust code panicked. The panic was caught; the VM is unaffected.
-    #[error("native code panicked: {0}")]
-    Panic(String),
+    /// The job could not run or did not finish: busy, a caught panic, or
+    /// the runtime shutting down (see `runtime::Error`).
+    #[error(transparent)]
+    Runtime(runtime::Error),
 
     /// An argument had the wrong shape or value.
     #[error("invalid argument {name}: {reason}")]
@@ -33,10 +30,6 @@ pub enum Error {
     /// The operation did not finish within its time limit.
     #[error("timed out after {ms} ms")]
     Timeout { ms: u64 },
-
-    /// The native runtime is shutting down or could not be started.
-    #[error("native runtime unavailable: {0}")]
-    Shutdown(String),
 
     /// A Lua script failed or broke one of its limits. Encodes with the
     /// sandbox's own kind (`:syntax`, `:timeout`, `:memory_limit`, ...).
@@ -56,6 +49,16 @@ impl Error {
         }
     }
 
+    /// A caught failure of native code, with what went wrong.
+    pub fn panic(message: impl Into<String>) -> Self {
+        Error::Runtime(runtime::Error::Panic(message.into()))
+    }
+
+    /// The refusal of a job because `capacity` jobs are already in flight.
+    pub fn busy(capacity: usize) -> Self {
+        Error::Runtime(runtime::Error::Busy { capacity })
+    }
+
     /// Builds a `Panic` error from the payload of a caught panic.
     pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
         runtime::Error::from_panic(payload).into()
@@ -63,11 +66,11 @@ impl Error {
 
     fn kind(&self) -> rustler::Atom {
         match self {
-            Error::Busy { .. } => atoms::busy(),
-            Error::Panic(_) => atoms::panic(),
+            Error::Runtime(runtime::Error::Busy { .. }) => atoms::busy(),
+            Error::Runtime(runtime::Error::Panic(_)) => atoms::panic(),
+            Error::Runtime(runtime::Error::Shutdown(_)) => atoms::shutdown(),
             Error::BadArgument { .. } => atoms::bad_argument(),
             Error::Timeout { .. } => atoms::timeout(),
-            Error::Shutdown(_) => atoms::shutdown(),
             Error::Lua(failure) => crate::nif_lua::kind_atom(failure.kind),
             Error::Llm(_) => atoms::llm(),
         }
@@ -79,10 +82,12 @@ impl Error {
             map.map_put(key.encode(env), value).unwrap_or(map)
         };
         match self {
-            Error::Busy { capacity } => put(map, "capacity", capacity.encode(env)),
+            Error::Runtime(runtime::Error::Busy { capacity }) => {
+                put(map, "capacity", capacity.encode(env))
+            }
             Error::BadArgument { name, .. } => put(map, "argument", name.encode(env)),
             Error::Timeout { ms } => put(map, "timeout_ms", ms.encode(env)),
-            Error::Panic(_) | Error::Shutdown(_) => map,
+            Error::Runtime(_) => map,
             Error::Lua(failure) => {
                 let map = put(map, "line", failure.line.encode(env));
                 let map = put(map, "output", failure.output.encode(env));
@@ -95,11 +100,7 @@ impl Error {
 
 impl From<runtime::Error> for Error {
     fn from(error: runtime::Error) -> Self {
-        match error {
-            runtime::Error::Busy { capacity } => Error::Busy { capacity },
-            runtime::Error::Panic(message) => Error::Panic(message),
-            runtime::Error::Shutdown(reason) => Error::Shutdown(reason),
-        }
+        Error::Runtime(error)
     }
 }
 
@@ -120,7 +121,7 @@ impl Encoder for Error {
 /// Result type of the NIF adapters.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Runs `f`, turning a panic into `Error::Panic`. Use it around NIF bodies so
+/// Runs `f`, turning a panic into a `runtime::Error::Panic`. Use it around NIF bodies so
 /// that a bug becomes `{:error, {:panic, message, %{}}}` instead of an
 /// exception raised from native code.
 pub fn catch_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {

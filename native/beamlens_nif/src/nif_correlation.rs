@@ -142,7 +142,7 @@ fn correlation_rules(env: Env) -> Term {
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Json> {
     serde_json::to_value(value)
         .map(Json)
-        .map_err(|e| Error::Panic(format!("could not encode the correlation report: {e}")))
+        .map_err(|e| Error::panic(format!("could not encode the correlation report: {e}")))
 }
 
 /// Reasons for skipped alerts reported per batch.

@@ -63,11 +63,11 @@ fn gate_observe<'a>(
             let mut gate = gate
                 .gate
                 .lock()
-                .map_err(|_| Error::Panic("gate lock poisoned".into()))?;
+                .map_err(|_| Error::panic("gate lock poisoned"))?;
             gate.observe(&samples, now_ms)
         };
         let value = serde_json::to_value(verdict)
-            .map_err(|e| Error::Panic(format!("cannot encode verdict: {e}")))?;
+            .map_err(|e| Error::panic(format!("cannot encode verdict: {e}")))?;
         Ok(Json(value))
     })
 }

@@ -167,9 +167,7 @@ fn start<'a>(
     let run_slot = RUN_SLOTS
         .clone()
         .try_acquire_owned()
-        .map_err(|_| Error::Busy {
-            capacity: MAX_CONCURRENT_RUNS,
-        })?;
+        .map_err(|_| Error::busy(MAX_CONCURRENT_RUNS))?;
     let handle = runtime::handle()?;
 
     let reference = env.make_ref();
@@ -379,9 +377,7 @@ fn lua_inline_start<'a>(
     // Refused as a threaded run would be when every Lua slot is taken, so
     // that callers see one capacity whichever path runs their script.
     if RUN_SLOTS.available_permits() == 0 {
-        let error = Error::Busy {
-            capacity: MAX_CONCURRENT_RUNS,
-        };
+        let error = Error::busy(MAX_CONCURRENT_RUNS);
         return (atoms::error(), error).encode(env);
     }
     let started = std::time::Instant::now();
