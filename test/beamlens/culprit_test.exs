@@ -101,7 +101,9 @@ defmodule Beamlens.CulpritTest do
       test = self()
       spinners = for _ <- 1..6, do: spawn(fn -> spin(test) end)
       on_exit(fn -> Enum.each(spinners, &Process.exit(&1, :kill)) end)
-      for _ <- spinners, do: assert_receive(:spinning)
+      # Each says so once it runs; a loaded machine may take a while to run
+      # six new processes: the bound is one only a stuck VM reaches.
+      for _ <- spinners, do: assert_receive(:spinning, 30_000)
 
       me = self()
 

@@ -47,10 +47,15 @@ defmodule Beamlens.InvestigationLLMTest do
     start_paused(instance, server)
     between_snapshots(instance, [:ets], fn -> grow_ets(:inv_llm_sessions, 300_000) end)
 
-    assert_receive {:telemetry, [:beamlens, :watcher, :state_changed], _,
-                    %{watcher: :ets, to: to}}
-                   when to in [:warning, :critical],
-                   10_000
+    await_event(
+      instance,
+      :ets,
+      &match?(
+        {:telemetry, [:beamlens, :watcher, :state_changed], _, %{watcher: :ets, to: to}}
+        when to in [:warning, :critical],
+        &1
+      )
+    )
 
     before = Usage.get(:investigation)
 

@@ -86,10 +86,15 @@ defmodule Beamlens.InvestigationTest do
     # machine, the gate's baseline would follow it.
     between_snapshots(instance, [:ets], fn -> grow_ets(:inv_sessions, 300_000) end)
 
-    assert_receive {:telemetry, [:beamlens, :watcher, :state_changed], _,
-                    %{watcher: :ets, to: to}}
-                   when to in [:warning, :critical],
-                   10_000
+    await_event(
+      instance,
+      :ets,
+      &match?(
+        {:telemetry, [:beamlens, :watcher, :state_changed], _, %{watcher: :ets, to: to}}
+        when to in [:warning, :critical],
+        &1
+      )
+    )
 
     assert {:ok, %Report{} = report} =
              Beamlens.investigate("why is memory growing?", instance: instance)
@@ -123,8 +128,10 @@ defmodule Beamlens.InvestigationTest do
     assert is_number(finding.evidence.value) and is_number(finding.evidence.threshold)
     assert finding.entities != []
 
-    assert [%Beamlens.Alert{source: :gate, anomaly_type: "ets_memory_growth", watcher: :ets}] =
-             Enum.filter(report.alerts, &(&1.watcher == :ets))
+    # Judged by type: 300k rows in a new table may also make it an
+    # ets_table_growth, which is not what this test is about.
+    assert [%Beamlens.Alert{source: :gate, watcher: :ets}] =
+             Enum.filter(report.alerts, &(&1.anomaly_type == "ets_memory_growth"))
 
     # Not fired: the report only says what it would raise.
     refute_received {:telemetry, [:beamlens, :watcher, :alert_fired], _, _}
@@ -139,7 +146,7 @@ defmodule Beamlens.InvestigationTest do
     assert {:ok, _} =
              Beamlens.investigate(nil, instance: instance, watchers: [:ets], fire_alerts: true)
 
-    alert = assert_alert(:ets, "ets_memory_growth")
+    alert = await_alert(instance, :ets, "ets_memory_growth")
     assert alert.source == :gate
   end
 
@@ -156,6 +163,8 @@ defmodule Beamlens.InvestigationTest do
     first =
       Task.async(fn -> Beamlens.investigate("first", instance: instance, timeout: 30_000) end)
 
+    # Bounded by the investigation's snapshot limit (10 s): a snapshot task
+    # that has not started by then never will.
     assert_receive {:snapshot_held, holder}, 10_000
 
     assert {:error, %Beamlens.Error{kind: :busy, message: message}} =
@@ -163,21 +172,28 @@ defmodule Beamlens.InvestigationTest do
 
     assert message =~ "already running"
     send(holder, :go)
-    assert {:ok, %Report{question: "first"}} = Task.await(first, 30_000)
+    assert {:ok, %Report{question: "first"} = first} = Task.await(first, 30_000)
 
-    # Held until the timeout: the report comes back without that domain's figures.
-    assert {:ok, report} = Beamlens.investigate(nil, instance: instance, timeout: 300)
-    assert_receive {:snapshot_held, _held}
-
-    assert %{watcher: :slow, key_figures: figures} =
-             Enum.find(report.domains, &(&1.watcher == :slow))
-
-    assert figures == %{}
-
-    assert %{watcher: :beam, key_figures: beam} =
-             Enum.find(report.domains, &(&1.watcher == :beam))
+    assert %{watcher: :beam, key_figures: beam} = Enum.find(first.domains, &(&1.watcher == :beam))
 
     assert map_size(beam) > 0
+
+    # Held until the timeout: the report comes back without that domain's
+    # figures, and the held snapshot is gone. Only :slow is asked: on a
+    # loaded machine a :beam snapshot alone may take longer than 300 ms.
+    assert {:ok, report} =
+             Beamlens.investigate(nil, instance: instance, watchers: [:slow], timeout: 300)
+
+    assert [%{watcher: :slow, key_figures: figures}] = report.domains
+    assert figures == %{}
+
+    # A loaded machine may not even have started it within 300 ms; if it
+    # did, it did not outlive the investigation.
+    receive do
+      {:snapshot_held, held} -> refute Process.alive?(held)
+    after
+      0 -> :ok
+    end
   end
 
   test "bad questions, options and watchers are refused with a message", %{instance: instance} do

@@ -60,7 +60,7 @@ defmodule Beamlens.OperatingTest do
     # machine, the gate's baseline would follow it.
     between_snapshots(instance, [:ets], fn -> grow_ets(:op_history_sessions, 300_000) end)
 
-    fired = assert_alert(:ets, "ets_memory_growth")
+    fired = await_alert(instance, :ets, "ets_memory_growth")
     # The watcher records the alert (a cast to the history) right after the
     # event: once it answers a call, the cast is in the history's mailbox.
     :sys.get_state(Beamlens.Watcher.whereis(instance, :ets))
@@ -70,7 +70,11 @@ defmodule Beamlens.OperatingTest do
     assert %Beamlens.Alert{anomaly_type: "ets_memory_growth"} = kept
     assert kept.escalations == []
     assert %DateTime{} = kept.last_seen_at
-    assert Beamlens.alerts(instance: instance, watcher: :beam) == []
+    # The :beam watcher may alert on a loaded machine's run queue: the filter
+    # is judged on what it returns, not on the machine being quiet.
+    beam = Beamlens.alerts(instance: instance, watcher: :beam)
+    assert Enum.all?(beam, &(&1.watcher == :beam))
+    refute Enum.any?(beam, &(&1.id == fired.id))
     assert Beamlens.alerts(instance: instance, anomaly_type: "nothing_like_it") == []
     future = DateTime.add(DateTime.utc_now(), 60, :second)
     assert Beamlens.alerts(instance: instance, since: future) == []
@@ -96,10 +100,15 @@ defmodule Beamlens.OperatingTest do
     between_snapshots(instance, [:ets], fn -> grow_ets(:op_paused_sessions, 300_000) end)
 
     # The gate still sees it: the state changes...
-    assert_receive {:telemetry, [:beamlens, :watcher, :state_changed], _,
-                    %{watcher: :ets, to: to}}
-                   when to in [:warning, :critical],
-                   10_000
+    await_event(
+      instance,
+      :ets,
+      &match?(
+        {:telemetry, [:beamlens, :watcher, :state_changed], _, %{watcher: :ets, to: to}}
+        when to in [:warning, :critical],
+        &1
+      )
+    )
 
     info =
       await_ticks(
@@ -114,7 +123,7 @@ defmodule Beamlens.OperatingTest do
     assert Beamlens.alerts(instance: instance) == []
 
     assert :ok = Beamlens.resume(:ets, instance: instance)
-    assert_alert(:ets, "ets_memory_growth")
+    await_alert(instance, :ets, "ets_memory_growth")
     refute watcher_status(instance, :ets).paused
   end
 

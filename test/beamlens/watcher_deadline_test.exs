@@ -41,7 +41,7 @@ defmodule Beamlens.WatcherDeadlineTest do
     between_snapshots(instance, [:ets], fn -> grow_ets(:deadline_hung, 300_000) end)
 
     # The check is stuck on the provider; the gate's alert goes out anyway.
-    alert = assert_alert(:ets, "ets_memory_growth", 10_000)
+    alert = await_alert(instance, :ets, "ets_memory_growth")
     assert alert.source == :gate
     assert %{checking?: true} = Beamlens.Watcher.info(Beamlens.Watcher.whereis(instance, :ets))
     refute_received {:telemetry, [:beamlens, :watcher, :check], _, _}
@@ -62,26 +62,41 @@ defmodule Beamlens.WatcherDeadlineTest do
     pid = Beamlens.Watcher.whereis(instance, :ets)
     between_snapshots(instance, [:ets], fn -> grow_ets(:deadline_lost_llm, 300_000) end)
 
-    assert_receive {:telemetry, [:beamlens, :watcher, :reply_timeout], %{timeout: 300},
-                    %{watcher: :ets, awaiting: :llm}},
-                   10_000
+    # Waited for in snapshots (40 at 50 ms each outlast the 300 ms).
+    await_event(
+      instance,
+      :ets,
+      &match?(
+        {:telemetry, [:beamlens, :watcher, :reply_timeout], %{timeout: 300},
+         %{watcher: :ets, awaiting: :llm}},
+        &1
+      )
+    )
 
     # (One check or more: more findings may have joined a running one.)
-    assert_receive {:telemetry, [:beamlens, :watcher, :check], _,
-                    %{outcome: :llm_timeout, gate_alerts: n}}
-                   when n >= 1,
-                   10_000
+    await_event(
+      instance,
+      :ets,
+      &match?(
+        {:telemetry, [:beamlens, :watcher, :check], _, %{outcome: :llm_timeout, gate_alerts: n}}
+        when n >= 1,
+        &1
+      )
+    )
 
     # The gate covered what the model could not report.
-    assert %{source: :gate} = assert_alert(:ets, "ets_memory_growth")
+    assert %{source: :gate} = await_alert(instance, :ets, "ets_memory_growth")
 
     # The watcher lives on: it keeps ticking and checks again.
     info = Beamlens.Watcher.info(pid)
     await_ticks(instance, :ets, info.ticks + 5)
     assert Beamlens.Watcher.whereis(instance, :ets) == pid
 
-    assert_receive {:telemetry, [:beamlens, :watcher, :reply_timeout], _, %{awaiting: :llm}},
-                   10_000
+    await_event(
+      instance,
+      :ets,
+      &match?({:telemetry, [:beamlens, :watcher, :reply_timeout], _, %{awaiting: :llm}}, &1)
+    )
   end
 
   test "a lost Lua reply is reported to the model and the check goes on", %{
@@ -123,17 +138,30 @@ defmodule Beamlens.WatcherDeadlineTest do
     await_ticks(instance, :ets, 8)
     between_snapshots(instance, [:ets], fn -> grow_ets(:deadline_lost_lua, 300_000) end)
 
-    assert_receive {:telemetry, [:beamlens, :watcher, :tool_call], _,
-                    %{tool: "execute_lua", error?: true, result: result}},
-                   10_000
+    # Model round trips on a loopback server, counted in the watcher's
+    # snapshots (which keep coming while it checks).
+    {_, _, _, %{result: result}} =
+      await_event(
+        instance,
+        :ets,
+        &match?(
+          {:telemetry, [:beamlens, :watcher, :tool_call], _,
+           %{tool: "execute_lua", error?: true}},
+          &1
+        ),
+        200
+      )
 
     assert result =~ "The Lua run ended without an answer"
 
     # The model got the error and answered again (done, then asked for the
     # report it could not back with evidence): the check went on and ended.
-    assert_receive {:telemetry, [:beamlens, :watcher, :check], %{iterations: n}, _}
-                   when n >= 2,
-                   10_000
+    await_event(
+      instance,
+      :ets,
+      &match?({:telemetry, [:beamlens, :watcher, :check], %{iterations: n}, _} when n >= 2, &1),
+      200
+    )
 
     assert Process.alive?(Beamlens.Watcher.whereis(instance, :ets))
   end

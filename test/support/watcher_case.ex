@@ -131,6 +131,62 @@ defmodule Beamlens.WatcherCase do
     end
   end
 
+  @doc """
+  Receives the next alert of `type` fired by `watcher`, or flunks once the
+  watcher has taken `ticks` more snapshots without firing it. Counted in
+  snapshots, not wall time: a loaded machine takes longer per snapshot, and
+  the gate judges per snapshot. Other alerts (a loaded machine's run queue,
+  say) stay in the mailbox.
+  """
+  def await_alert(instance, watcher, type, ticks \\ 40) do
+    {:telemetry, _, _, %{alert: alert}} =
+      await_event(
+        instance,
+        watcher,
+        &match?(
+          {:telemetry, [:beamlens, :watcher, :alert_fired], _,
+           %{alert: %Beamlens.Alert{watcher: ^watcher, anomaly_type: ^type}}},
+          &1
+        ),
+        ticks,
+        "a #{type} alert"
+      )
+
+    alert
+  end
+
+  @doc """
+  Receives the first message in the mailbox for which `match?` returns
+  true, waiting until `watcher` has taken `ticks` more snapshots, then
+  flunks naming `what`. Messages that do not match stay in the mailbox.
+  A watcher emits its telemetry before it answers the next call, so once
+  it reports the last counted snapshot, whatever that snapshot emitted is
+  here.
+  """
+  def await_event(instance, watcher, match?, ticks \\ 40, what \\ "the event") do
+    pid = Beamlens.Watcher.whereis(instance, watcher)
+    limit = Beamlens.Watcher.info(pid).ticks + ticks
+    do_await_event(pid, watcher, match?, limit, what)
+  end
+
+  defp do_await_event(pid, watcher, match?, limit, what) do
+    taken = Beamlens.Watcher.info(pid).ticks
+    {:messages, messages} = Process.info(self(), :messages)
+
+    case Enum.find(messages, match?) do
+      nil when taken >= limit ->
+        raise ExUnit.AssertionError,
+              "no #{what} from #{inspect(watcher)} within #{taken} snapshots"
+
+      nil ->
+        Process.sleep(20)
+        do_await_event(pid, watcher, match?, limit, what)
+
+      message ->
+        receive do: (^message -> message)
+    end
+  end
+
   @doc "Collects every alert received within `ms`."
   def collect_alerts(ms) do
     receive do
