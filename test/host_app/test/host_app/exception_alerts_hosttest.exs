@@ -43,9 +43,16 @@ defmodule HostApp.ExceptionAlertsTest do
     assert {"module", "HostApp.Orders"} in burst.entities
     assert burst.evidence.values["exception.count"].value > 1
 
-    # Each crash is counted once, though Tower and OTP both report it.
-    wait_for(fn -> ExceptionStore.stats().recorded >= 40 end)
-    assert ExceptionStore.stats().recorded == 40
+    # Each crash is counted once, though Tower and OTP both report it. Counted
+    # in its own group: on a loaded machine some other process of the app
+    # may crash too (a timed-out call), which is not this test's business.
+    payments = fn ->
+      Enum.find(ExceptionStore.top_groups(50), &(&1.exception == "HostApp.Orders.PaymentError"))
+    end
+
+    wait_for(fn -> payments.() && payments.().count >= 40 end)
+    assert payments.().count == 40, inspect(ExceptionStore.top_groups(50), pretty: true)
+    assert ExceptionStore.stats().recorded >= 40
 
     # What the model reads: the group, its message and its stack.
     [group | _] = lua!("return exception.top_groups(1)", Beamlens.Domain.Exception)

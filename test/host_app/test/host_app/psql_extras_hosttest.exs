@@ -54,6 +54,9 @@ defmodule HostApp.PsqlExtrasTest do
     waiter = transaction(~s|UPDATE "orders" SET "status" = 'shipped' WHERE "id" = $1|, [order.id])
     wait_for(&waiting_for_lock/0)
 
+    normalised_holder = ~s|UPDATE "orders" SET "status" = ?, "amount" = ? WHERE "id" = $1|
+    normalised_waiter = ~s|UPDATE "orders" SET "status" = ? WHERE "id" = $1|
+
     result =
       wait_for(fn ->
         result =
@@ -62,12 +65,11 @@ defmodule HostApp.PsqlExtrasTest do
                   long = ecto.long_running_queries()}
           """)
 
-        # long_running_queries lists queries running for more than 500 ms.
-        result["long"] != [] && result
+        # long_running_queries lists queries running for more than 500 ms,
+        # the holder's (idle in transaction) among them, and it started
+        # first: wait for the waiter's own entry, not for any entry.
+        Enum.any?(result["long"], &(&1["query"] == normalised_waiter)) && result
       end)
-
-    normalised_holder = ~s|UPDATE "orders" SET "status" = ?, "amount" = ? WHERE "id" = $1|
-    normalised_waiter = ~s|UPDATE "orders" SET "status" = ? WHERE "id" = $1|
 
     orders_locks = Enum.filter(result["locks"], &(&1["relname"] == "orders"))
     assert Enum.any?(orders_locks, &(&1["mode"] == "RowExclusiveLock" and &1["granted"]))
