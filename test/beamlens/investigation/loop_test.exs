@@ -6,26 +6,7 @@ defmodule Beamlens.Investigation.LoopTest do
   alias Beamlens.Investigation.Loop
   alias Beamlens.LLM.{Response, ToolCall}
 
-  defmodule Domain do
-    @moduledoc false
-    use Beamlens.Domain
-
-    @impl true
-    def name, do: :tst
-
-    @impl true
-    def description, do: "A test domain"
-
-    @impl true
-    def snapshot, do: %{value: 1}
-
-    @impl true
-    def metrics(_snapshot), do: []
-
-    @impl true
-    def callbacks,
-      do: [%{name: "top", args: "(n)", doc: "the top n", fun: fn [n] -> n end}]
-  end
+  alias Beamlens.TestDomain, as: Domain
 
   @finding %{
     watcher: :tst,

@@ -6,29 +6,7 @@ defmodule Beamlens.Watcher.CheckTest do
   alias Beamlens.LLM.{Response, ToolCall}
   alias Beamlens.Watcher.Check
 
-  defmodule Domain do
-    @moduledoc false
-    use Beamlens.Domain
-
-    @impl true
-    def name, do: :tst
-
-    @impl true
-    def description, do: "A test domain"
-
-    @impl true
-    def snapshot, do: %{value: 1}
-
-    @impl true
-    def metrics(_snapshot), do: []
-
-    @impl true
-    def callbacks,
-      do: [%{name: "top", args: "(n)", doc: "the top n", fun: fn [n] -> n end}]
-
-    @impl true
-    def summarize(finding, metric), do: "#{metric.label} at #{finding.value}"
-  end
+  alias Beamlens.TestDomain, as: Domain
 
   @config %{
     domain: Domain,
