@@ -77,17 +77,19 @@ defmodule Beamlens.Lua do
   ## The sandbox
 
   Scripts run in [Luau](https://luau.org) (a Lua 5.1 dialect). `eval/3`
-  runs a small script in the calling process itself, in slices of at most
-  about 0.2 ms of interpreter time, yielding its scheduler between them;
+  runs a small script in the calling process itself (up to its first
+  callback call, see below), in slices of at most about 0.2 ms of
+  interpreter time, yielding its scheduler between them;
   what cannot be cut into such slices (a large input to a library function,
   a loop inside a metamethod or a `table.sort` comparator, a callback
   called from one of those) moves the run to the BeamLens native runtime's
   blocking thread pool, where the script runs again from the start within
   what is left of its `:timeout`. Callbacks may then be called again, which
   is one more reason they should be read-only. `eval_async/3` always runs
-  on the thread pool. Each run gets its own global table, callbacks, limits and memory budget
-  in a sealed interpreter state reused from a small pool (a state whose run
-  broke a limit is discarded); nothing a script stores survives its run.
+  on the thread pool. Each run gets its own global table, callbacks, limits
+  and memory budget in a sealed interpreter state reused from a small pool
+  (a state whose run broke a limit is discarded); nothing a script stores
+  survives its run.
   Scripts can use the computing parts of the standard library (`string`,
   `table`, `math`, `utf8`, `bit32`, `buffer`, `coroutine`, `pcall`, ...),
   `os.clock` and `os.time`. They cannot reach `io`, the rest of `os`,
@@ -106,12 +108,16 @@ defmodule Beamlens.Lua do
   dotted Lua identifiers that do not shadow a standard global (`string`,
   `print`, ...).
 
-  Calls run in a helper process of the run (never in the caller), reused
-  from one call to the next, with `:callback_timeout` each. A callback that
-  raises, exits, or times out makes the Lua call fail with a readable
-  error (a helper that died or timed out is killed and replaced); the script may catch it with `pcall`, otherwise the run
-  ends with `:callback_error` or `:callback_timeout`. Callbacks should be
-  read-only and bounded (top-N, sampled).
+  Calls never run in the caller. A script run by `eval/3` moves at its
+  first callback call into a worker process of the run, which runs that
+  call, the rest of the script and its later calls while the caller waits
+  (a call then costs about as much as a function call from luerl); on the
+  thread pool, calls run in a helper process of the run. Each call has
+  `:callback_timeout`. A callback that raises, exits, or times out makes
+  the Lua call fail with a readable error (a process that died or timed
+  out is killed and replaced); the script may catch it with `pcall`,
+  otherwise the run ends with `:callback_error` or `:callback_timeout`.
+  Callbacks should be read-only and bounded (top-N, sampled).
 
   ## Values
 

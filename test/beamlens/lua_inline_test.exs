@@ -86,6 +86,52 @@ defmodule Beamlens.LuaInlineTest do
     refute_receive {:called, _}, 50
   end
 
+  test "callbacks run in one worker of the run, never in the caller" do
+    test = self()
+    callbacks = %{"cb.where" => fn -> send(test, {:ran_in, self()}) && 1 end}
+
+    assert {:ok, 3} = Lua.eval("return cb.where() + cb.where() + cb.where()", callbacks)
+    assert_receive {:lua_stop, ^test, %{path: :inline}}
+    assert_receive {:ran_in, worker}
+    assert_receive {:ran_in, ^worker}
+    assert_receive {:ran_in, ^worker}
+    assert worker != test
+    refute Process.alive?(worker)
+  end
+
+  test "the worker stops when the caller exits" do
+    test = self()
+
+    caller =
+      spawn(fn ->
+        caller = self()
+
+        callbacks = %{
+          "cb.wait" => fn ->
+            # Returns once the caller is gone; the script then loops for
+            # up to a minute unless the worker notices.
+            monitor = Process.monitor(caller)
+            send(test, {:worker, self()})
+
+            receive do
+              {:DOWN, ^monitor, :process, _, _} -> 1
+            end
+          end
+        }
+
+        Lua.eval("cb.wait() local s = 0 while true do s = s + 1 end", callbacks,
+          timeout: 60_000,
+          max_instructions: 10_000_000_000,
+          callback_timeout: 60_000
+        )
+      end)
+
+    assert_receive {:worker, worker}, 5_000
+    monitor = Process.monitor(worker)
+    Process.exit(caller, :kill)
+    assert_receive {:DOWN, ^monitor, :process, ^worker, _}, 5_000
+  end
+
   # Runs `code` in a fresh process under a long-schedule monitor. On a
   # loaded machine the OS may preempt a scheduler thread at any time, which
   # shows up as a long schedule of whatever ran; a script that holds the

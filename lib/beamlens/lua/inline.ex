@@ -1,15 +1,25 @@
 defmodule Beamlens.Lua.Inline do
-  # The inline path of `Beamlens.Lua.eval/3`: the calling process runs the
-  # script itself, in slices of at most ~0.2 ms of interpreter time on its
-  # own scheduler (`lua_inline_start/3`, `lua_inline_resume/2`; see
-  # native/beamlens_nif/src/sandbox/inline.rs), with no runner process and
-  # no thread hop. Between slices it bumps its reductions, so the scheduler
-  # switches to other processes as it would for any busy process.
+  # The inline path of `Beamlens.Lua.eval/3`: the script runs in slices of
+  # at most ~0.2 ms of interpreter time on the scheduler of the process that
+  # steps it (`lua_inline_start/3`, `lua_inline_resume/2`; see
+  # native/beamlens_core/src/sandbox/inline.rs), with no runner process and
+  # no thread hop. Between slices the process bumps its reductions, so the
+  # scheduler switches to other processes as it would for any busy process.
   #
-  # Callbacks run in a helper process of the run, as on the threaded path:
-  # started at the first call, reused for the next ones, killed when a call
-  # outlives its `:callback_timeout` (the next call starts a new one) and
-  # at the end of the run. The caller waits for each answer in `receive`.
+  # The caller steps the script itself until its first callback call. It
+  # then hands the run to a worker process, which runs that callback and
+  # every later slice and callback of the run, and sends the caller the
+  # final reply: a callback costs one NIF return and one NIF call, with no
+  # message between processes. The caller never runs a callback, so it can
+  # always enforce `:callback_timeout`: before each call the worker writes
+  # the call's deadline into an atomics cell shared with the caller, and
+  # clears it with a compare-and-swap when the call returns. When the
+  # deadline passes, the caller swaps the cell to "claimed" instead (only
+  # one of the two swaps wins), kills the worker, answers the call with a
+  # timeout itself and carries on (handing the run to a new worker at the
+  # next callback). A worker whose swap lost exits without touching the
+  # run. The worker exits when the caller does (it checks its monitor
+  # between steps).
   #
   # When the native side cannot bound a step in time on a scheduler (a
   # large input to a library function, a loop inside a metamethod or a
@@ -25,41 +35,61 @@ defmodule Beamlens.Lua.Inline do
   alias Beamlens.{LuaError, Native}
   alias Beamlens.Lua.Runner
 
+  # The caller's own bound on a run, past its `:timeout` (the native side
+  # always ends the run by then; this only guards against a BeamLens bug).
+  @reply_grace_ms 5_000
+
+  # The atomics cell: no call in progress, or the caller claimed the call.
+  @idle 0
+  @claimed -1
+
   @doc false
   @spec run(binary(), %{String.t() => function()}, map()) ::
           {:done, {:ok, term()} | {:error, LuaError.t()}} | {:thread, map()}
   def run(code, callbacks, config) do
     started = System.monotonic_time()
     native_opts = Map.take(config, Beamlens.Lua.native_option_keys())
+    # The native side names callbacks by their place in this list.
+    {names, funs} = Enum.unzip(callbacks)
 
-    case Native.lua_inline_start(code, Map.keys(callbacks), native_opts) do
+    case Native.lua_inline_start(code, names, native_opts) do
       :abandon ->
         {:thread, thread_config(config, started)}
 
       {:error, {kind, _, _} = reason} when kind in [:bad_argument, :busy] ->
         {:done, {:error, LuaError.from_native(reason)}}
 
-      step ->
+      {:run, run, step} ->
         Runner.emit_start(config, callbacks, started)
-        state = %{callbacks: callbacks, helper: nil}
+        give_up_at = System.monotonic_time(:millisecond) + config.timeout + @reply_grace_ms
+        calls = List.to_tuple(for fun <- funs, do: {fun, arity(fun)})
+        state = %{run: run, calls: calls, config: config, give_up_at: give_up_at}
+        finish(drive(step, state), callbacks, config, started)
 
-        case loop(step, state) do
-          {:abandon, state} ->
-            stop_helper(state)
-            {:thread, thread_config(config, started)}
-
-          {:done, native_result, state} ->
-            stop_helper(state)
-            result = Runner.convert(native_result, config)
-            Runner.emit_stop(config, callbacks, started, native_result, result, :inline)
-            {:done, result}
-        end
+      # The script failed before its first slice (a syntax error).
+      native_result ->
+        Runner.emit_start(config, callbacks, started)
+        finish(native_result, callbacks, config, started)
     end
   rescue
     error in ErlangError ->
       # The NIF is not loaded: the threaded path reports it.
       _ = Beamlens.Runtime.not_loaded(error)
       {:thread, config}
+  end
+
+  defp finish(:abandon, _callbacks, config, started),
+    do: {:thread, thread_config(config, started)}
+
+  defp finish(native_result, callbacks, config, started) do
+    result = Runner.convert(native_result, config)
+    Runner.emit_stop(config, callbacks, started, native_result, result, :inline)
+    {:done, result}
+  end
+
+  defp arity(fun) do
+    {:arity, arity} = Function.info(fun, :arity)
+    arity
   end
 
   # The threaded run gets what is left of the timeout, and its stop event
@@ -72,72 +102,118 @@ defmodule Beamlens.Lua.Inline do
     |> Map.put(:inline_started, started)
   end
 
-  defp loop({:yielded, run}, state), do: loop(Native.lua_inline_resume(run, :go), state)
+  # In the caller: slices until the first callback call.
+  defp drive(:yielded, state), do: drive(Native.lua_inline_resume(state.run, :go), state)
 
-  defp loop({:callback, run, name, args, wait_ms}, state) do
-    {answer, state} = call(state, name, args, wait_ms)
-    loop(Native.lua_inline_resume(run, answer), state)
+  defp drive({:callback, index, args, wait_ms}, state),
+    do: hand_over({index, args, wait_ms}, state)
+
+  defp drive(other, _state), do: other
+
+  defp hand_over(call, %{run: run, calls: calls} = state) do
+    caller = self()
+    tag = make_ref()
+    cell = :atomics.new(1, signed: true)
+    origin = System.monotonic_time(:millisecond)
+
+    {pid, monitor} =
+      spawn_monitor(fn ->
+        worker = %{run: run, calls: calls, cell: cell, origin: origin}
+        worker = Map.put(worker, :caller_monitor, Process.monitor(caller))
+        send(caller, {tag, call(call, worker)})
+      end)
+
+    await(%{tag: tag, cell: cell, origin: origin, pid: pid, monitor: monitor}, state)
   end
 
-  defp loop(:abandon, state), do: {:abandon, state}
-  defp loop(result, state), do: {:done, result, state}
+  defp await(%{tag: tag, pid: pid, monitor: monitor} = handed, state) do
+    receive do
+      {^tag, native_result} ->
+        Process.demonitor(monitor, [:flush])
+        native_result
 
-  defp call(state, name, args, wait_ms) do
-    case Map.fetch(state.callbacks, name) do
-      {:ok, fun} ->
-        %{helper: {pid, monitor}} = state = ensure_helper(state)
-        call = make_ref()
-        send(pid, {:beamlens_call, call, fun, args})
-
-        receive do
-          {^call, answer} ->
-            {answer, state}
-
-          {:DOWN, ^monitor, :process, ^pid, reason} ->
-            {{:error,
-              "the callback process exited: " <> inspect(reason, limit: 10, printable_limit: 200)},
-             %{state | helper: nil}}
-        after
-          wait_ms -> {:timeout, stop_helper(state)}
-        end
-
-      :error ->
-        {{:error, "no callback is registered under this name"}, state}
+      {:DOWN, ^monitor, :process, ^pid, _reason} ->
+        # Killed from outside: what it left the run in is unknown, so the
+        # threaded path runs the script again.
+        :abandon
+    after
+      wake_in(handed, state) -> check(handed, state)
     end
   end
 
-  defp ensure_helper(%{helper: nil} = state) do
-    caller = self()
-
-    helper =
-      spawn_monitor(fn ->
-        caller_monitor = Process.monitor(caller)
-        serve(caller, caller_monitor)
-      end)
-
-    %{state | helper: helper}
+  # Until the deadline of the call in progress, or a poll while the worker
+  # runs slices (the next call's deadline is at least `callback_timeout`
+  # away when it starts).
+  defp wake_in(%{cell: cell} = handed, state) do
+    case :atomics.get(cell, 1) do
+      deadline when deadline > @idle -> max(deadline - now(handed), 0)
+      _ -> min(max(div(state.config.callback_timeout, 4), 1), 250)
+    end
   end
 
-  defp ensure_helper(state), do: state
+  defp check(%{cell: cell, pid: pid, monitor: monitor} = handed, state) do
+    deadline = :atomics.get(cell, 1)
 
-  defp stop_helper(%{helper: nil} = state), do: state
+    cond do
+      System.monotonic_time(:millisecond) > state.give_up_at ->
+        stop_worker(pid, monitor)
+        message = "the script did not finish within #{state.config.timeout} ms (timeout)"
+        {:error, {:timeout, message, %{}}}
 
-  defp stop_helper(%{helper: {pid, monitor}} = state) do
+      deadline > @idle and now(handed) >= deadline and
+          :atomics.compare_exchange(cell, 1, deadline, @claimed) == :ok ->
+        # The worker is still in the callback, or will exit without
+        # touching the run: the run waits for this call's answer.
+        stop_worker(pid, monitor)
+        drive(Native.lua_inline_resume(state.run, :timeout), state)
+
+      true ->
+        await(handed, state)
+    end
+  end
+
+  defp stop_worker(pid, monitor) do
     Process.exit(pid, :kill)
-    Process.demonitor(monitor, [:flush])
-    %{state | helper: nil}
+
+    receive do
+      {:DOWN, ^monitor, :process, ^pid, _} -> :ok
+    end
   end
 
-  # The helper: runs calls for the caller until the caller exits (or the
-  # caller kills it).
-  defp serve(caller, caller_monitor) do
-    receive do
-      {:beamlens_call, call, fun, args} ->
-        send(caller, {call, Runner.invoke(fun, args)})
-        serve(caller, caller_monitor)
+  # Milliseconds since the hand-over, plus one: always above @idle.
+  defp now(%{origin: origin}), do: System.monotonic_time(:millisecond) - origin + 1
 
-      {:DOWN, ^caller_monitor, :process, _, _} ->
-        :ok
+  # In the worker: runs a callback, then the run's next steps.
+  defp call({index, args, wait_ms}, %{cell: cell, run: run} = worker) do
+    deadline = now(worker) + wait_ms
+    :atomics.put(cell, 1, deadline)
+    {fun, arity} = elem(worker.calls, index)
+    answer = Runner.invoke(fun, arity, args)
+
+    case :atomics.compare_exchange(cell, 1, deadline, @idle) do
+      :ok -> work(Native.lua_inline_resume(run, answer), worker)
+      # The caller timed this call out and answers it itself.
+      _claimed -> exit(:normal)
+    end
+  end
+
+  defp work(:yielded, worker) do
+    caller_alive!(worker)
+    work(Native.lua_inline_resume(worker.run, :go), worker)
+  end
+
+  defp work({:callback, index, args, wait_ms}, worker) do
+    caller_alive!(worker)
+    call({index, args, wait_ms}, worker)
+  end
+
+  defp work(other, _worker), do: other
+
+  defp caller_alive!(%{caller_monitor: caller_monitor}) do
+    receive do
+      {:DOWN, ^caller_monitor, :process, _, _} -> exit(:normal)
+    after
+      0 -> :ok
     end
   end
 end

@@ -274,12 +274,24 @@ defmodule Beamlens.Lua.Runner do
   @spec invoke(function(), list()) :: {:ok, term()} | {:error, String.t()}
   def invoke(fun, args) do
     {:arity, arity} = Function.info(fun, :arity)
+    invoke(fun, arity, args)
+  end
+
+  # `invoke/2` for a caller that knows the function's arity.
+  @doc false
+  @spec invoke(function(), arity(), list()) :: {:ok, term()} | {:error, String.t()}
+  def invoke(fun, arity, args) do
     given = length(args)
 
-    if given > arity do
-      {:error, "takes #{arity} argument#{if arity == 1, do: "", else: "s"}, got #{given}"}
-    else
-      {:ok, apply(fun, args ++ List.duplicate(nil, arity - given))}
+    cond do
+      given == arity ->
+        {:ok, apply(fun, args)}
+
+      given > arity ->
+        {:error, "takes #{arity} argument#{if arity == 1, do: "", else: "s"}, got #{given}"}
+
+      true ->
+        {:ok, apply(fun, args ++ List.duplicate(nil, arity - given))}
     end
   rescue
     exception ->

@@ -37,6 +37,7 @@ rustler::atoms! {
     callback,
     yielded,
     abandon,
+    run,
     go,
     max_instructions,
     max_memory,

@@ -337,12 +337,15 @@ const INLINE_MAX_OUTPUT: usize = 256 * 1024;
 
 /// Starts a run on the inline path (see `sandbox/inline.rs`): the script
 /// runs in this call and the next `lua_inline_resume/2` calls, each at most
-/// one slice (~0.2 ms) on the caller's scheduler. Returns
+/// one slice (~0.2 ms) on the caller's scheduler. Returns `{:run, run,
+/// step}` with the run and what its first slice ended with, or the error
+/// or `:abandon` a step can end with. A step is
 ///
-/// * `{:callback, run, name, args, wait_ms}`: run the callback (in at most
-///   `wait_ms`), then `lua_inline_resume(run, answer)` with `{:ok, value}`,
+/// * `{:callback, index, args, wait_ms}`: run callback number `index`
+///   (0-based, in the order of `callbacks`) in at most `wait_ms`, then
+///   `lua_inline_resume(run, answer)` with `{:ok, value}`,
 ///   `{:error, message}` or `:timeout`;
-/// * `{:yielded, run}`: the slice is used up; `lua_inline_resume(run, :go)`;
+/// * `:yielded`: the slice is used up; `lua_inline_resume(run, :go)`;
 /// * `{:ok, {value, output, stats}}` or `{:error, {kind, message, details}}`
 ///   as a threaded run replies;
 /// * `:abandon`: run the script on the threaded path (`lua_eval/4`) instead,
@@ -391,14 +394,15 @@ fn lua_inline_start<'a>(
         Some(Err(failure)) => (atoms::error(), Error::Lua(Box::new(failure))).encode(env),
         Some(Ok(run)) => {
             let run = ResourceArc::new(LuaInline(Mutex::new(Some(run))));
-            inline_step(env, &run, Input::Go, started)
+            let step = inline_step(env, &run, Input::Go, started);
+            (atoms::run(), run, step).encode(env)
         }
     }
 }
 
 /// Runs the next slice of an inline run; `answer` is `:go` after
-/// `{:yielded, run}`, or the callback's answer after `{:callback, ...}`.
-/// Returns what `lua_inline_start/3` returns. A callback answer of more
+/// `:yielded`, or the callback's answer after `{:callback, ...}`.
+/// Returns the next step (see `lua_inline_start/3`). A callback answer of more
 /// than 1,000 elements abandons the run (converting it could hold the
 /// scheduler too long).
 #[rustler::nif]
@@ -444,20 +448,19 @@ fn inline_step<'a>(
     let Some(inline) = guard.as_mut() else {
         return atoms::abandon().encode(env);
     };
-    let step = inline.step(input);
+    let step = inline.step_at(input, started);
     // A slice is a share of the process's time slice (about 1 ms).
     let percent = (started.elapsed().as_micros() / 10).clamp(1, 100) as i32;
     rustler::schedule::consume_timeslice(env, percent);
     match step {
-        Step::Callback { name, args, wait } => (
+        Step::Callback { index, args, wait } => (
             atoms::callback(),
-            run.clone(),
-            name,
+            index,
             Json(Value::Array(args)),
             wait.as_millis() as u64,
         )
             .encode(env),
-        Step::Continue => (atoms::yielded(), run.clone()).encode(env),
+        Step::Continue => atoms::yielded().encode(env),
         Step::Done(result) => {
             *guard = None;
             match *result {

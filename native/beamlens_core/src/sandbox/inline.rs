@@ -6,8 +6,9 @@
 //! slice and says what happened ([`Step`]):
 //!
 //! * the script called a callback: the callback wrapper yielded the
-//!   thread, and the caller runs the callback and resumes the run with its
-//!   answer ([`Input::Answer`]);
+//!   thread with the callback's number and arguments (no Rust function
+//!   runs for the call itself), and the caller runs the callback and
+//!   resumes the run with its answer ([`Input::Answer`]);
 //! * the slice ([`SLICE`] of interpreter time) is used up: the interrupt
 //!   yielded at a yieldable point, and the caller resumes it when it likes
 //!   ([`Input::Go`]);
@@ -87,10 +88,11 @@ pub enum Input {
 /// What a slice ended with.
 #[derive(Debug)]
 pub enum Step {
-    /// The script called callback `name`: run it, then resume the run with
-    /// [`Input::Answer`] within `wait`.
+    /// The script called callback number `index` (its place in the
+    /// callback list the run was started with): run it, then resume the
+    /// run with [`Input::Answer`] within `wait`.
     Callback {
-        name: String,
+        index: usize,
         args: Vec<Value>,
         wait: Duration,
     },
@@ -106,8 +108,8 @@ pub enum Step {
 pub(super) struct Ctl {
     /// When the current slice started, in ns after the run started.
     slice_started: AtomicU64,
-    /// The callback request the wrapper is about to yield for.
-    pending: Mutex<Option<(String, Vec<Value>)>>,
+    /// The callback request the dispatcher made the wrapper yield for.
+    pending: Mutex<Option<(usize, Vec<Value>)>>,
     /// The Luau thread the script runs in.
     thread: OnceLock<Thread>,
     /// Set when the interrupt yields the thread to end a slice.
@@ -142,16 +144,31 @@ impl Ctl {
         self.thread.get() == Some(thread)
     }
 
-    pub(super) fn set_pending(&self, name: String, args: Vec<Value>) {
-        *lock(&self.pending) = Some((name, args));
+    pub(super) fn set_pending(&self, index: usize, args: Vec<Value>) {
+        *lock(&self.pending) = Some((index, args));
     }
+}
+
+/// The callback number a wrapper passes (a Lua number).
+pub(super) fn callback_index(value: &LuaValue) -> Option<usize> {
+    match value {
+        LuaValue::Integer(index) => usize::try_from(*index).ok(),
+        LuaValue::Number(index) if index.fract() == 0.0 && *index >= 0.0 => Some(*index as usize),
+        _ => None,
+    }
+}
+
+fn is_pending_marker(value: Option<&LuaValue>) -> bool {
+    matches!(value, Some(LuaValue::LightUserData(data)) if data.0 == pending_marker_pointer())
+}
+
+fn pending_marker_pointer() -> *mut std::ffi::c_void {
+    &PENDING_ANCHOR as *const u8 as *mut std::ffi::c_void
 }
 
 /// The value the callback dispatcher returns to make its wrapper yield.
 pub(super) fn pending_marker() -> LuaValue {
-    LuaValue::LightUserData(mlua::LightUserData(
-        &PENDING_ANCHOR as *const u8 as *mut std::ffi::c_void,
-    ))
+    LuaValue::LightUserData(mlua::LightUserData(pending_marker_pointer()))
 }
 
 static PENDING_ANCHOR: u8 = 0;
@@ -179,8 +196,10 @@ pub struct InlineRun {
     /// `None` once the run is over.
     live: Option<Live>,
     shared: Arc<Shared>,
+    /// The run's callback names, by number.
+    names: Vec<String>,
     /// The callback the run waits for, and how long it may take.
-    waiting: Option<(String, Duration)>,
+    waiting: Option<(usize, Duration)>,
     _slot: Slot,
 }
 
@@ -246,11 +265,11 @@ impl InlineRun {
             }),
         });
         let started = checkout().and_then(|prepared| {
-            let hot = begin(&prepared, &shared, callbacks)?;
+            let thread = prepared.lua.create_thread(prepared.trampoline.clone())?;
+            let hot = begin(&prepared, &shared, callbacks, Some(&thread))?;
             let _entered = hot.enter();
             let lua = &prepared.lua;
             let prepare = || -> mlua::Result<(Thread, Function)> {
-                let thread = lua.create_thread(prepared.trampoline.clone())?;
                 hot.set_yield_thread(lua, &thread)?;
                 let function = lua
                     .load(code)
@@ -282,6 +301,7 @@ impl InlineRun {
                 Ok(InlineRun {
                     live: Some(live),
                     shared,
+                    names: callbacks.to_vec(),
                     waiting: None,
                     _slot: slot,
                 })
@@ -302,6 +322,13 @@ impl InlineRun {
     /// Runs one slice. After [`Step::Done`] or [`Step::Abandon`] the run is
     /// over and further steps answer [`Step::Abandon`].
     pub fn step(&mut self, input: Input) -> Step {
+        self.step_at(input, Instant::now())
+    }
+
+    /// [`InlineRun::step`] for a caller that read the clock just before
+    /// (`now`): the slice is timed from there, and a callback call it
+    /// ends with is charged and given its wait at that time.
+    pub fn step_at(&mut self, input: Input, now: Instant) -> Step {
         let Some(live) = self.live.as_mut() else {
             return Step::Abandon;
         };
@@ -309,21 +336,20 @@ impl InlineRun {
         let ctl = shared.inline.as_ref().expect("inline run");
         let entered = live.hot.enter();
         ctl.slice_started.store(
-            shared.budget.started.elapsed().as_nanos() as u64,
+            now.saturating_duration_since(shared.budget.started)
+                .as_nanos() as u64,
             Ordering::Relaxed,
         );
         let lua = &live.prepared.lua;
-        let resumed = match input {
+        let mut resumed = match input {
             Input::Go => match live.function.take() {
                 Some(function) => live.thread.resume::<MultiValue>(function),
                 None => live.thread.resume::<MultiValue>(()),
             },
             Input::Answer(answer) => {
-                let (name, wait) = self
-                    .waiting
-                    .take()
-                    .unwrap_or_else(|| (String::new(), Duration::ZERO));
-                match answer_callback(lua, shared, &name, wait, answer) {
+                let (index, wait) = self.waiting.take().unwrap_or((usize::MAX, Duration::ZERO));
+                let name = self.names.get(index).map_or("", String::as_str);
+                match answer_callback(lua, shared, name, wait, answer) {
                     Ok(Called::Value(value)) => live.thread.resume((true, value)),
                     Ok(Called::Failed(failure)) => {
                         let message = failure.message.clone();
@@ -342,30 +368,49 @@ impl InlineRun {
                 }
             }
         };
-        let yielded = resumed.is_ok() && live.thread.status() == ThreadStatus::Resumable;
-        if yielded {
+        // A callback request (it starts with the marker) is always a yield;
+        // anything else asks the thread.
+        let yielded = |resumed: &mlua::Result<MultiValue>| match resumed {
+            Ok(values) if is_pending_marker(values.front()) => true,
+            Ok(_) => live.thread.status() == ThreadStatus::Resumable,
+            Err(_) => false,
+        };
+        while yielded(&resumed) {
             if shared.budget.tripped() == Some(ErrorKind::Abandoned) {
                 drop(entered);
                 self.abandon();
                 return Step::Abandon;
             }
-            let pending = lock(&ctl.pending).take();
             let slice_over = ctl.slice_yield.swap(false, Ordering::Relaxed);
-            if pending.is_none() && !slice_over {
-                // The script yielded the run's thread itself (a
-                // `coroutine.yield` outside any coroutine of its own): the
-                // threaded path reports that error.
-                drop(entered);
-                self.abandon();
-                return Step::Abandon;
-            }
-            return match pending {
-                Some((name, args)) => {
-                    let wait = shared.budget.callback_wait();
-                    self.waiting = Some((name.clone(), wait));
-                    Step::Callback { name, args, wait }
+            let request = match &resumed {
+                Ok(values) if is_pending_marker(values.front()) => {
+                    match take_request(shared, &self.names, values, now) {
+                        Some(request) => Some(request),
+                        None => {
+                            // The wrapper goes the general way, which
+                            // reports what is wrong with the call.
+                            resumed = live.thread.resume(pending_marker());
+                            continue;
+                        }
+                    }
                 }
-                None => Step::Continue,
+                _ => lock(&ctl.pending).take(),
+            };
+            return match request {
+                Some((index, args)) => {
+                    let wait = shared.budget.callback_wait_at(now);
+                    self.waiting = Some((index, wait));
+                    Step::Callback { index, args, wait }
+                }
+                None if slice_over => Step::Continue,
+                None => {
+                    // The script yielded the run's thread itself (a
+                    // `coroutine.yield` outside any coroutine of its own):
+                    // the threaded path reports that error.
+                    drop(entered);
+                    self.abandon();
+                    Step::Abandon
+                }
             };
         }
         let result = match resumed {
@@ -404,6 +449,28 @@ impl InlineRun {
             live.hot.clear_thread();
         }
     }
+}
+
+/// A callback request yielded by a wrapper (`pending, index, args...`),
+/// taken as the dispatcher would take it: its arguments bounded in total
+/// by `max_output`, and the call charged to the budget. `None` when it
+/// cannot be taken as it is; the dispatcher then reports why.
+fn take_request(
+    shared: &Shared,
+    names: &[String],
+    values: &MultiValue,
+    now: Instant,
+) -> Option<(usize, Vec<Value>)> {
+    let index = values.get(1).and_then(callback_index)?;
+    if index >= names.len() {
+        return None;
+    }
+    let args = match value::to_json_array(values.iter().skip(2), shared.budget.limits.max_output) {
+        Ok(Value::Array(items)) => items,
+        _ => return None,
+    };
+    shared.budget.charge_callback_at(now).ok()?;
+    Some((index, args))
 }
 
 fn failure_result(failure: Failure) -> Result<Outcome, Failure> {

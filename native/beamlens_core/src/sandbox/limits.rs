@@ -128,13 +128,19 @@ impl Budget {
 
     /// Checks the wall clock, the cancel flag and any limit already broken.
     pub fn check(&self) -> Result<(), ErrorKind> {
+        self.check_at(Instant::now())
+    }
+
+    /// [`Budget::check`] at `now`, for a caller that has just read the
+    /// clock.
+    pub fn check_at(&self, now: Instant) -> Result<(), ErrorKind> {
         if let Some(kind) = self.tripped() {
             return Err(kind);
         }
         if self.cancel.load(Ordering::Relaxed) {
             return Err(self.trip(ErrorKind::Cancelled));
         }
-        if Instant::now() >= self.deadline {
+        if now >= self.deadline {
             return Err(self.trip(ErrorKind::Timeout));
         }
         Ok(())
@@ -142,7 +148,12 @@ impl Budget {
 
     /// Counts one callback call, failing once `max_callbacks` are used up.
     pub fn charge_callback(&self) -> Result<(), ErrorKind> {
-        self.check()?;
+        self.charge_callback_at(Instant::now())
+    }
+
+    /// [`Budget::charge_callback`] at `now`.
+    pub fn charge_callback_at(&self, now: Instant) -> Result<(), ErrorKind> {
+        self.check_at(now)?;
         let calls = self.callbacks.fetch_add(1, Ordering::Relaxed) + 1;
         if calls > self.limits.max_callbacks {
             return Err(self.trip(ErrorKind::CallbackLimit));
@@ -167,9 +178,14 @@ impl Budget {
     /// How long a callback may take: its own timeout, cut short by the
     /// run's deadline.
     pub fn callback_wait(&self) -> Duration {
+        self.callback_wait_at(Instant::now())
+    }
+
+    /// [`Budget::callback_wait`] at `now`.
+    pub fn callback_wait_at(&self, now: Instant) -> Duration {
         self.limits
             .callback_timeout
-            .min(self.deadline.saturating_duration_since(Instant::now()))
+            .min(self.deadline.saturating_duration_since(now))
     }
 
     pub fn steps(&self) -> u64 {

@@ -316,7 +316,7 @@ pub fn run(
     });
 
     let _clear = ClearInterruptOnDrop;
-    let prepared = match checkout().and_then(|p| begin(&p, &shared, callbacks).map(|_| p)) {
+    let prepared = match checkout().and_then(|p| begin(&p, &shared, callbacks, None).map(|_| p)) {
         Ok(prepared) => prepared,
         Err(error) => return Err(failure(&shared, None, classify(&shared, &error))),
     };
@@ -590,8 +590,14 @@ fn build() -> mlua::Result<Prepared> {
                 ))
             }
         };
+        let index = args.pop_front().as_ref().and_then(inline::callback_index);
         let yieldable = matches!(args.pop_front(), Some(LuaValue::Boolean(true)));
-        match call_callback(lua, &shared, &name, yieldable, args)? {
+        let request = CallbackRequest {
+            name: &name,
+            index: index.unwrap_or(usize::MAX),
+            yieldable,
+        };
+        match call_callback(lua, &shared, request, args)? {
             Called::Value(value) => Ok((LuaValue::Boolean(true), value)),
             Called::Pending => Ok((inline::pending_marker(), LuaValue::Nil)),
             Called::Failed(failure) => {
@@ -614,6 +620,7 @@ fn build() -> mlua::Result<Prepared> {
             globals.raw_get::<Function>("error")?,
             coroutine.raw_get::<Function>("yield")?,
             coroutine.raw_get::<Function>("isyieldable")?,
+            coroutine.raw_get::<Function>("running")?,
             inline::pending_marker(),
         ))?;
 
@@ -643,11 +650,13 @@ fn build() -> mlua::Result<Prepared> {
 }
 
 /// Readies a state for one run: its own global table with the run's
-/// callbacks, memory limit, random seed and interrupt.
+/// callbacks, memory limit, random seed and interrupt. `thread` is the
+/// Luau thread an inline run's script runs in (its callbacks yield it).
 fn begin(
     prepared: &Prepared,
     shared: &Arc<Shared>,
     callbacks: &[String],
+    thread: Option<&mlua::Thread>,
 ) -> mlua::Result<interrupt::Handle> {
     check_callback_names(callbacks).map_err(mlua::Error::runtime)?;
     let lua = &prepared.lua;
@@ -660,8 +669,8 @@ fn begin(
 
     let env = lua.create_table()?;
     env.set_metatable(Some(prepared.env_meta.clone()))?;
-    for name in callbacks {
-        install_callback(lua, &env, prepared, name)?;
+    for (index, name) in callbacks.iter().enumerate() {
+        install_callback(lua, &env, prepared, (name, index), thread)?;
     }
     freeze_namespaces(&env, 0)?;
     set_globals(lua, env)?;
@@ -759,16 +768,31 @@ fn current_line(lua: &Lua, level: usize) -> Option<u32> {
 /// string pointing at the script line that made the call (`error(m, 2)`),
 /// without the Rust-side traceback a raised Rust error would carry.
 ///
-/// On the inline path the dispatcher answers `pending` instead of calling
-/// the host: the wrapper then yields the run's Luau thread, the calling
-/// process runs the callback, and the run is resumed with `ok, value`.
-/// `isyieldable()` tells the dispatcher whether that yield is possible
-/// here (not inside a metamethod, a `table.sort` comparator, ...).
+/// On the inline path (`thread` is the run's Luau thread) the wrapper
+/// yields that thread straight away with `pending, index, ...` when it
+/// can (it runs in that thread, not inside a metamethod, a `table.sort`
+/// comparator or a coroutine of the script's own): the calling process
+/// runs the callback and resumes the run with `ok, value`, and no Rust
+/// function runs in between. When the run cannot take the request as it
+/// is (its arguments are too large, a limit is broken) it resumes the
+/// wrapper with `pending`, and the wrapper goes the general way: the
+/// dispatcher, which reports the failure as on the threaded path. Where
+/// the wrapper cannot yield, the dispatcher abandons the inline run.
 const CALLBACK_WRAPPER: &str = r#"
-local raw, error, yield, isyieldable, pending = ...
-return function(name)
+local raw, error, yield, isyieldable, running, pending = ...
+return function(name, index, thread)
     return function(...)
-        local ok, value = raw(name, isyieldable(), ...)
+        local ok, value
+        if thread ~= nil and running() == thread and isyieldable() then
+            ok, value = yield(pending, index, ...)
+            if ok ~= pending then
+                if ok then
+                    return value
+                end
+                error(value, 2)
+            end
+        end
+        ok, value = raw(name, index, isyieldable(), ...)
         if ok == pending then
             ok, value = yield()
         end
@@ -780,9 +804,15 @@ return function(name)
 end
 "#;
 
-/// Installs `name` ("a.b.c") in the run's global table `env` as a Lua
-/// function that forwards to the host.
-fn install_callback(lua: &Lua, env: &Table, prepared: &Prepared, name: &str) -> mlua::Result<()> {
+/// Installs `name` ("a.b.c", the run's callback number `index`) in the
+/// run's global table `env` as a Lua function that forwards to the host.
+fn install_callback(
+    lua: &Lua,
+    env: &Table,
+    prepared: &Prepared,
+    (name, index): (&str, usize),
+    thread: Option<&mlua::Thread>,
+) -> mlua::Result<()> {
     let parts: Vec<&str> = name.split('.').collect();
     let (last, namespaces) = parts.split_last().expect("split yields at least one part");
     let mut table = env.clone();
@@ -796,7 +826,7 @@ fn install_callback(lua: &Lua, env: &Table, prepared: &Prepared, name: &str) -> 
             }
         };
     }
-    let wrapped: Function = prepared.make_callback.call(name)?;
+    let wrapped: Function = prepared.make_callback.call((name, index, thread))?;
     table.raw_set(*last, wrapped)
 }
 
@@ -823,13 +853,24 @@ enum Called {
     Pending,
 }
 
+/// A callback call as the dispatcher gets it.
+struct CallbackRequest<'a> {
+    name: &'a str,
+    /// Its place in the run's callback list.
+    index: usize,
+    /// Whether the wrapper that called may yield (inline path).
+    yieldable: bool,
+}
+
 /// Calls a callback. `Err` is a broken limit (raised, sticky).
-/// `yieldable`: whether the wrapper that called may yield (inline path).
 fn call_callback(
     lua: &Lua,
     shared: &Shared,
-    name: &str,
-    yieldable: bool,
+    CallbackRequest {
+        name,
+        index,
+        yieldable,
+    }: CallbackRequest,
     args: MultiValue,
 ) -> mlua::Result<Called> {
     let budget = &shared.budget;
@@ -868,7 +909,7 @@ fn call_callback(
         if !(yieldable && ctl.is_run_thread(&lua.current_thread())) {
             return limit(budget.trip(ErrorKind::Abandoned));
         }
-        ctl.set_pending(name.to_string(), json_args);
+        ctl.set_pending(index, json_args);
         return Ok(Called::Pending);
     }
     let wait = budget.callback_wait();

@@ -221,11 +221,16 @@ fn inline_results_match_threaded_ones() {
         "while true do end",
         "local t = {} for i = 1, 1e7 do t[i] = i end",
         "for i = 1, 10 do cb.value(i) end return 1",
+        // Arguments over `max_output` in total: the wrapper's direct yield
+        // gives way to the dispatcher, which reports them.
+        "return {pcall(cb.value, string.rep('x', 300), string.rep('y', 300))}",
+        "local ok, e = pcall(cb.value, 1, 2, 3) return {ok, e, cb.value('after')}",
     ];
     let limits = Limits {
         max_callbacks: 5,
         max_instructions: 1_000_000,
         max_memory: 1024 * 1024,
+        max_output: 512,
         ..Limits::default()
     };
     for code in cases {
