@@ -4,7 +4,8 @@
 # fresh `:luerl.init()`, BeamLens from a sealed Luau state of its pool with
 # a fresh global table (as every `Beamlens.Lua.eval/3` does); BeamLens's
 # figure is the full `Beamlens.Lua.eval/3` call: the script runs in the
-# caller in slices (the inline path), callbacks in an Elixir helper process.
+# caller in slices (the inline path) and, from its first callback call on,
+# in a worker process of the run that also runs the callbacks.
 #
 # Run with `bench/run` (installs Debian's erlang-luerl, builds the NIF in
 # release mode). Timings are medians of several rounds measured in this

@@ -181,7 +181,7 @@ defmodule Beamlens.Lua.Inline do
   end
 
   # Milliseconds since the hand-over, plus one: always above @idle.
-  defp now(%{origin: origin}), do: System.monotonic_time(:millisecond) - origin + 1
+  defp now(%{origin: origin}), do: :erlang.monotonic_time(:millisecond) - origin + 1
 
   # In the worker: runs a callback, then the run's next steps.
   defp call({index, args, wait_ms}, %{cell: cell, run: run} = worker) do
