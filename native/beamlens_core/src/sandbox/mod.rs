@@ -782,19 +782,15 @@ const CALLBACK_WRAPPER: &str = r#"
 local raw, error, yield, isyieldable, running, pending = ...
 return function(name, index, thread)
     return function(...)
-        local ok, value
+        local ok, value = pending, nil
         if thread ~= nil and running() == thread and isyieldable() then
             ok, value = yield(pending, index, ...)
-            if ok ~= pending then
-                if ok then
-                    return value
-                end
-                error(value, 2)
-            end
         end
-        ok, value = raw(name, index, isyieldable(), ...)
         if ok == pending then
-            ok, value = yield()
+            ok, value = raw(name, index, isyieldable(), ...)
+            if ok == pending then
+                ok, value = yield()
+            end
         end
         if ok then
             return value
