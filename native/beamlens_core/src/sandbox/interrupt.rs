@@ -16,17 +16,22 @@
 //! due at once when either is set. A pattern-matching step can scan a whole
 //! string, so counting steps alone could let a deadline pass by seconds.
 //!
-//! The counter and the flags live in one per-run [`Hot`] block. The handler
-//! finds it through the Lua thread's data pointer (`lua_getthreaddata`, a
-//! plain field read), which a thread-local in a dynamically loaded library
-//! would make a `__tls_get_addr` call at every loop iteration; coroutines,
-//! whose data pointer is empty, find it through a thread-local (a run owns
-//! its OS thread from start to end). [`install`] sets both at the start of
-//! each run and [`clear`] unsets them at its end.
+//! The counter and the flags live in one per-run [`Hot`] block. Each run
+//! takes one of [`SLOTS`] static slots, and its state gets that slot's own
+//! handler (one function per slot), which finds the block with a single
+//! load, in every thread of the state (coroutines included): no call and
+//! no thread-local at every loop iteration, which made the check cost
+//! about a third of a tight loop. The slot is freed with the block, after
+//! its handler has left the state. Should every slot be taken, the run
+//! gets the shared handler, which finds the block through the Lua thread's
+//! data pointer (`lua_getthreaddata`) and, in coroutines (whose data
+//! pointer is empty), through a thread-local (a run owns its OS thread for
+//! each slice). [`install`] sets both at the start of each run and
+//! [`clear`] unsets them at its end.
 
 use std::cell::Cell;
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mlua::{ffi, Lua, VmState};
@@ -61,6 +66,52 @@ struct Hot {
     /// `yield_thread`, at a point where Luau can yield (not inside a C
     /// function, a metamethod or a script's own coroutine).
     may_yield: AtomicBool,
+    /// The slot this block holds ([`NO_SLOT`] when every slot was taken).
+    slot: AtomicUsize,
+}
+
+impl Drop for Hot {
+    fn drop(&mut self) {
+        let slot = *self.slot.get_mut();
+        if slot != NO_SLOT {
+            SLOT_HOT[slot].store(std::ptr::null_mut(), Ordering::Release);
+        }
+    }
+}
+
+/// Runs that can have a slot at once: more than the inline and threaded
+/// runs that may be in flight together (64 + 8).
+pub const SLOTS: usize = 80;
+
+const NO_SLOT: usize = usize::MAX;
+
+/// The block of the run that holds each slot (null when free).
+static SLOT_HOT: [AtomicPtr<Hot>; SLOTS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
+
+macro_rules! slot_handlers {
+    ($($slot:literal)*) => { [$(slot_interrupt::<$slot> as InterruptFn),*] };
+}
+
+/// The handler of each slot.
+static SLOT_HANDLERS: [InterruptFn; SLOTS] = slot_handlers!(
+    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19
+    20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39
+    40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59
+    60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79
+);
+
+/// Takes a free slot for `hot`, if any.
+fn take_slot(hot: *mut Hot) -> Option<usize> {
+    (0..SLOTS).find(|&slot| {
+        SLOT_HOT[slot]
+            .compare_exchange(
+                std::ptr::null_mut(),
+                hot,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    })
 }
 
 thread_local! {
@@ -102,8 +153,16 @@ where
         flags: flags.0,
         yield_thread: AtomicPtr::new(std::ptr::null_mut()),
         may_yield: AtomicBool::new(false),
+        slot: AtomicUsize::new(NO_SLOT),
     });
     let pointer = Arc::as_ptr(&hot);
+    let slot = take_slot(pointer as *mut Hot);
+    if let Some(slot) = slot {
+        hot.slot.store(slot, Ordering::Relaxed);
+    }
+    let handler = slot.map_or(counting_interrupt as InterruptFn, |slot| {
+        SLOT_HANDLERS[slot]
+    });
     let handler_hot = Arc::clone(&hot);
     lua.set_interrupt(move |lua| {
         let hot = &*handler_hot;
@@ -118,11 +177,13 @@ where
     // SAFETY: `set_interrupt` put mlua's handler (the same function as read
     // above) in the slot again; it is replaced by the counting handler,
     // which calls it. The block stays alive as long as the closure (held
-    // by the state) and is unset by `clear` before the closure is removed.
+    // by the state) and is unset by `clear` before the closure is removed;
+    // its slot is freed when it goes, after `remove_interrupt` or the next
+    // `set_interrupt` has taken the slot's handler out of the state.
     unsafe {
         lua.exec_raw::<()>((), |state| {
             ffi::lua_setthreaddata(state, pointer as *mut std::ffi::c_void);
-            (*ffi::lua_callbacks(state)).interrupt = Some(counting_interrupt);
+            (*ffi::lua_callbacks(state)).interrupt = Some(handler);
         })?;
     }
     Ok(Handle(hot))
@@ -214,8 +275,25 @@ pub fn uncounted_steps() -> u64 {
     unsafe { current.as_ref() }.map_or(0, Hot::steps)
 }
 
-unsafe extern "C-unwind" fn counting_interrupt(state: *mut ffi::lua_State, gc: c_int) {
+/// The handler of slot `SLOT`.
+unsafe extern "C-unwind" fn slot_interrupt<const SLOT: usize>(
+    state: *mut ffi::lua_State,
+    gc: c_int,
+) {
     // GC steps call the interrupt too; like mlua, ignore them.
+    if gc >= 0 {
+        return;
+    }
+    // SAFETY: this handler is in a state only while the run holding the
+    // slot has its block alive (see `install`).
+    if let Some(hot) = unsafe { SLOT_HOT[SLOT].load(Ordering::Acquire).as_ref() } {
+        // SAFETY: as for `count`.
+        unsafe { count(hot, state, gc) }
+    }
+}
+
+/// The handler of a run without a slot.
+unsafe extern "C-unwind" fn counting_interrupt(state: *mut ffi::lua_State, gc: c_int) {
     if gc >= 0 {
         return;
     }
@@ -226,13 +304,24 @@ unsafe extern "C-unwind" fn counting_interrupt(state: *mut ffi::lua_State, gc: c
     if hot.is_null() {
         hot = CURRENT.with(Cell::get);
     }
-    let Some(hot) = (unsafe { hot.as_ref() }) else {
-        return;
-    };
+    if let Some(hot) = unsafe { hot.as_ref() } {
+        // SAFETY: as for `count`.
+        unsafe { count(hot, state, gc) }
+    }
+}
+
+/// Counts one step of `hot`'s run, in `state`; runs the budget check
+/// (mlua's handler) when it is due.
+///
+/// # Safety
+///
+/// `state` is the running Luau thread and `hot` the block of its run.
+#[inline(always)]
+unsafe fn count(hot: &Hot, state: *mut ffi::lua_State, gc: c_int) {
     let left = hot.countdown.load(Ordering::Relaxed).saturating_sub(1);
     hot.countdown.store(left, Ordering::Relaxed);
     let due = left == 0
-        || (left % FLAG_EVERY == 0 && hot.flags.iter().any(|f| f.load(Ordering::Relaxed)));
+        || (left.is_multiple_of(FLAG_EVERY) && hot.flags.iter().any(|f| f.load(Ordering::Relaxed)));
     if !due {
         return;
     }
