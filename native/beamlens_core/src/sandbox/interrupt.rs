@@ -338,3 +338,28 @@ unsafe fn count(hot: &Hot, state: *mut ffi::lua_State, gc: c_int) {
         unsafe { handler(state, gc) }
     }
 }
+
+/// Slots held by runs (or by [`hold_free_slots`]) at this moment.
+#[cfg(test)]
+pub fn slots_in_use() -> usize {
+    SLOT_HOT
+        .iter()
+        .filter(|slot| !slot.load(Ordering::Acquire).is_null())
+        .count()
+}
+
+/// Takes every free slot, so that the runs started until
+/// [`release_slots`] get the shared handler. The slots hold a dangling
+/// marker: no state gets their handlers while they are held.
+#[cfg(test)]
+pub fn hold_free_slots() -> Vec<usize> {
+    let marker = std::ptr::NonNull::<Hot>::dangling().as_ptr();
+    std::iter::from_fn(|| take_slot(marker)).collect()
+}
+
+#[cfg(test)]
+pub fn release_slots(slots: Vec<usize>) {
+    for slot in slots {
+        SLOT_HOT[slot].store(std::ptr::null_mut(), Ordering::Release);
+    }
+}

@@ -187,6 +187,52 @@ fn endless_loops_hit_the_instruction_limit() {
 }
 
 #[test]
+fn runs_give_their_interrupt_slot_back() {
+    // More runs than there are slots, one after the other, some of which
+    // break a limit: a slot kept by any of them would run the slots out.
+    for i in 0..2 * interrupt::SLOTS {
+        if i % 2 == 0 {
+            assert_eq!(
+                value("local n = 0 for i = 1, 10 do n = n + i end return n"),
+                55
+            );
+        } else {
+            fails("while true do end", small(), ErrorKind::InstructionLimit);
+        }
+    }
+    // Other tests running at the same time hold a few.
+    assert!(interrupt::slots_in_use() < interrupt::SLOTS / 2);
+}
+
+#[test]
+fn runs_without_a_slot_are_counted_the_same() {
+    let held = interrupt::hold_free_slots();
+    let loop_failure = eval_with(
+        "local n = 0\nwhile true do n = n + 1 end",
+        small(),
+        TestHost::default(),
+    );
+    let coroutine_failure = eval_with(
+        "local co = coroutine.wrap(function() while true do end end)\nco()",
+        small(),
+        TestHost::default(),
+    );
+    let sum = eval("local s = 0 for i = 1, 1000 do s = s + i end return s");
+    interrupt::release_slots(held);
+    let failure = loop_failure.unwrap_err();
+    assert_eq!(
+        (failure.kind, failure.line),
+        (ErrorKind::InstructionLimit, Some(2))
+    );
+    assert_eq!(failure.stats.instructions, small().max_instructions);
+    assert_eq!(
+        coroutine_failure.unwrap_err().kind,
+        ErrorKind::InstructionLimit
+    );
+    assert_eq!(sum.unwrap().value, json!(500500));
+}
+
+#[test]
 fn endless_loops_hit_the_wall_clock() {
     let limits = Limits {
         timeout: Duration::from_millis(50),

@@ -266,6 +266,25 @@ impl Host for EchoHost {
 }
 
 #[test]
+fn inline_runs_give_their_interrupt_slot_back() {
+    let limits = Limits {
+        max_instructions: 10_000,
+        ..Limits::default()
+    };
+    let scripts = [
+        // Finished, broke a limit, abandoned to the threaded path.
+        "return cb.value(1)",
+        "while true do end",
+        "local t = setmetatable({}, {__index = function() while true do end end}) return t.x",
+    ];
+    for i in 0..2 * interrupt::SLOTS {
+        drive(scripts[i % scripts.len()], limits);
+    }
+    // Other tests running at the same time hold a few.
+    assert!(interrupt::slots_in_use() < interrupt::SLOTS / 2);
+}
+
+#[test]
 fn library_errors_point_at_the_script_line() {
     let driven = drive("local x = 1\nreturn string.rep()", Limits::default());
     let failure = driven.result.unwrap_err();
