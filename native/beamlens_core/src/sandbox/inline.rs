@@ -265,11 +265,11 @@ impl InlineRun {
             }),
         });
         let started = checkout().and_then(|prepared| {
-            let thread = prepared.lua.create_thread(prepared.trampoline.clone())?;
-            let hot = begin(&prepared, &shared, callbacks, Some(&thread))?;
+            let hot = begin(&prepared, &shared, callbacks, true)?;
             let _entered = hot.enter();
             let lua = &prepared.lua;
             let prepare = || -> mlua::Result<(Thread, Function)> {
+                let thread = lua.create_thread(prepared.trampoline.clone())?;
                 hot.set_yield_thread(lua, &thread)?;
                 let function = lua
                     .load(code)

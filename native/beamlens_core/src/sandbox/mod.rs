@@ -316,7 +316,7 @@ pub fn run(
     });
 
     let _clear = ClearInterruptOnDrop;
-    let prepared = match checkout().and_then(|p| begin(&p, &shared, callbacks, None).map(|_| p)) {
+    let prepared = match checkout().and_then(|p| begin(&p, &shared, callbacks, false).map(|_| p)) {
         Ok(prepared) => prepared,
         Err(error) => return Err(failure(&shared, None, classify(&shared, &error))),
     };
@@ -620,7 +620,8 @@ fn build() -> mlua::Result<Prepared> {
             globals.raw_get::<Function>("error")?,
             coroutine.raw_get::<Function>("yield")?,
             coroutine.raw_get::<Function>("isyieldable")?,
-            coroutine.raw_get::<Function>("running")?,
+            // SAFETY: a C function that only reads its state (see there).
+            unsafe { lua.create_c_function(interrupt::yield_call)? },
             inline::pending_marker(),
         ))?;
 
@@ -650,13 +651,13 @@ fn build() -> mlua::Result<Prepared> {
 }
 
 /// Readies a state for one run: its own global table with the run's
-/// callbacks, memory limit, random seed and interrupt. `thread` is the
-/// Luau thread an inline run's script runs in (its callbacks yield it).
+/// callbacks, memory limit, random seed and interrupt. `inline`: the run
+/// is on the inline path (its callbacks yield the run's Luau thread).
 fn begin(
     prepared: &Prepared,
     shared: &Arc<Shared>,
     callbacks: &[String],
-    thread: Option<&mlua::Thread>,
+    inline: bool,
 ) -> mlua::Result<interrupt::Handle> {
     check_callback_names(callbacks).map_err(mlua::Error::runtime)?;
     let lua = &prepared.lua;
@@ -670,7 +671,7 @@ fn begin(
     let env = lua.create_table()?;
     env.set_metatable(Some(prepared.env_meta.clone()))?;
     for (index, name) in callbacks.iter().enumerate() {
-        install_callback(lua, &env, prepared, (name, index), thread)?;
+        install_callback(lua, &env, prepared, (name, index), inline)?;
     }
     freeze_namespaces(&env, 0)?;
     set_globals(lua, env)?;
@@ -768,10 +769,10 @@ fn current_line(lua: &Lua, level: usize) -> Option<u32> {
 /// string pointing at the script line that made the call (`error(m, 2)`),
 /// without the Rust-side traceback a raised Rust error would carry.
 ///
-/// On the inline path (`thread` is the run's Luau thread) the wrapper
-/// yields that thread straight away with `pending, index, ...` when it
-/// can (it runs in that thread, not inside a metamethod, a `table.sort`
-/// comparator or a coroutine of the script's own): the calling process
+/// On the inline path the wrapper yields the run's Luau thread straight
+/// away with `pending, index, ...` when it can (`yield_call`: it runs in
+/// that thread, not inside a metamethod, a `table.sort` comparator or a
+/// coroutine of the script's own): the calling process
 /// runs the callback and resumes the run with `ok, value`, and no Rust
 /// function runs in between. When the run cannot take the request as it
 /// is (its arguments are too large, a limit is broken) it resumes the
@@ -779,12 +780,16 @@ fn current_line(lua: &Lua, level: usize) -> Option<u32> {
 /// dispatcher, which reports the failure as on the threaded path. Where
 /// the wrapper cannot yield, the dispatcher abandons the inline run.
 const CALLBACK_WRAPPER: &str = r#"
-local raw, error, yield, isyieldable, running, pending = ...
-return function(name, index, thread)
+local raw, error, yield, isyieldable, yield_call, pending = ...
+return function(name, index, inline)
     return function(...)
         local ok, value = pending, nil
-        if thread ~= nil and running() == thread and isyieldable() then
-            ok, value = yield(pending, index, ...)
+        if inline then
+            ok, value = yield_call(pending, index, ...)
+            if ok == nil then
+                -- It could not yield here.
+                ok = pending
+            end
         end
         if ok == pending then
             ok, value = raw(name, index, isyieldable(), ...)
@@ -807,7 +812,7 @@ fn install_callback(
     env: &Table,
     prepared: &Prepared,
     (name, index): (&str, usize),
-    thread: Option<&mlua::Thread>,
+    inline: bool,
 ) -> mlua::Result<()> {
     let parts: Vec<&str> = name.split('.').collect();
     let (last, namespaces) = parts.split_last().expect("split yields at least one part");
@@ -822,7 +827,7 @@ fn install_callback(
             }
         };
     }
-    let wrapped: Function = prepared.make_callback.call((name, index, thread))?;
+    let wrapped: Function = prepared.make_callback.call((name, index, inline))?;
     table.raw_set(*last, wrapped)
 }
 
