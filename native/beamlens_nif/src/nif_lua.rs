@@ -216,20 +216,24 @@ fn lua_callback_reply<'a>(
     result: Term<'a>,
 ) -> Term<'a> {
     let answer = match decode_reply(result) {
-        RunnerReply::Value(value) => {
-            let limits = TermLimits {
-                max_depth: sandbox::value::MAX_DEPTH,
-                max_nodes: SMALL_ANSWER_NODES,
-            };
-            match convert::term_to_json(value, "the callback's result", limits) {
-                Ok(json) => Answer::Json(json),
-                Err(_) => return atoms::too_large().encode(env),
-            }
-        }
+        RunnerReply::Value(value) => match small_answer(value) {
+            Some(json) => Answer::Json(json),
+            None => return atoms::too_large().encode(env),
+        },
         RunnerReply::Failed(message) => Answer::Failed(message),
         RunnerReply::TimedOut => Answer::TimedOut,
     };
     deliver(env, &reply, answer)
+}
+
+/// A callback's answer as JSON when it has at most [`SMALL_ANSWER_NODES`]
+/// elements (converting it on a normal scheduler is then bounded work).
+fn small_answer(value: Term) -> Option<Value> {
+    let limits = TermLimits {
+        max_depth: sandbox::value::MAX_DEPTH,
+        max_nodes: SMALL_ANSWER_NODES,
+    };
+    convert::term_to_json(value, "the callback's result", limits).ok()
 }
 
 /// Like `lua_callback_reply/2`, for answers of any size: the term is only
@@ -412,19 +416,13 @@ fn lua_inline_resume<'a>(env: Env<'a>, run: ResourceArc<LuaInline>, answer: Term
         Input::Go
     } else {
         Input::Answer(match decode_reply(answer) {
-            RunnerReply::Value(value) => {
-                let limits = TermLimits {
-                    max_depth: sandbox::value::MAX_DEPTH,
-                    max_nodes: SMALL_ANSWER_NODES,
-                };
-                match convert::term_to_json(value, "the callback's result", limits) {
-                    Ok(json) => Ok(json),
-                    Err(_) => {
-                        *lock_inline(&run) = None;
-                        return atoms::abandon().encode(env);
-                    }
+            RunnerReply::Value(value) => match small_answer(value) {
+                Some(json) => Ok(json),
+                None => {
+                    *lock_inline(&run) = None;
+                    return atoms::abandon().encode(env);
                 }
-            }
+            },
             RunnerReply::Failed(message) => Err(HostError::Failed(message)),
             RunnerReply::TimedOut => Err(HostError::TimedOut),
         })
