@@ -8,6 +8,8 @@ defmodule Beamlens.Investigation.LoopTest do
 
   alias Beamlens.TestDomain, as: Domain
 
+  import Beamlens.MachineHelpers
+
   @finding %{
     watcher: :tst,
     anomaly_type: "queue_growth",
@@ -57,21 +59,6 @@ defmodule Beamlens.Investigation.LoopTest do
       1_000
     )
   end
-
-  defp reply(calls, usage \\ %{input_tokens: 100, output_tokens: 20}) do
-    tool_calls =
-      calls
-      |> Enum.with_index()
-      |> Enum.map(fn {{name, args}, i} -> %ToolCall{id: "c#{i}", name: name, arguments: args} end)
-
-    {:ok, %Response{content: "", tool_calls: tool_calls, usage: usage}}
-  end
-
-  defp tool_results(effects),
-    do: for({:tool_result, call, text, error?} <- effects, do: {call.name, text, error?})
-
-  defp finish(effects),
-    do: Enum.find_value(effects, fn e -> match?({:finish, _}, e) && elem(e, 1) end)
 
   defp chat(effects),
     do: Enum.find_value(effects, fn e -> match?({:chat, _}, e) && elem(e, 1) end)

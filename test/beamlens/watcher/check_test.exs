@@ -3,10 +3,12 @@ defmodule Beamlens.Watcher.CheckTest do
   # effects out. No process, no provider, no clock.
   use ExUnit.Case, async: true
 
-  alias Beamlens.LLM.{Response, ToolCall}
+  alias Beamlens.LLM.Response
   alias Beamlens.Watcher.Check
 
   alias Beamlens.TestDomain, as: Domain
+
+  import Beamlens.MachineHelpers
 
   @config %{
     domain: Domain,
@@ -67,21 +69,6 @@ defmodule Beamlens.Watcher.CheckTest do
       env()
     )
   end
-
-  defp reply(calls, usage \\ %{input_tokens: 100, output_tokens: 20}) do
-    tool_calls =
-      calls
-      |> Enum.with_index()
-      |> Enum.map(fn {{name, args}, i} -> %ToolCall{id: "c#{i}", name: name, arguments: args} end)
-
-    {:ok, %Response{content: "", tool_calls: tool_calls, usage: usage}}
-  end
-
-  defp tool_results(effects),
-    do: for({:tool_result, call, text, error?} <- effects, do: {call.name, text, error?})
-
-  defp finish(effects),
-    do: Enum.find_value(effects, fn e -> match?({:finish, _}, e) && elem(e, 1) end)
 
   test "a heartbeat check asks the model, then ends when it calls done" do
     {check, effects} = start()
