@@ -47,15 +47,7 @@ defmodule Beamlens.InvestigationLLMTest do
     start_paused(instance, server)
     between_snapshots(instance, [:ets], fn -> grow_ets(:inv_llm_sessions, 300_000) end)
 
-    await_event(
-      instance,
-      :ets,
-      &match?(
-        {:telemetry, [:beamlens, :watcher, :state_changed], _, %{watcher: :ets, to: to}}
-        when to in [:warning, :critical],
-        &1
-      )
-    )
+    await_state(instance, :ets, [:warning, :critical])
 
     before = Usage.get(:investigation)
 

@@ -86,15 +86,7 @@ defmodule Beamlens.InvestigationTest do
     # machine, the gate's baseline would follow it.
     between_snapshots(instance, [:ets], fn -> grow_ets(:inv_sessions, 300_000) end)
 
-    await_event(
-      instance,
-      :ets,
-      &match?(
-        {:telemetry, [:beamlens, :watcher, :state_changed], _, %{watcher: :ets, to: to}}
-        when to in [:warning, :critical],
-        &1
-      )
-    )
+    await_state(instance, :ets, [:warning, :critical])
 
     assert {:ok, %Report{} = report} =
              Beamlens.investigate("why is memory growing?", instance: instance)

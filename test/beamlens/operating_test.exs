@@ -100,15 +100,7 @@ defmodule Beamlens.OperatingTest do
     between_snapshots(instance, [:ets], fn -> grow_ets(:op_paused_sessions, 300_000) end)
 
     # The gate still sees it: the state changes...
-    await_event(
-      instance,
-      :ets,
-      &match?(
-        {:telemetry, [:beamlens, :watcher, :state_changed], _, %{watcher: :ets, to: to}}
-        when to in [:warning, :critical],
-        &1
-      )
-    )
+    await_state(instance, :ets, [:warning, :critical])
 
     info =
       await_ticks(

@@ -156,6 +156,27 @@ defmodule Beamlens.WatcherCase do
   end
 
   @doc """
+  Receives `watcher`'s next state change into one of `states`, or flunks
+  once it has taken `ticks` more snapshots without one (see
+  `await_event/5`).
+  """
+  def await_state(instance, watcher, states, ticks \\ 40) do
+    await_event(
+      instance,
+      watcher,
+      fn
+        {:telemetry, [:beamlens, :watcher, :state_changed], _, %{watcher: ^watcher, to: to}} ->
+          to in states
+
+        _ ->
+          false
+      end,
+      ticks,
+      "a change to #{Enum.map_join(states, " or ", &inspect/1)}"
+    )
+  end
+
+  @doc """
   Receives the first message in the mailbox for which `match?` returns
   true, waiting until `watcher` has taken `ticks` more snapshots, then
   flunks naming `what`. Messages that do not match stay in the mailbox.
