@@ -4,7 +4,7 @@ defmodule Beamlens.LuaInlineTest do
   # tests watch node-wide scheduler events, so they are not async.
   use ExUnit.Case, async: false
 
-  alias Beamlens.{Lua, LuaError}
+  alias Beamlens.{Lua, LuaError, SchedulerMonitor}
 
   setup do
     handler = "lua-inline-test-#{inspect(self())}"
@@ -156,38 +156,29 @@ defmodule Beamlens.LuaInlineTest do
 
   defp monitored(code) do
     test = self()
-    previous = :erlang.system_monitor(self(), [{:long_schedule, 50}])
 
-    try do
-      {pid, monitor} =
-        spawn_monitor(fn ->
-          result =
-            Lua.eval(code, %{},
-              max_memory: 16 * 1024 * 1024,
-              max_instructions: 100_000_000,
-              timeout: 5_000
-            )
+    {{pid, result}, reports} =
+      SchedulerMonitor.long_schedules(
+        fn ->
+          {pid, monitor} =
+            spawn_monitor(fn ->
+              result =
+                Lua.eval(code, %{},
+                  max_memory: 16 * 1024 * 1024,
+                  max_instructions: 100_000_000,
+                  timeout: 5_000
+                )
 
-          send(test, {:result, self(), result})
-        end)
+              send(test, {:result, self(), result})
+            end)
 
-      result = receive do: ({:result, ^pid, result} -> result)
-      receive do: ({:DOWN, ^monitor, :process, ^pid, _} -> :ok)
-      {result, collect(pid, [])}
-    after
-      case previous do
-        {pid, options} -> :erlang.system_monitor(pid, options)
-        :undefined -> :erlang.system_monitor(:undefined)
-      end
-    end
-  end
+          result = receive do: ({:result, ^pid, result} -> result)
+          receive do: ({:DOWN, ^monitor, :process, ^pid, _} -> :ok)
+          {pid, result}
+        end,
+        50
+      )
 
-  defp collect(pid, acc) do
-    receive do
-      {:monitor, ^pid, :long_schedule, info} -> collect(pid, [info | acc])
-      {:monitor, _other, :long_schedule, _info} -> collect(pid, acc)
-    after
-      0 -> acc
-    end
+    {result, for({^pid, info} <- reports, do: info)}
   end
 end

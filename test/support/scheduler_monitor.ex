@@ -42,11 +42,32 @@ defmodule Beamlens.SchedulerMonitor do
   end
 
   defp monitor(fun, threshold_ms) do
+    {result, reports} =
+      long_schedules(
+        fn ->
+          result = fun.()
+          Process.sleep(20)
+          result
+        end,
+        threshold_ms
+      )
+
+    {result, for({_who, info} <- reports, in_native?(info), do: info)}
+  end
+
+  @doc """
+  Runs `fun` under the node's system monitor with `{:long_schedule,
+  threshold_ms}` (the previous monitor is put back after) and returns
+  `{result, reports}`, each report `{pid_or_port, info}` as the monitor
+  sent it by the time `fun` returned, oldest first.
+  """
+  @spec long_schedules((() -> result), pos_integer()) :: {result, [{pid() | port(), list()}]}
+        when result: term()
+  def long_schedules(fun, threshold_ms) do
     previous = :erlang.system_monitor(self(), [{:long_schedule, threshold_ms}])
 
     try do
       result = fun.()
-      Process.sleep(20)
       {result, collect([])}
     after
       case previous do
@@ -58,8 +79,7 @@ defmodule Beamlens.SchedulerMonitor do
 
   defp collect(acc) do
     receive do
-      {:monitor, _who, :long_schedule, info} ->
-        if in_native?(info), do: collect([info | acc]), else: collect(acc)
+      {:monitor, who, :long_schedule, info} -> collect([{who, info} | acc])
     after
       0 -> Enum.reverse(acc)
     end
