@@ -35,7 +35,7 @@
 //! path is only taken with a memory limit of at most [`MAX_MEMORY`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mlua::chunk::ChunkMode;
@@ -108,10 +108,6 @@ pub enum Step {
 pub(super) struct Ctl {
     /// When the current slice started, in ns after the run started.
     slice_started: AtomicU64,
-    /// The callback request the dispatcher made the wrapper yield for.
-    pending: Mutex<Option<(usize, Vec<Value>)>>,
-    /// The Luau thread the script runs in.
-    thread: OnceLock<Thread>,
     /// Set when the interrupt yields the thread to end a slice.
     slice_yield: AtomicBool,
 }
@@ -139,18 +135,10 @@ impl Ctl {
             Ok(VmState::Continue)
         }
     }
-
-    pub(super) fn is_run_thread(&self, thread: &Thread) -> bool {
-        self.thread.get() == Some(thread)
-    }
-
-    pub(super) fn set_pending(&self, index: usize, args: Vec<Value>) {
-        *lock(&self.pending) = Some((index, args));
-    }
 }
 
 /// The callback number a wrapper passes (a Lua number).
-pub(super) fn callback_index(value: &LuaValue) -> Option<usize> {
+fn callback_index(value: &LuaValue) -> Option<usize> {
     match value {
         LuaValue::Integer(index) => usize::try_from(*index).ok(),
         LuaValue::Number(index) if index.fract() == 0.0 && *index >= 0.0 => Some(*index as usize),
@@ -259,8 +247,6 @@ impl InlineRun {
             callback_failure: Mutex::new(None),
             inline: Some(Ctl {
                 slice_started: AtomicU64::new(0),
-                pending: Mutex::new(None),
-                thread: OnceLock::new(),
                 slice_yield: AtomicBool::new(false),
             }),
         });
@@ -295,17 +281,13 @@ impl InlineRun {
             }
         });
         Some(match started {
-            Ok(Ok(live)) => {
-                let ctl = shared.inline.as_ref().expect("inline run");
-                let _ = ctl.thread.set(live.thread.clone());
-                Ok(InlineRun {
-                    live: Some(live),
-                    shared,
-                    names: callbacks.to_vec(),
-                    waiting: None,
-                    _slot: slot,
-                })
-            }
+            Ok(Ok(live)) => Ok(InlineRun {
+                live: Some(live),
+                shared,
+                names: callbacks.to_vec(),
+                waiting: None,
+                _slot: slot,
+            }),
             Ok(Err(failure)) => Err(failure),
             Err(error) => Err(failure(&shared, None, classify(&shared, &error))),
         })
@@ -362,9 +344,7 @@ impl InlineRun {
                     // A broken limit (the deadline, cancellation) is
                     // tripped: it is raised again at the next step and
                     // reported whatever the script does with this error.
-                    Ok(Called::Pending) | Err(_) => {
-                        live.thread.resume((false, "the run broke a limit"))
-                    }
+                    Err(_) => live.thread.resume((false, "the run broke a limit")),
                 }
             }
         };
@@ -394,7 +374,7 @@ impl InlineRun {
                         }
                     }
                 }
-                _ => lock(&ctl.pending).take(),
+                _ => None,
             };
             return match request {
                 Some((index, args)) => {

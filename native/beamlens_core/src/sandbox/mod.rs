@@ -590,16 +590,8 @@ fn build() -> mlua::Result<Prepared> {
                 ))
             }
         };
-        let index = args.pop_front().as_ref().and_then(inline::callback_index);
-        let yieldable = matches!(args.pop_front(), Some(LuaValue::Boolean(true)));
-        let request = CallbackRequest {
-            name: &name,
-            index: index.unwrap_or(usize::MAX),
-            yieldable,
-        };
-        match call_callback(lua, &shared, request, args)? {
+        match call_callback(lua, &shared, &name, args)? {
             Called::Value(value) => Ok((LuaValue::Boolean(true), value)),
-            Called::Pending => Ok((inline::pending_marker(), LuaValue::Nil)),
             Called::Failed(failure) => {
                 let message = failure.message.clone();
                 *lock(&shared.callback_failure) = Some(failure);
@@ -610,7 +602,6 @@ fn build() -> mlua::Result<Prepared> {
             }
         }
     })?;
-    let coroutine: Table = globals.raw_get("coroutine")?;
     let make_callback: Function = lua
         .load(CALLBACK_WRAPPER)
         .set_name("=callback")
@@ -618,8 +609,6 @@ fn build() -> mlua::Result<Prepared> {
         .call((
             raw,
             globals.raw_get::<Function>("error")?,
-            coroutine.raw_get::<Function>("yield")?,
-            coroutine.raw_get::<Function>("isyieldable")?,
             // SAFETY: a C function that only reads its state (see there).
             unsafe { lua.create_c_function(interrupt::yield_call)? },
             inline::pending_marker(),
@@ -776,26 +765,20 @@ fn current_line(lua: &Lua, level: usize) -> Option<u32> {
 /// runs the callback and resumes the run with `ok, value`, and no Rust
 /// function runs in between. When the run cannot take the request as it
 /// is (its arguments are too large, a limit is broken) it resumes the
-/// wrapper with `pending`, and the wrapper goes the general way: the
-/// dispatcher, which reports the failure as on the threaded path. Where
-/// the wrapper cannot yield, the dispatcher abandons the inline run.
+/// wrapper with `pending`, and the wrapper calls the dispatcher, which
+/// reports the failure as on the threaded path. Where the wrapper cannot
+/// yield (`yield_call` returns nothing), the dispatcher abandons the
+/// inline run.
 const CALLBACK_WRAPPER: &str = r#"
-local raw, error, yield, isyieldable, yield_call, pending = ...
+local raw, error, yield_call, pending = ...
 return function(name, index, inline)
     return function(...)
-        local ok, value = pending, nil
+        local ok, value
         if inline then
             ok, value = yield_call(pending, index, ...)
-            if ok == nil then
-                -- It could not yield here.
-                ok = pending
-            end
         end
-        if ok == pending then
-            ok, value = raw(name, index, isyieldable(), ...)
-            if ok == pending then
-                ok, value = yield()
-            end
+        if ok == nil or ok == pending then
+            ok, value = raw(name, ...)
         end
         if ok then
             return value
@@ -850,30 +833,10 @@ enum Called {
     Value(LuaValue),
     /// A failure the script may catch.
     Failed(CallbackFailure),
-    /// Inline path: the request is in `Ctl::pending`; the wrapper yields.
-    Pending,
-}
-
-/// A callback call as the dispatcher gets it.
-struct CallbackRequest<'a> {
-    name: &'a str,
-    /// Its place in the run's callback list.
-    index: usize,
-    /// Whether the wrapper that called may yield (inline path).
-    yieldable: bool,
 }
 
 /// Calls a callback. `Err` is a broken limit (raised, sticky).
-fn call_callback(
-    lua: &Lua,
-    shared: &Shared,
-    CallbackRequest {
-        name,
-        index,
-        yieldable,
-    }: CallbackRequest,
-    args: MultiValue,
-) -> mlua::Result<Called> {
+fn call_callback(lua: &Lua, shared: &Shared, name: &str, args: MultiValue) -> mlua::Result<Called> {
     let budget = &shared.budget;
     let limit = |kind: ErrorKind| Err(mlua::Error::external(LimitHit(kind)));
     if let Err(kind) = budget.charge_callback() {
@@ -906,12 +869,10 @@ fn call_callback(
         }
     };
 
-    if let Some(ctl) = &shared.inline {
-        if !(yieldable && ctl.is_run_thread(&lua.current_thread())) {
-            return limit(budget.trip(ErrorKind::Abandoned));
-        }
-        ctl.set_pending(index, json_args);
-        return Ok(Called::Pending);
+    // On the inline path a call that gets here could not yield (see
+    // `CALLBACK_WRAPPER`): the run moves to a thread.
+    if shared.inline.is_some() {
+        return limit(budget.trip(ErrorKind::Abandoned));
     }
     let wait = budget.callback_wait();
     let answer = lock(&shared.host).call(name, json_args, wait);
