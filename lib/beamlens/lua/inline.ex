@@ -118,8 +118,8 @@ defmodule Beamlens.Lua.Inline do
 
     {pid, monitor} =
       spawn_monitor(fn ->
-        worker = %{run: run, calls: calls, cell: cell, origin: origin}
-        worker = Map.put(worker, :caller_monitor, Process.monitor(caller))
+        monitor = Process.monitor(caller)
+        worker = %{run: run, calls: calls, cell: cell, origin: origin, caller_monitor: monitor}
         send(caller, {tag, call(call, worker)})
       end)
 
