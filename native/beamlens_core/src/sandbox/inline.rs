@@ -154,7 +154,8 @@ fn pending_marker_pointer() -> *mut std::ffi::c_void {
     &PENDING_ANCHOR as *const u8 as *mut std::ffi::c_void
 }
 
-/// The value the callback dispatcher returns to make its wrapper yield.
+/// The first value a callback wrapper yields a call with; resuming the
+/// wrapper with it sends the call to the dispatcher instead.
 pub(super) fn pending_marker() -> LuaValue {
     LuaValue::LightUserData(mlua::LightUserData(pending_marker_pointer()))
 }
