@@ -402,13 +402,9 @@ defmodule Beamlens.Investigation do
             |> Enum.map(& &1.evidence[:snapshot_id])
             |> Enum.reject(&is_nil/1)
             |> Enum.uniq(),
-          values:
-            Map.new(
-              group,
-              &{&1.evidence.metric, Map.drop(&1.evidence, [:metric, :source, :snapshot_id])}
-            )
+          values: Loop.evidence_values(group)
         },
-        entities: group |> Enum.flat_map(& &1.entities) |> Enum.uniq(),
+        entities: Loop.entities(group),
         source: :gate
       )
     end)

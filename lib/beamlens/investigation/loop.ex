@@ -380,6 +380,22 @@ defmodule Beamlens.Investigation.Loop do
     }
   end
 
+  @doc false
+  # The evidence figures of a group of gate alerts, by metric, for an alert
+  # that stands for the group.
+  @spec evidence_values([Beamlens.Alert.t()]) :: %{optional(term()) => map()}
+  def evidence_values(alerts) do
+    Map.new(
+      alerts,
+      &{&1.evidence.metric, Map.drop(&1.evidence, [:metric, :source, :snapshot_id])}
+    )
+  end
+
+  @doc false
+  # The entities a group of alerts names, each once.
+  @spec entities([Beamlens.Alert.t()]) :: list()
+  def entities(alerts), do: alerts |> Enum.flat_map(& &1.entities) |> Enum.uniq()
+
   # The model's alert, for the watcher that owns its anomaly type, with the
   # gate's figures of that type as evidence.
   defp model_alert(loop, call, attrs) do
@@ -399,15 +415,8 @@ defmodule Beamlens.Investigation.Loop do
       summary: attrs.summary,
       observation: attrs.observation,
       hypothesis: attrs.hypothesis,
-      evidence: %{
-        snapshot_ids: attrs.snapshot_ids,
-        values:
-          Map.new(
-            related,
-            &{&1.evidence.metric, Map.drop(&1.evidence, [:metric, :source, :snapshot_id])}
-          )
-      },
-      entities: related |> Enum.flat_map(& &1.entities) |> Enum.uniq(),
+      evidence: %{snapshot_ids: attrs.snapshot_ids, values: evidence_values(related)},
+      entities: entities(related),
       source: :llm
     ]
 
