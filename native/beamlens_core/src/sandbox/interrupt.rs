@@ -364,6 +364,19 @@ unsafe fn count(hot: &Hot, state: *mut ffi::lua_State, gc: c_int) {
     }
 }
 
+/// Held by the tests that count slots or take them all, so that they do
+/// not run at the same time (the other tests' runs hold a slot each at
+/// most, and get the shared handler while every slot is taken).
+#[cfg(test)]
+pub static SLOT_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[cfg(test)]
+pub fn lock_slot_tests() -> std::sync::MutexGuard<'static, ()> {
+    SLOT_TESTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Slots held by runs (or by [`hold_free_slots`]) at this moment.
 #[cfg(test)]
 pub fn slots_in_use() -> usize {

@@ -267,6 +267,7 @@ impl Host for EchoHost {
 
 #[test]
 fn inline_runs_give_their_interrupt_slot_back() {
+    let _serial = interrupt::lock_slot_tests();
     let limits = Limits {
         max_instructions: 10_000,
         ..Limits::default()
@@ -280,8 +281,9 @@ fn inline_runs_give_their_interrupt_slot_back() {
     for i in 0..2 * interrupt::SLOTS {
         drive(scripts[i % scripts.len()], limits);
     }
-    // Other tests running at the same time hold a few.
-    assert!(interrupt::slots_in_use() < interrupt::SLOTS / 2);
+    // Runs of other tests running at the same time hold one each; a slot
+    // kept by each run here would have taken them all.
+    assert!(interrupt::slots_in_use() < interrupt::SLOTS);
 }
 
 #[test]
