@@ -10,6 +10,10 @@
 # Run with `bench/run` (installs Debian's erlang-luerl, builds the NIF in
 # release mode). Timings are medians of several rounds measured in this
 # same run, so the ratios hold on a shared, noisy machine.
+#
+# A second table measures the ceiling: the same Luau build with no sandbox
+# (a test-only NIF), so that a run on a slow or busy host shows how much of
+# a row is the interpreter itself and how much the sandbox adds.
 
 unless Code.ensure_loaded?(:luerl) do
   IO.puts(:stderr, "luerl is not installed: run `bin/setup erlang-luerl` (or bench/run)")
@@ -48,19 +52,18 @@ defmodule LuaBench do
     end
   end
 
-  # Medians over rounds of the mean time per run, in microseconds. The two
-  # engines alternate round by round, so that both see the same load on a
-  # shared machine.
-  def measure_pair(ours, theirs, iterations) do
-    ours.()
-    theirs.()
+  # Medians over rounds of the mean time per run, in microseconds, one per
+  # function. The functions alternate round by round, so that all of them
+  # see the same load on a shared machine.
+  def measure(funs, iterations) do
+    Enum.each(funs, & &1.())
 
     rounds =
       for _ <- 1..@rounds do
-        {per_run(ours, iterations), per_run(theirs, iterations)}
+        Enum.map(funs, &per_run(&1, iterations))
       end
 
-    {median(Enum.map(rounds, &elem(&1, 0))), median(Enum.map(rounds, &elem(&1, 1)))}
+    for i <- 0..(length(funs) - 1), do: median(Enum.map(rounds, &Enum.at(&1, i)))
   end
 
   defp per_run(fun, iterations) do
@@ -84,12 +87,44 @@ defmodule LuaBench do
 
     rows =
       for {name, code, iterations} <- scripts() do
-        {ours, theirs} = measure_pair(beamlens(code), luerl(code), iterations)
-        [name, fmt(ours), fmt(theirs), "#{Float.round(theirs / ours, 1)}x"]
+        [ours, theirs] = measure([beamlens(code), luerl(code)], iterations)
+        [name, fmt(ours), fmt(theirs), ratio(theirs, ours)]
       end
 
+    print_table(header, rows)
+
+    IO.puts("""
+
+    The ceiling: the same Luau build with no sandbox around it (no limits,
+    no interrupt, one long-lived state, on a dirty scheduler), in this run.
+    A row's ratio to luerl can only beat the bare interpreter's by cutting
+    the sandbox's cost, shown as BeamLens / bare (1.0x = no cost).
+    """)
+
+    header = ["script", "bare us", "BeamLens us", "luerl us", "luerl / bare", "BeamLens / bare"]
+
+    rows =
+      for {name, code, iterations} <- scripts(), not String.contains?(code, "cb.") do
+        [bare, ours, theirs] = measure([bare(code), beamlens(code), luerl(code)], iterations)
+        [name, fmt(bare), fmt(ours), fmt(theirs), ratio(theirs, bare), ratio(ours, bare)]
+      end
+
+    print_table(header, rows)
+  end
+
+  # The bare interpreter: a test-only NIF (`bench/run` builds with
+  # MIX_ENV=test), never used on untrusted code.
+  def bare(code) do
+    fn -> {:ok, _} = Beamlens.Native.lua_reference_eval(code) end
+  end
+
+  defp ratio(numerator, denominator), do: "#{Float.round(numerator / denominator, 1)}x"
+
+  defp print_table(header, rows) do
+    columns = length(header)
+
     widths =
-      Enum.map(0..3, fn i ->
+      Enum.map(0..(columns - 1), fn i ->
         Enum.max(Enum.map([header | rows], &String.length(Enum.at(&1, i))))
       end)
 
@@ -117,6 +152,11 @@ defmodule LuaBench do
 
       if ours != round(theirs) do
         raise "#{name}: BeamLens returned #{inspect(ours)}, luerl #{inspect(theirs)}"
+      end
+
+      with false <- String.contains?(code, "cb."),
+           {:ok, bare} when bare != ours <- Beamlens.Native.lua_reference_eval(code) do
+        raise "#{name}: BeamLens returned #{inspect(ours)}, the bare interpreter #{inspect(bare)}"
       end
     end
   end

@@ -67,6 +67,7 @@ defmodule Beamlens.Native do
     def async_panic(_message), do: err()
     def sync_panic(_message), do: err()
     def dirty_checksum(_data), do: err()
+    def lua_reference_eval(_code), do: err()
   end
 
   # nif_lua.rs

@@ -115,6 +115,18 @@ mod test_nifs {
         reply::guarded(env, || -> Result<rustler::Atom> { panic!("{message}") })
     }
 
+    /// Runs `code` in the bare interpreter (no sandbox, no limits) on a
+    /// dirty CPU scheduler and returns its numeric result: the ceiling
+    /// `bench/lua_vs_luerl.exs` measures the sandbox against. A script that
+    /// fails is a `:bad_argument` naming `code`, with Luau's message.
+    #[rustler::nif(schedule = "DirtyCpu")]
+    fn lua_reference_eval<'a>(env: Env<'a>, code: &str) -> Term<'a> {
+        reply::guarded(env, || {
+            beamlens_core::sandbox::reference::eval_number(code)
+                .map_err(|message| Error::bad_argument("code", message))
+        })
+    }
+
     /// 64-bit FNV-1a of a binary, computed on a dirty CPU scheduler so that a
     /// large input never holds a normal scheduler.
     #[rustler::nif(schedule = "DirtyCpu")]

@@ -38,6 +38,8 @@
 mod inline;
 mod interrupt;
 pub mod limits;
+#[cfg(feature = "reference-interpreter")]
+pub mod reference;
 pub mod stdlib;
 pub mod value;
 mod watchdog;
