@@ -2,10 +2,12 @@
 # (Lua in Erlang, the engine other Elixir tools use), on diagnostic-style
 # scripts. Every run starts from clean globals on both sides: luerl from a
 # fresh `:luerl.init()`, BeamLens from a sealed Luau state of its pool with
-# a fresh global table (as every `Beamlens.Lua.eval/3` does); BeamLens's
-# figure is the full `Beamlens.Lua.eval/3` call: the script runs in the
-# caller in slices (the inline path) and, from its first callback call on,
-# in a worker process of the run that also runs the callbacks.
+# a fresh global table (as every run does). BeamLens has two figures:
+# the full `Beamlens.Lua.eval/3` call, where the script runs in the caller
+# in slices (the inline path) and, from its first callback call on, in a
+# worker process of the run that also runs the callbacks; and
+# `Beamlens.Lua.eval_async/3` until its reply arrives, the way watchers and
+# investigations run the model's scripts (the same, in a runner process).
 #
 # Run with `bench/run` (installs Debian's erlang-luerl, builds the NIF in
 # release mode). Timings are medians of several rounds measured in this
@@ -41,6 +43,20 @@ defmodule LuaBench do
   def beamlens(code) do
     callbacks = %{"cb.value" => fn x -> x end}
     fn -> {:ok, _} = Beamlens.Lua.eval(code, callbacks, max_instructions: 100_000_000) end
+  end
+
+  # The way watchers and investigations run the model's scripts: the
+  # caller only sends and receives messages.
+  def beamlens_async(code) do
+    callbacks = %{"cb.value" => fn x -> x end}
+
+    fn ->
+      {:ok, ref} = Beamlens.Lua.eval_async(code, callbacks, max_instructions: 100_000_000)
+
+      receive do
+        {^ref, {:ok, _}} -> :ok
+      end
+    end
   end
 
   def luerl(code) do
@@ -83,12 +99,14 @@ defmodule LuaBench do
 
     IO.puts("median of #{@rounds} rounds, microseconds per run, clean globals per run\n")
 
-    header = ["script", "BeamLens us", "luerl us", "luerl / BeamLens"]
+    header = ["script", "eval us", "eval_async us", "luerl us", "luerl / eval", "luerl / async"]
 
     rows =
       for {name, code, iterations} <- scripts() do
-        [ours, theirs] = measure([beamlens(code), luerl(code)], iterations)
-        [name, fmt(ours), fmt(theirs), ratio(theirs, ours)]
+        [ours, async, theirs] =
+          measure([beamlens(code), beamlens_async(code), luerl(code)], iterations)
+
+        [name, fmt(ours), fmt(async), fmt(theirs), ratio(theirs, ours), ratio(theirs, async)]
       end
 
     print_table(header, rows)

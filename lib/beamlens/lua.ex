@@ -79,14 +79,14 @@ defmodule Beamlens.Lua do
   Scripts run in [Luau](https://luau.org) (a Lua 5.1 dialect). `eval/3`
   runs a small script in the calling process itself (up to its first
   callback call, see below), in slices of at most about 0.2 ms of
-  interpreter time, yielding its scheduler between them;
+  interpreter time, yielding its scheduler between them (`eval_async/3`
+  does the same in a runner process of the run);
   what cannot be cut into such slices (a large input to a library function,
   a loop inside a metamethod or a `table.sort` comparator, a callback
   called from one of those) moves the run to the BeamLens native runtime's
   blocking thread pool, where the script runs again from the start within
   what is left of its `:timeout`. Callbacks may then be called again, which
-  is one more reason they should be read-only. `eval_async/3` always runs
-  on the thread pool. Each run gets its own global table, callbacks, limits
+  is one more reason they should be read-only. Each run gets its own global table, callbacks, limits
   and memory budget in a sealed interpreter state reused from a small pool
   (a state whose run broke a limit is discarded); nothing a script stores
   survives its run.
@@ -108,11 +108,12 @@ defmodule Beamlens.Lua do
   dotted Lua identifiers that do not shadow a standard global (`string`,
   `print`, ...).
 
-  Calls never run in the caller. A script run by `eval/3` moves at its
+  Calls never run in the caller. A script run in slices moves at its
   first callback call into a worker process of the run, which runs that
-  call, the rest of the script and its later calls while the caller waits
-  (a call then costs about as much as a function call from luerl); on the
-  thread pool, calls run in a helper process of the run. Each call has
+  call, the rest of the script and its later calls while the caller (or
+  the runner of `eval_async/3`) waits: a call then costs about as much as
+  a function call from luerl. On the thread pool, calls run in a helper
+  process of the run. Each call has
   `:callback_timeout`. A callback that raises, exits, or times out makes
   the Lua call fail with a readable error (a process that died or timed
   out is killed and replaced); the script may catch it with `pcall`,
@@ -201,7 +202,7 @@ defmodule Beamlens.Lua do
   end
 
   defp eval_threaded(code, callbacks, config) do
-    with {:ok, ref, runner} <- Runner.start(self(), code, callbacks, config) do
+    with {:ok, ref, runner} <- Runner.start(self(), code, callbacks, config, :thread) do
       monitor = Process.monitor(runner)
 
       receive do
@@ -229,16 +230,17 @@ defmodule Beamlens.Lua do
   Starts running `code` and returns `{:ok, ref}` at once.
 
   The calling process later receives exactly one message
-  `{ref, {:ok, value} | {:error, %Beamlens.LuaError{}}}`. Callbacks run in
-  separate processes, never in the caller. The run is cancelled if the
-  caller exits. Errors found before the run starts (invalid arguments,
-  `:busy`) are returned directly.
+  `{ref, {:ok, value} | {:error, %Beamlens.LuaError{}}}`. The run is
+  served by a runner process, which steps the script as `eval/3` does;
+  callbacks run in separate processes, never in the caller. The run is
+  cancelled if the caller exits. Invalid arguments are returned directly;
+  every other error, `:busy` included, is the message's result.
   """
   @spec eval_async(String.t(), callbacks(), [option()]) ::
           {:ok, reference()} | {:error, LuaError.t()}
   def eval_async(code, callbacks \\ %{}, opts \\ []) do
     with {:ok, code, callbacks, config} <- validate(code, callbacks, opts),
-         {:ok, ref, _runner} <- Runner.start(self(), code, callbacks, config) do
+         {:ok, ref, _runner} <- Runner.start(self(), code, callbacks, config, :inline) do
       {:ok, ref}
     end
   end
@@ -250,7 +252,7 @@ defmodule Beamlens.Lua do
           {:ok, reference(), pid()} | {:error, LuaError.t()}
   def eval_async_monitored(code, callbacks, opts) do
     with {:ok, code, callbacks, config} <- validate(code, callbacks, opts) do
-      Runner.start(self(), code, callbacks, config)
+      Runner.start(self(), code, callbacks, config, :inline)
     end
   end
 

@@ -79,6 +79,7 @@ defmodule Beamlens.Native do
   def lua_status, do: err()
   def lua_inline_start(_code, _callback_names, _opts), do: err()
   def lua_inline_resume(_run, _answer), do: err()
+  def lua_inline_status, do: err()
 
   # nif_redact.rs
   def redactor_new(_words, _defaults), do: err()

@@ -125,28 +125,36 @@ defmodule Beamlens.LuaNativeBoundsTest do
     assert {:ok, 1} = Lua.eval("return 1")
   end
 
-  test "a cancelled run stops inside table.move and frees its slot" do
-    parent = self()
+  # With this memory limit, the inline path (16 MiB at most) leaves the run
+  # to the thread pool.
+  for {path, max_memory, status} <- [
+        {"inline", @max_memory, :lua_inline_status},
+        {"threaded", 2 * @max_memory, :lua_status}
+      ] do
+    test "a cancelled run stops inside table.move and frees its slot (#{path})" do
+      parent = self()
+      status = fn -> apply(Native, unquote(status), []) end
 
-    caller =
-      spawn(fn ->
-        {:ok, _ref} =
-          Lua.eval_async(
-            ~S|table.move({}, 1, 2147483646, 2, {}) while true do end|,
-            %{},
-            Keyword.put(@limits, :timeout, 60_000)
-          )
+      caller =
+        spawn(fn ->
+          {:ok, _ref} =
+            Lua.eval_async(
+              ~S|table.move({}, 1, 2147483646, 2, {}) while true do end|,
+              %{},
+              Keyword.merge(@limits, timeout: 60_000, max_memory: unquote(max_memory))
+            )
 
-        send(parent, :started)
-        Process.sleep(:infinity)
-      end)
+          send(parent, :started)
+          Process.sleep(:infinity)
+        end)
 
-    assert_receive :started
-    assert eventually(fn -> match?({1, _}, Native.lua_status()) end)
-    started = System.monotonic_time(:millisecond)
-    Process.exit(caller, :kill)
-    assert eventually(fn -> match?({0, _}, Native.lua_status()) end)
-    assert System.monotonic_time(:millisecond) - started < @wall_ms
+      assert_receive :started
+      assert eventually(fn -> match?({1, _}, status.()) end)
+      started = System.monotonic_time(:millisecond)
+      Process.exit(caller, :kill)
+      assert eventually(fn -> match?({0, _}, status.()) end)
+      assert System.monotonic_time(:millisecond) - started < @wall_ms
+    end
   end
 
   describe "in a separate OS process (could abort the VM if it regressed)" do

@@ -326,25 +326,66 @@ defmodule Beamlens.LuaTest do
       assert_receive {:watcher_got, {:ok, "slow answer"}}, 2_000
     end
 
-    test "the run is cancelled when the caller exits" do
+    # A memory limit over the inline path's cap sends a run to the thread
+    # pool; the default one lets it start inline.
+    @threaded [max_memory: 32 * 1024 * 1024]
+
+    for {path, extra, status} <- [
+          {"inline", [], :lua_inline_status},
+          {"threaded", @threaded, :lua_status}
+        ] do
+      test "the run is cancelled when the caller exits (#{path})" do
+        test = self()
+        status = fn -> apply(Native, unquote(status), []) end
+
+        caller =
+          spawn(fn ->
+            {:ok, _ref} =
+              Lua.eval_async(
+                "while true do end",
+                %{},
+                [timeout: 30_000, max_instructions: 10_000_000_000] ++ unquote(extra)
+              )
+
+            send(test, :started)
+            Process.sleep(:infinity)
+          end)
+
+        assert_receive :started
+        assert eventually(fn -> match?({1, _}, status.()) end, 100)
+        Process.exit(caller, :kill)
+        assert eventually(fn -> match?({0, _}, status.()) end, 100)
+        assert {0, _} = Native.lua_status()
+        assert {0, _} = Native.lua_inline_status()
+      end
+    end
+
+    test "a run that waits on a callback is cancelled when the caller exits" do
       test = self()
+
+      hold = fn ->
+        send(test, {:holding, self()})
+        Process.sleep(:infinity)
+      end
 
       caller =
         spawn(fn ->
           {:ok, _ref} =
-            Lua.eval_async("while true do end", %{},
+            Lua.eval_async("return hold()", %{"hold" => hold},
               timeout: 30_000,
-              max_instructions: 10_000_000_000
+              callback_timeout: 30_000
             )
 
-          send(test, :started)
           Process.sleep(:infinity)
         end)
 
-      assert_receive :started
-      assert {1, _} = Native.lua_status()
+      assert_receive {:holding, worker}
+      assert {1, _} = Native.lua_inline_status()
+      worker_monitor = Process.monitor(worker)
       Process.exit(caller, :kill)
-      assert eventually(fn -> match?({0, _}, Native.lua_status()) end, 100)
+      # The runner kills the process running the callback, and the run ends.
+      assert_receive {:DOWN, ^worker_monitor, :process, ^worker, :killed}, 2_000
+      assert eventually(fn -> match?({0, _}, Native.lua_inline_status()) end, 100)
     end
 
     test "more runs than Lua slots are refused with :busy, not queued" do
@@ -355,9 +396,10 @@ defmodule Beamlens.LuaTest do
         for _ <- 1..capacity do
           spawn(fn ->
             result =
-              Lua.eval_async("while true do end", %{},
-                timeout: 30_000,
-                max_instructions: 10_000_000_000
+              Lua.eval_async(
+                "while true do end",
+                %{},
+                [timeout: 30_000, max_instructions: 10_000_000_000] ++ @threaded
               )
 
             send(test, {:holding, result})
@@ -366,13 +408,53 @@ defmodule Beamlens.LuaTest do
         end
 
       for _ <- holders, do: assert_receive({:holding, {:ok, _}}, 2_000)
+      assert eventually(fn -> Native.lua_status() == {capacity, capacity} end, 100)
 
+      # Inline runs count against the same capacity, so that callers see
+      # one limit whichever path would run their script.
       assert {:error, %LuaError{kind: :busy, message: message}} = Lua.eval("return 1")
       assert message =~ "try again"
+      assert {:ok, ref} = Lua.eval_async("return 1")
+      assert_receive {^ref, {:error, %LuaError{kind: :busy}}}, 2_000
 
       Enum.each(holders, &Process.exit(&1, :kill))
       assert eventually(fn -> match?({0, _}, Native.lua_status()) end, 100)
       assert {:ok, 1} = Lua.eval("return 1")
+    end
+
+    test "a small script runs inline in the runner, a callback in another process" do
+      test = self()
+      handler = "eval-async-path-#{System.unique_integer()}"
+
+      :telemetry.attach(
+        handler,
+        [:beamlens, :lua, :execute, :stop],
+        fn _, _, metadata, _ -> send(test, {:stop, metadata.path}) end,
+        nil
+      )
+
+      on_exit(fn -> :telemetry.detach(handler) end)
+
+      callbacks = %{
+        "where" => fn ->
+          send(test, {:called_in, self()})
+          1
+        end
+      }
+
+      assert {:ok, ref, runner} =
+               Lua.eval_async_monitored("return where() + where()", callbacks, [])
+
+      assert_receive {^ref, {:ok, 2}}, 2_000
+      assert_receive {:stop, :inline}
+      assert_receive {:called_in, worker}
+      assert_receive {:called_in, ^worker}
+      refute worker in [self(), runner]
+
+      # A run the inline path cannot take still finishes, on the thread pool.
+      assert {:ok, ref} = Lua.eval_async("return 1", %{}, @threaded)
+      assert_receive {^ref, {:ok, 1}}, 2_000
+      assert_receive {:stop, :thread}
     end
   end
 

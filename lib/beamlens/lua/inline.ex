@@ -43,10 +43,13 @@ defmodule Beamlens.Lua.Inline do
   @idle 0
   @claimed -1
 
+  # `owner` is the monitor of the process the run is for, when the process
+  # stepping it is a runner of `Beamlens.Lua.eval_async/3`: the run stops
+  # (`:cancelled`) as soon as that process exits.
   @doc false
-  @spec run(binary(), %{String.t() => function()}, map()) ::
-          {:done, {:ok, term()} | {:error, LuaError.t()}} | {:thread, map()}
-  def run(code, callbacks, config) do
+  @spec run(binary(), %{String.t() => function()}, map(), reference() | nil) ::
+          {:done, {:ok, term()} | {:error, LuaError.t()}} | {:thread, map()} | :cancelled
+  def run(code, callbacks, config, owner \\ nil) do
     started = System.monotonic_time()
     native_opts = Map.take(config, Beamlens.Lua.native_option_keys())
     # The native side names callbacks by their place in this list.
@@ -63,7 +66,7 @@ defmodule Beamlens.Lua.Inline do
         Runner.emit_start(config, callbacks, started)
         give_up_at = System.monotonic_time(:millisecond) + config.timeout + @reply_grace_ms
         calls = List.to_tuple(for fun <- funs, do: {fun, arity(fun)})
-        state = %{run: run, calls: calls, config: config, give_up_at: give_up_at}
+        state = %{run: run, calls: calls, config: config, give_up_at: give_up_at, owner: owner}
         finish(drive(step, state), callbacks, config, started)
 
       # The script failed before its first slice (a syntax error).
@@ -80,6 +83,11 @@ defmodule Beamlens.Lua.Inline do
 
   defp finish(:abandon, _callbacks, config, started),
     do: {:thread, thread_config(config, started)}
+
+  defp finish(:cancelled, callbacks, config, started) do
+    Runner.emit_cancelled(config, callbacks, started, :inline)
+    :cancelled
+  end
 
   defp finish(native_result, callbacks, config, started) do
     result = Runner.convert(native_result, config)
@@ -103,7 +111,17 @@ defmodule Beamlens.Lua.Inline do
   end
 
   # In the caller: slices until the first callback call.
-  defp drive(:yielded, state), do: drive(Native.lua_inline_resume(state.run, :go), state)
+  defp drive(:yielded, %{owner: nil} = state),
+    do: drive(Native.lua_inline_resume(state.run, :go), state)
+
+  # A runner's mailbox holds only the run's own messages: this scan is short.
+  defp drive(:yielded, %{owner: owner} = state) do
+    receive do
+      {:DOWN, ^owner, :process, _, _} -> :cancelled
+    after
+      0 -> drive(Native.lua_inline_resume(state.run, :go), state)
+    end
+  end
 
   defp drive({:callback, index, args, wait_ms}, state),
     do: hand_over({index, args, wait_ms}, state)
@@ -126,7 +144,7 @@ defmodule Beamlens.Lua.Inline do
     await(%{tag: tag, cell: cell, origin: origin, pid: pid, monitor: monitor}, state)
   end
 
-  defp await(%{tag: tag, pid: pid, monitor: monitor} = handed, state) do
+  defp await(%{tag: tag, pid: pid, monitor: monitor} = handed, %{owner: owner} = state) do
     receive do
       {^tag, native_result} ->
         Process.demonitor(monitor, [:flush])
@@ -136,6 +154,12 @@ defmodule Beamlens.Lua.Inline do
         # Killed from outside: what it left the run in is unknown, so the
         # threaded path runs the script again.
         :abandon
+
+      # The process the run is for exited (never matches when `owner` is
+      # nil: a monitor's ref is never nil).
+      {:DOWN, ^owner, :process, _, _} ->
+        stop_worker(pid, monitor)
+        :cancelled
     after
       wake_in(handed, state) -> check(handed, state)
     end

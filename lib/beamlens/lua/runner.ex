@@ -1,10 +1,17 @@
 defmodule Beamlens.Lua.Runner do
-  # One process per Lua run. It serves the run's callback requests, turns
-  # the native reply into `{ref, {:ok, value} | {:error, %LuaError{}}}` for
-  # the caller, and ends with the run, or as soon as the caller exits
-  # (cancelling the run). It is not linked to the caller: nothing that
-  # happens here can kill the caller, and the caller's exit only reaches it
-  # through a monitor.
+  # One process per Lua run that does not run in its caller: every run of
+  # `Beamlens.Lua.eval_async/3`, and the threaded runs of
+  # `Beamlens.Lua.eval/3`. It turns the run's outcome into
+  # `{ref, {:ok, value} | {:error, %LuaError{}}}` for the caller, and ends
+  # with the run, or as soon as the caller exits (cancelling the run). It is
+  # not linked to the caller: nothing that happens here can kill the
+  # caller, and the caller's exit only reaches it through a monitor.
+  #
+  # A run of `eval_async/3` first goes the inline path
+  # (`Beamlens.Lua.Inline`) in this process, exactly as `eval/3` does in its
+  # caller; the rest of this comment is about the threaded path, which it
+  # takes when the inline run is abandoned, and where this process serves
+  # the run's callback requests.
   #
   # Callbacks run in a helper process of the run, started at the first
   # call and reused for the next ones (a process per call cost more than
@@ -25,28 +32,86 @@ defmodule Beamlens.Lua.Runner do
   @moduledoc false
 
   alias Beamlens.{LuaError, Native, Telemetry}
-  alias Beamlens.Lua.Result
+  alias Beamlens.Lua.{Inline, Result}
 
   # If the native side never replied (it always does, at the latest
   # ~0.5 s after the run's timeout), the runner answers by itself.
   @reply_grace_ms 5_000
 
   @doc false
-  @spec start(pid(), binary(), %{String.t() => function()}, map()) ::
-          {:ok, reference(), pid()} | {:error, LuaError.t()}
-  def start(caller, code, callbacks, config) do
+  # Starts the runner of a run for `caller` and returns at once. With
+  # `:inline`, the runner first steps the script itself on the inline path
+  # (`Beamlens.Lua.Inline`), as `Beamlens.Lua.eval/3` does in its caller,
+  # and only takes the threaded path if the inline run is abandoned; with
+  # `:thread`, it starts on the threaded path. Every outcome, errors
+  # included, reaches the caller as `{ref, result}`.
+  @spec start(pid(), binary(), %{String.t() => function()}, map(), :inline | :thread) ::
+          {:ok, reference(), pid()}
+  def start(caller, code, callbacks, config, path) do
     ref = make_ref()
-    runner = spawn(fn -> init(caller, ref, callbacks, config) end)
+    runner = spawn(fn -> serve(caller, ref, code, callbacks, config, path) end)
+    {:ok, ref, runner}
+  end
+
+  defp serve(caller, ref, code, callbacks, config, path) do
+    caller_monitor = Process.monitor(caller)
+    base = %{caller: caller, caller_monitor: caller_monitor, ref: ref, callbacks: callbacks}
+
+    try do
+      if path == :inline do
+        case Inline.run(code, callbacks, config, caller_monitor) do
+          {:done, result} -> reply(base, result)
+          :cancelled -> :ok
+          {:thread, config} -> threaded(base, code, config)
+        end
+      else
+        threaded(base, code, config)
+      end
+    rescue
+      exception -> reply(base, internal(Exception.message(exception)))
+    catch
+      kind, reason -> reply(base, internal("#{kind}: #{inspect(reason, limit: 10)}"))
+    end
+  end
+
+  defp threaded(base, code, config) do
     native_opts = Map.take(config, Beamlens.Lua.native_option_keys())
+    # A run abandoned by the inline path started there (and its start
+    # event is out).
+    started = Map.get(config, :inline_started, System.monotonic_time())
+    inline? = Map.has_key?(config, :inline_started)
 
-    case Native.lua_eval(code, Map.keys(callbacks), native_opts, runner) do
+    case start_native(code, Map.keys(base.callbacks), native_opts) do
       {:ok, native_ref, run} ->
-        send(runner, {:start, native_ref, run})
-        {:ok, ref, runner}
+        unless inline?, do: emit_start(config, base.callbacks, started)
 
-      {:error, reason} ->
-        Process.exit(runner, :kill)
-        {:error, LuaError.from_native(reason)}
+        state =
+          Map.merge(base, %{
+            native_ref: native_ref,
+            run: run,
+            config: config,
+            started: started,
+            helper: nil,
+            deadline: System.monotonic_time(:millisecond) + config.timeout + @reply_grace_ms
+          })
+
+        run(state)
+
+      {:error, error} ->
+        # Refused before it started: only a run the inline path began has
+        # a start event to close.
+        if inline? do
+          emit_stop(config, base.callbacks, started, nil, {:error, error}, :thread)
+        end
+
+        reply(base, {:error, error})
+    end
+  end
+
+  defp start_native(code, names, native_opts) do
+    case Native.lua_eval(code, names, native_opts, self()) do
+      {:ok, native_ref, run} -> {:ok, native_ref, run}
+      {:error, reason} -> {:error, LuaError.from_native(reason)}
     end
   rescue
     error in ErlangError ->
@@ -54,35 +119,14 @@ defmodule Beamlens.Lua.Runner do
       {:error, %LuaError{kind: :nif_not_loaded, message: message}}
   end
 
-  defp init(caller, ref, callbacks, config) do
-    caller_monitor = Process.monitor(caller)
+  defp reply(base, result) do
+    Process.demonitor(base.caller_monitor, [:flush])
+    send(base.caller, {base.ref, result})
+  end
 
-    receive do
-      {:start, native_ref, run} ->
-        state = %{
-          caller: caller,
-          caller_monitor: caller_monitor,
-          ref: ref,
-          native_ref: native_ref,
-          run: run,
-          callbacks: callbacks,
-          config: config,
-          # A run abandoned by the inline path (`Beamlens.Lua.Inline`)
-          # started there.
-          started: Map.get(config, :inline_started, System.monotonic_time()),
-          helper: nil,
-          deadline: System.monotonic_time(:millisecond) + config.timeout + @reply_grace_ms
-        }
-
-        unless Map.has_key?(config, :inline_started) do
-          emit_start(config, callbacks, state.started)
-        end
-
-        run(state)
-
-      {:DOWN, ^caller_monitor, :process, _, _} ->
-        :ok
-    end
+  defp internal(reason) do
+    message = "the Lua runner failed (a BeamLens bug): #{reason}"
+    {:error, %LuaError{kind: :internal, message: message}}
   end
 
   # Sending the reply is the last thing `loop/1` does, so a bug that raises
@@ -97,8 +141,7 @@ defmodule Beamlens.Lua.Runner do
 
   defp crashed(state, reason) do
     Native.lua_cancel(state.run)
-    message = "the Lua runner failed (a BeamLens bug): #{reason}"
-    send(state.caller, {state.ref, {:error, %LuaError{kind: :internal, message: message}}})
+    send(state.caller, {state.ref, internal(reason)})
   end
 
   defp loop(%{native_ref: native_ref, caller_monitor: caller_monitor} = state) do
@@ -109,8 +152,7 @@ defmodule Beamlens.Lua.Runner do
             finish(state, result)
 
           {:caller_down, state} ->
-            stop_helper(state)
-            Native.lua_cancel(state.run)
+            cancel(state)
 
           {answer, state} ->
             # Small answers are converted right away; large ones go
@@ -134,8 +176,7 @@ defmodule Beamlens.Lua.Runner do
         finish(state, result)
 
       {:DOWN, ^caller_monitor, :process, _, _} ->
-        stop_helper(state)
-        Native.lua_cancel(state.run)
+        cancel(state)
     after
       max(state.deadline - System.monotonic_time(:millisecond), 0) ->
         Native.lua_cancel(state.run)
@@ -147,6 +188,13 @@ defmodule Beamlens.Lua.Runner do
             %{}}}
         )
     end
+  end
+
+  # The caller exited: the run stops, and nobody is left to reply to.
+  defp cancel(state) do
+    stop_helper(state)
+    Native.lua_cancel(state.run)
+    emit_cancelled(state.config, state.callbacks, state.started, :thread)
   end
 
   defp finish(state, native_result) do
@@ -329,6 +377,15 @@ defmodule Beamlens.Lua.Runner do
       %{system_time: System.system_time(), monotonic_time: started},
       start_metadata(config, callbacks)
     )
+  end
+
+  # The stop event of a run cancelled because its caller exited.
+  @doc false
+  @spec emit_cancelled(map(), map(), integer(), :inline | :thread) :: :ok
+  def emit_cancelled(config, callbacks, started, path) do
+    message = "the caller exited before the run finished"
+    error = %LuaError{kind: :cancelled, message: message}
+    emit_stop(config, callbacks, started, nil, {:error, error}, path)
   end
 
   defp emit_stop(state, native_result, result) do

@@ -489,6 +489,12 @@ fn lua_status() -> (usize, usize) {
     )
 }
 
+/// Inline runs in flight and their maximum, for tests and status.
+#[rustler::nif]
+fn lua_inline_status() -> (usize, usize) {
+    (sandbox::inline_in_flight(), sandbox::MAX_INLINE_RUNS)
+}
+
 /// Sends callback requests and the final reply to the runner process.
 struct ElixirHost {
     recipient: LocalPid,

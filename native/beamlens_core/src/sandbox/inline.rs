@@ -76,6 +76,11 @@ pub const MAX_INLINE_RUNS: usize = 64;
 
 static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Inline runs in flight now (each holds one of [`MAX_INLINE_RUNS`]).
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed).min(MAX_INLINE_RUNS)
+}
+
 /// What the caller gives the next slice.
 #[derive(Debug)]
 pub enum Input {

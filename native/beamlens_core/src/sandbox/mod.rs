@@ -53,7 +53,7 @@ use mlua::chunk::ChunkMode;
 use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue, VmState};
 use serde_json::Value;
 
-pub use inline::{InlineRun, Input, Step};
+pub use inline::{in_flight as inline_in_flight, InlineRun, Input, Step, MAX_INLINE_RUNS};
 pub use limits::{Budget, Limits};
 use value::ConvertError;
 
