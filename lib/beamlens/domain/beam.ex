@@ -442,14 +442,18 @@ defmodule Beamlens.Domain.Beam do
   defp summarize_utilization(result) do
     total =
       Enum.find_value(result, fn
-        {:total, value, _} -> Float.round(value, 3)
+        {:total, value, _} -> fraction(value)
         _ -> nil
       end)
 
     per_scheduler =
       for {:normal, id, value, _} <- result,
-          do: %{scheduler: id, utilization: Float.round(value, 3)}
+          do: %{scheduler: id, utilization: fraction(value)}
 
     %{total: total, schedulers: per_scheduler}
   end
+
+  # A fraction of time: a value outside 0..1 is an artifact of sampling (the
+  # test suite saw one once, on a loaded host) and is clamped.
+  defp fraction(value), do: value |> max(0.0) |> min(1.0) |> Float.round(3)
 end

@@ -14,7 +14,7 @@ defmodule Beamlens.Domain.BeamTest do
     assert s.process_count > 0 and s.process_limit > s.process_count
     assert s.atom_count < s.atom_limit
     assert %{total: total, schedulers: [_ | _]} = s.scheduler_utilization
-    assert total >= 0 and total <= 1
+    assert is_float(total) and total >= 0 and total <= 1, inspect(s.scheduler_utilization)
     assert [%{pid: "#PID<" <> _, memory: m} | _] = s.top_by_heap
     assert m > 0
 
