@@ -4,7 +4,8 @@ defmodule Beamlens.LuaInlineTest do
   # tests watch node-wide scheduler events, so they are not async.
   use ExUnit.Case, async: false
 
-  alias Beamlens.{Lua, LuaError, SchedulerMonitor}
+  alias Beamlens.{Lua, LuaError, Native, SchedulerMonitor}
+  import Beamlens.Eventually
 
   setup do
     handler = "lua-inline-test-#{inspect(self())}"
@@ -130,6 +131,32 @@ defmodule Beamlens.LuaInlineTest do
     monitor = Process.monitor(worker)
     Process.exit(caller, :kill)
     assert_receive {:DOWN, ^monitor, :process, ^worker, _}, 5_000
+  end
+
+  test "a worker stuck in a callback is stopped when the caller exits" do
+    test = self()
+
+    hold = fn ->
+      send(test, {:holding, self()})
+      Process.sleep(:infinity)
+    end
+
+    caller =
+      spawn(fn ->
+        Lua.eval("return hold()", %{"hold" => hold}, timeout: 60_000, callback_timeout: 60_000)
+      end)
+
+    assert_receive {:holding, worker}, 5_000
+    assert {1, _} = Native.lua_inline_status()
+    # The caller starts the worker's reaper after a millisecond (a caller
+    # killed within that millisecond of a hung first call leaves the worker
+    # hanging): it is in place once it monitors the worker too.
+    assert eventually(fn -> length(Process.info(worker, :monitored_by) |> elem(1)) == 2 end)
+    monitor = Process.monitor(worker)
+    Process.exit(caller, :kill)
+    assert_receive {:DOWN, ^monitor, :process, ^worker, :killed}, 5_000
+    # The run went with them: its inline slot is free again.
+    assert eventually(fn -> match?({0, _}, Native.lua_inline_status()) end, 100)
   end
 
   # Runs `code` in a fresh process under a long-schedule monitor. On a

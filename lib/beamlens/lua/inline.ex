@@ -18,8 +18,10 @@ defmodule Beamlens.Lua.Inline do
   # one of the two swaps wins), kills the worker, answers the call with a
   # timeout itself and carries on (handing the run to a new worker at the
   # next callback). A worker whose swap lost exits without touching the
-  # run. The worker exits when the caller does (it checks its monitor
-  # between steps).
+  # run. The worker exits when the caller does: it checks its monitor
+  # between steps, and a reaper process, started once the worker has had
+  # the run for a millisecond, stops it if the caller dies while it is
+  # inside a callback.
   #
   # When the native side cannot bound a step in time on a scheduler (a
   # large input to a library function, a loop inside a metamethod or a
@@ -42,6 +44,10 @@ defmodule Beamlens.Lua.Inline do
   # The atomics cell: no call in progress, or the caller claimed the call.
   @idle 0
   @claimed -1
+
+  # How long the caller waits on a worker before it starts the worker's
+  # reaper (`with_reaper/1`).
+  @reaper_after_ms 1
 
   # `owner` is the monitor of the process the run is for, when the process
   # stepping it is a runner of `Beamlens.Lua.eval_async/3`: the run stops
@@ -141,7 +147,8 @@ defmodule Beamlens.Lua.Inline do
         send(caller, {tag, call(call, worker)})
       end)
 
-    await(%{tag: tag, cell: cell, origin: origin, pid: pid, monitor: monitor}, state)
+    handed = %{tag: tag, cell: cell, origin: origin, pid: pid, monitor: monitor, reaper?: false}
+    await(handed, state)
   end
 
   defp await(%{tag: tag, pid: pid, monitor: monitor} = handed, %{owner: owner} = state) do
@@ -161,18 +168,34 @@ defmodule Beamlens.Lua.Inline do
         stop_worker(pid, monitor)
         :cancelled
     after
-      wake_in(handed, state) -> check(handed, state)
+      wake_in(handed, state) -> check(with_reaper(handed), state)
     end
   end
 
   # Until the deadline of the call in progress, or a poll while the worker
   # runs slices (the next call's deadline is at least `callback_timeout`
-  # away when it starts).
-  defp wake_in(%{cell: cell} = handed, state) do
-    case :atomics.get(cell, 1) do
-      deadline when deadline > @idle -> max(deadline - now(handed), 0)
-      _ -> min(max(div(state.config.callback_timeout, 4), 1), 250)
-    end
+  # away when it starts); at first, only until the reaper is due.
+  defp wake_in(%{cell: cell, reaper?: reaper?} = handed, state) do
+    wake =
+      case :atomics.get(cell, 1) do
+        deadline when deadline > @idle -> max(deadline - now(handed), 0)
+        _ -> min(max(div(state.config.callback_timeout, 4), 1), 250)
+      end
+
+    if reaper?, do: wake, else: min(wake, @reaper_after_ms)
+  end
+
+  # A callback may never return. Should the caller die meanwhile, no code
+  # of the caller runs again and the worker never reaches its next check:
+  # a reaper process stops the worker then, and otherwise ends with it.
+  # Runs that finish within @reaper_after_ms of the hand-over (most) do
+  # without it: spawning it costs 10-30 us here, a third of a small run.
+  defp with_reaper(%{reaper?: true} = handed), do: handed
+
+  defp with_reaper(%{pid: worker} = handed) do
+    caller = self()
+    spawn(fn -> reap(caller, worker) end)
+    %{handed | reaper?: true}
   end
 
   defp check(%{cell: cell, pid: pid, monitor: monitor} = handed, state) do
@@ -193,6 +216,16 @@ defmodule Beamlens.Lua.Inline do
 
       true ->
         await(handed, state)
+    end
+  end
+
+  defp reap(caller, worker) do
+    caller_monitor = Process.monitor(caller)
+    worker_monitor = Process.monitor(worker)
+
+    receive do
+      {:DOWN, ^caller_monitor, :process, _, _} -> Process.exit(worker, :kill)
+      {:DOWN, ^worker_monitor, :process, _, _} -> :ok
     end
   end
 
