@@ -1,6 +1,7 @@
-# BeamLens's Lua sandbox (Luau in Rust, off the schedulers) against luerl
-# (Lua in Erlang, the engine other Elixir tools use), on diagnostic-style
-# scripts. Every run starts from clean globals on both sides: luerl from a
+# BeamLens's Lua sandbox (Luau in Rust, in slices of ~0.2 ms on the
+# scheduler, or on a native thread pool) against luerl (Lua in Erlang, the
+# engine other Elixir tools use), on diagnostic-style scripts.
+# Every run starts from clean globals on both sides: luerl from a
 # fresh `:luerl.init()`, BeamLens from a sealed Luau state of its pool with
 # a fresh global table (as every run does). BeamLens has two figures:
 # the full `Beamlens.Lua.eval/3` call, where the script runs in the caller
