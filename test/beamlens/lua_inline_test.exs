@@ -133,30 +133,41 @@ defmodule Beamlens.LuaInlineTest do
     assert_receive {:DOWN, ^monitor, :process, ^worker, _}, 5_000
   end
 
-  test "a worker stuck in a callback is stopped when the caller exits" do
-    test = self()
+  # eval/3 runs in the caller (its reaper stops the worker), eval_async/3
+  # in a runner process (which stops it when the caller exits).
+  for api <- [:eval, :eval_async] do
+    test "a worker stuck in a callback is stopped when the caller exits (#{api})" do
+      test = self()
 
-    hold = fn ->
-      send(test, {:holding, self()})
-      Process.sleep(:infinity)
+      hold = fn ->
+        send(test, {:holding, self()})
+        Process.sleep(:infinity)
+      end
+
+      caller = spawn(fn -> hold_in(unquote(api), hold) end)
+      assert_receive {:holding, worker}, 5_000
+      assert {1, _} = Native.lua_inline_status()
+      # The reaper starts after a millisecond (a caller of eval/3 killed
+      # within that millisecond of a hung first call leaves the worker
+      # hanging): it is in place once it monitors the worker too.
+      assert eventually(fn -> length(Process.info(worker, :monitored_by) |> elem(1)) == 2 end)
+      monitor = Process.monitor(worker)
+      Process.exit(caller, :kill)
+      assert_receive {:DOWN, ^monitor, :process, ^worker, :killed}, 5_000
+      # The run went with them: its inline slot is free again.
+      assert eventually(fn -> match?({0, _}, Native.lua_inline_status()) end, 100)
     end
+  end
 
-    caller =
-      spawn(fn ->
-        Lua.eval("return hold()", %{"hold" => hold}, timeout: 60_000, callback_timeout: 60_000)
-      end)
+  defp hold_in(:eval, hold) do
+    Lua.eval("return hold()", %{"hold" => hold}, timeout: 60_000, callback_timeout: 60_000)
+  end
 
-    assert_receive {:holding, worker}, 5_000
-    assert {1, _} = Native.lua_inline_status()
-    # The caller starts the worker's reaper after a millisecond (a caller
-    # killed within that millisecond of a hung first call leaves the worker
-    # hanging): it is in place once it monitors the worker too.
-    assert eventually(fn -> length(Process.info(worker, :monitored_by) |> elem(1)) == 2 end)
-    monitor = Process.monitor(worker)
-    Process.exit(caller, :kill)
-    assert_receive {:DOWN, ^monitor, :process, ^worker, :killed}, 5_000
-    # The run went with them: its inline slot is free again.
-    assert eventually(fn -> match?({0, _}, Native.lua_inline_status()) end, 100)
+  defp hold_in(:eval_async, hold) do
+    {:ok, _ref} =
+      Lua.eval_async("return hold()", %{"hold" => hold}, timeout: 60_000, callback_timeout: 60_000)
+
+    Process.sleep(:infinity)
   end
 
   # Runs `code` in a fresh process under a long-schedule monitor. On a

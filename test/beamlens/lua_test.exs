@@ -360,34 +360,6 @@ defmodule Beamlens.LuaTest do
       end
     end
 
-    test "a run that waits on a callback is cancelled when the caller exits" do
-      test = self()
-
-      hold = fn ->
-        send(test, {:holding, self()})
-        Process.sleep(:infinity)
-      end
-
-      caller =
-        spawn(fn ->
-          {:ok, _ref} =
-            Lua.eval_async("return hold()", %{"hold" => hold},
-              timeout: 30_000,
-              callback_timeout: 30_000
-            )
-
-          Process.sleep(:infinity)
-        end)
-
-      assert_receive {:holding, worker}
-      assert {1, _} = Native.lua_inline_status()
-      worker_monitor = Process.monitor(worker)
-      Process.exit(caller, :kill)
-      # The runner kills the process running the callback, and the run ends.
-      assert_receive {:DOWN, ^worker_monitor, :process, ^worker, :killed}, 2_000
-      assert eventually(fn -> match?({0, _}, Native.lua_inline_status()) end, 100)
-    end
-
     test "more runs than Lua slots are refused with :busy, not queued" do
       test = self()
       {_, capacity} = Native.lua_status()
