@@ -86,10 +86,10 @@ defmodule Beamlens.Lua do
   called from one of those) moves the run to the BeamLens native runtime's
   blocking thread pool, where the script runs again from the start within
   what is left of its `:timeout`. Callbacks may then be called again, which
-  is one more reason they should be read-only. Each run gets its own global table, callbacks, limits
-  and memory budget in a sealed interpreter state reused from a small pool
-  (a state whose run broke a limit is discarded); nothing a script stores
-  survives its run.
+  is one more reason they should be read-only. Each run gets its own global
+  table, callbacks, limits and memory budget in a sealed interpreter state
+  reused from a small pool (a state whose run broke a limit is discarded);
+  nothing a script stores survives its run.
   Scripts can use the computing parts of the standard library (`string`,
   `table`, `math`, `utf8`, `bit32`, `buffer`, `coroutine`, `pcall`, ...),
   `os.clock` and `os.time`. They cannot reach `io`, the rest of `os`,
@@ -113,11 +113,11 @@ defmodule Beamlens.Lua do
   call, the rest of the script and its later calls while the caller (or
   the runner of `eval_async/3`) waits: a call then costs about as much as
   a function call from luerl. On the thread pool, calls run in a helper
-  process of the run. Each call has
-  `:callback_timeout`. A callback that raises, exits, or times out makes
-  the Lua call fail with a readable error (a process that died or timed
-  out is killed and replaced); the script may catch it with `pcall`,
-  otherwise the run ends with `:callback_error` or `:callback_timeout`.
+  process of the run. Each call has `:callback_timeout`. A callback that
+  raises, exits, or times out makes the Lua call fail with a readable error
+  (a process that died or timed out is killed and replaced); the script
+  may catch it with `pcall`, otherwise the run ends with `:callback_error`
+  or `:callback_timeout`.
   Callbacks should be read-only and bounded (top-N, sampled).
 
   ## Values
