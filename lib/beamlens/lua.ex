@@ -201,28 +201,28 @@ defmodule Beamlens.Lua do
     end
   end
 
+  # Errors, refusals included, come back as the runner's reply.
   defp eval_threaded(code, callbacks, config) do
-    with {:ok, ref, runner} <- Runner.start(self(), code, callbacks, config, :thread) do
-      monitor = Process.monitor(runner)
+    {:ok, ref, runner} = Runner.start(self(), code, callbacks, config, :thread)
+    monitor = Process.monitor(runner)
 
-      receive do
-        {^ref, result} ->
-          Process.demonitor(monitor, [:flush])
-          result
+    receive do
+      {^ref, result} ->
+        Process.demonitor(monitor, [:flush])
+        result
 
-        {:DOWN, ^monitor, :process, _, reason} ->
-          # Only possible if someone killed the runner.
-          receive do
-            {^ref, result} -> result
-          after
-            0 ->
-              {:error,
-               %LuaError{
-                 kind: :internal,
-                 message: "the Lua runner exited: #{inspect(reason, limit: 10)}"
-               }}
-          end
-      end
+      {:DOWN, ^monitor, :process, _, reason} ->
+        # Only possible if someone killed the runner.
+        receive do
+          {^ref, result} -> result
+        after
+          0 ->
+            {:error,
+             %LuaError{
+               kind: :internal,
+               message: "the Lua runner exited: #{inspect(reason, limit: 10)}"
+             }}
+        end
     end
   end
 

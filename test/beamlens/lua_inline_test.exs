@@ -4,7 +4,7 @@ defmodule Beamlens.LuaInlineTest do
   # tests watch node-wide scheduler events, so they are not async.
   use ExUnit.Case, async: false
 
-  alias Beamlens.{Lua, LuaError, Native, SchedulerMonitor}
+  alias Beamlens.{AsyncCaller, Lua, LuaError, Native, SchedulerMonitor}
   import Beamlens.Eventually
 
   setup do
@@ -144,7 +144,15 @@ defmodule Beamlens.LuaInlineTest do
         Process.sleep(:infinity)
       end
 
-      caller = spawn(fn -> hold_in(unquote(api), hold) end)
+      opts = [timeout: 60_000, callback_timeout: 60_000]
+      code = "return hold()"
+
+      caller =
+        case unquote(api) do
+          :eval -> spawn(fn -> Lua.eval(code, %{"hold" => hold}, opts) end)
+          :eval_async -> AsyncCaller.start(code, %{"hold" => hold}, opts)
+        end
+
       assert_receive {:holding, worker}, 5_000
       assert {1, _} = Native.lua_inline_status()
       # The reaper starts after a millisecond (a caller of eval/3 killed
@@ -157,17 +165,6 @@ defmodule Beamlens.LuaInlineTest do
       # The run went with them: its inline slot is free again.
       assert eventually(fn -> match?({0, _}, Native.lua_inline_status()) end, 100)
     end
-  end
-
-  defp hold_in(:eval, hold) do
-    Lua.eval("return hold()", %{"hold" => hold}, timeout: 60_000, callback_timeout: 60_000)
-  end
-
-  defp hold_in(:eval_async, hold) do
-    {:ok, _ref} =
-      Lua.eval_async("return hold()", %{"hold" => hold}, timeout: 60_000, callback_timeout: 60_000)
-
-    Process.sleep(:infinity)
   end
 
   # Runs `code` in a fresh process under a long-schedule monitor. On a

@@ -10,7 +10,7 @@ defmodule Beamlens.LuaNativeBoundsTest do
   use ExUnit.Case, async: false
   import Beamlens.Eventually
 
-  alias Beamlens.{IsolatedVm, Lua, LuaError, Native, ProcStatus}
+  alias Beamlens.{AsyncCaller, IsolatedVm, Lua, LuaError, Native, ProcStatus}
 
   @max_memory 16 * 1024 * 1024
 
@@ -132,23 +132,15 @@ defmodule Beamlens.LuaNativeBoundsTest do
         {"threaded", 2 * @max_memory, :lua_status}
       ] do
     test "a cancelled run stops inside table.move and frees its slot (#{path})" do
-      parent = self()
       status = fn -> apply(Native, unquote(status), []) end
 
       caller =
-        spawn(fn ->
-          {:ok, _ref} =
-            Lua.eval_async(
-              ~S|table.move({}, 1, 2147483646, 2, {}) while true do end|,
-              %{},
-              Keyword.merge(@limits, timeout: 60_000, max_memory: unquote(max_memory))
-            )
+        AsyncCaller.start(
+          ~S|table.move({}, 1, 2147483646, 2, {}) while true do end|,
+          %{},
+          Keyword.merge(@limits, timeout: 60_000, max_memory: unquote(max_memory))
+        )
 
-          send(parent, :started)
-          Process.sleep(:infinity)
-        end)
-
-      assert_receive :started
       assert eventually(fn -> match?({1, _}, status.()) end)
       started = System.monotonic_time(:millisecond)
       Process.exit(caller, :kill)

@@ -3,7 +3,7 @@ defmodule Beamlens.LuaTest do
   use ExUnit.Case, async: false
   import Beamlens.Eventually
 
-  alias Beamlens.{Lua, LuaError, Native}
+  alias Beamlens.{AsyncCaller, Lua, LuaError, Native}
   alias Beamlens.Lua.Result
 
   doctest Beamlens.Lua
@@ -335,23 +335,15 @@ defmodule Beamlens.LuaTest do
           {"threaded", @threaded, :lua_status}
         ] do
       test "the run is cancelled when the caller exits (#{path})" do
-        test = self()
         status = fn -> apply(Native, unquote(status), []) end
 
         caller =
-          spawn(fn ->
-            {:ok, _ref} =
-              Lua.eval_async(
-                "while true do end",
-                %{},
-                [timeout: 30_000, max_instructions: 10_000_000_000] ++ unquote(extra)
-              )
+          AsyncCaller.start(
+            "while true do end",
+            %{},
+            [timeout: 30_000, max_instructions: 10_000_000_000] ++ unquote(extra)
+          )
 
-            send(test, :started)
-            Process.sleep(:infinity)
-          end)
-
-        assert_receive :started
         assert eventually(fn -> match?({1, _}, status.()) end, 100)
         Process.exit(caller, :kill)
         assert eventually(fn -> match?({0, _}, status.()) end, 100)

@@ -763,9 +763,9 @@ fn current_line(lua: &Lua, level: usize) -> Option<u32> {
 /// On the inline path the wrapper yields the run's Luau thread straight
 /// away with `pending, index, ...` when it can (`yield_call`: it runs in
 /// that thread, not inside a metamethod, a `table.sort` comparator or a
-/// coroutine of the script's own): the calling process
-/// runs the callback and resumes the run with `ok, value`, and no Rust
-/// function runs in between. When the run cannot take the request as it
+/// coroutine of the script's own): the process stepping the run runs the
+/// callback and resumes the run with `ok, value`, and no Rust function
+/// runs in between. When the run cannot take the request as it
 /// is (its arguments are too large, a limit is broken) it resumes the
 /// wrapper with `pending`, and the wrapper calls the dispatcher, which
 /// reports the failure as on the threaded path. Where the wrapper cannot
